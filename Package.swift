@@ -1,0 +1,57 @@
+// swift-tools-version: 6.0
+//
+// ChunkWise — LoRA-adapted language models on the CPU with per-chunk adaptive rank.
+//
+// Layers (dependencies flow one way, top to bottom):
+//   CKernels      C SIMD kernels with runtime CPU dispatch (AVX2 / AVX-512 VNNI / NEON / portable)
+//   CWKernels     Swift face of the kernels: tensor types, matmul, thread pool, attention
+//   CWFormats     GGUF, safetensors (+ sharded index), HF config.json, llama2.c .bin — memory-mapped
+//   CWTokenizers  byte-level BPE (GPT-2 style), SentencePiece BPE, llama2.c tokenizer, tokenizer.json
+//   CWTransformer the Llama-family forward pass, KV cache
+//   ChunkWise     the engine (actor), model loading, sampling, streaming generation
+//   ChunkWiseCLI  the `chunkwise` command-line tool
+import PackageDescription
+
+let optimized: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "ChunkWise",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "ChunkWise", targets: ["ChunkWise"]),
+        .executable(name: "chunkwise", targets: ["ChunkWiseCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        .target(
+            name: "CKernels",
+            cSettings: [
+                .unsafeFlags(["-O3", "-fno-math-errno", "-ffp-contract=fast"]),
+            ]
+        ),
+        .target(name: "CWKernels", dependencies: ["CKernels"], swiftSettings: optimized),
+        .target(name: "CWFormats", dependencies: ["CWKernels", .product(name: "Logging", package: "swift-log")], swiftSettings: optimized),
+        .target(name: "CWTokenizers", dependencies: ["CWFormats"], swiftSettings: optimized),
+        .target(name: "CWTransformer", dependencies: ["CWKernels", "CWFormats"], swiftSettings: optimized),
+        .target(
+            name: "ChunkWise",
+            dependencies: ["CWTransformer", "CWTokenizers", "CWFormats", "CWKernels", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: optimized
+        ),
+        .executableTarget(
+            name: "ChunkWiseCLI",
+            dependencies: ["ChunkWise", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: optimized
+        ),
+        .testTarget(name: "CWKernelsTests", dependencies: ["CWKernels"]),
+        .testTarget(name: "CWFormatsTests", dependencies: ["CWFormats"]),
+        .testTarget(name: "CWTokenizersTests", dependencies: ["CWTokenizers", "CWFormats"]),
+        .testTarget(name: "CWTransformerTests", dependencies: ["CWTransformer", "CWFormats", "CWKernels"]),
+        .testTarget(name: "ChunkWiseTests", dependencies: ["ChunkWise"]),
+    ]
+)

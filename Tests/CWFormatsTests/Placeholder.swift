@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderCWFormatsTests: XCTestCase { func testNothing() {} }

@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderCWKernelsTests: XCTestCase { func testNothing() {} }

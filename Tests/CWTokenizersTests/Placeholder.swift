@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderCWTokenizersTests: XCTestCase { func testNothing() {} }

@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderCWTransformerTests: XCTestCase { func testNothing() {} }

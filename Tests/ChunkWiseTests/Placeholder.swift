@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderChunkWiseTests: XCTestCase { func testNothing() {} }
