@@ -48,10 +48,11 @@ let package = Package(
             dependencies: ["ChunkWise", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: optimized
         ),
+        .target(name: "CWTestSupport", path: "Tests/Support"),
         .testTarget(name: "CWKernelsTests", dependencies: ["CWKernels"]),
         .testTarget(name: "CWFormatsTests", dependencies: ["CWFormats"]),
         .testTarget(name: "CWTokenizersTests", dependencies: ["CWTokenizers", "CWFormats"]),
-        .testTarget(name: "CWTransformerTests", dependencies: ["CWTransformer", "CWFormats", "CWKernels"]),
-        .testTarget(name: "ChunkWiseTests", dependencies: ["ChunkWise"]),
+        .testTarget(name: "CWTransformerTests", dependencies: ["CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"]),
+        .testTarget(name: "ChunkWiseTests", dependencies: ["ChunkWise", "CWTestSupport"]),
     ]
 )

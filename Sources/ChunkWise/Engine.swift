@@ -1,0 +1,146 @@
+import CWKernels
+import CWTokenizers
+import CWTransformer
+import Foundation
+import Logging
+
+/// Settings of an engine.
+public struct EngineOptions: Sendable {
+    public var precision: Precision = .fast
+    public var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+    /// Positions a sequence may use (nil = the model's context length).
+    public var contextLength: Int? = nil
+
+    public init(precision: Precision = .fast, threads: Int = ProcessInfo.processInfo.activeProcessorCount, contextLength: Int? = nil) {
+        self.precision = precision
+        self.threads = threads
+        self.contextLength = contextLength
+    }
+}
+
+/// Runs a loaded model. The actor owns the mutable state (KV cache, worker pool); requests are
+/// served one at a time, and a cancelled task stops between tokens.
+public actor Engine {
+    public let loaded: LoadedModel
+    public let options: EngineOptions
+    let pool: ThreadPool
+    let logger = Logger(label: "chunkwise.engine")
+
+    public init(model: LoadedModel, options: EngineOptions = EngineOptions()) {
+        self.loaded = model
+        self.options = options
+        self.pool = ThreadPool(threads: options.threads)
+    }
+
+    /// Loads a model from a path (GGUF file, HF folder, llama2.c .bin).
+    public init(modelPath: String, tokenizerPath: String? = nil, options: EngineOptions = EngineOptions()) throws {
+        self.init(model: try ModelLoader.load(path: modelPath, tokenizerPath: tokenizerPath), options: options)
+    }
+
+    public nonisolated var tokenizer: any Tokenizer { loaded.tokenizer }
+    public nonisolated var model: LlamaModel { loaded.model }
+
+    /// The context limit of this engine's sequences.
+    public nonisolated var contextLength: Int { min(options.contextLength ?? loaded.model.config.maxContext, loaded.model.config.maxContext) }
+
+    /// Token ids of a prompt.
+    public nonisolated func tokenize(_ text: String, addSpecialTokens: Bool = true, parseSpecial: Bool = true) -> [Int] {
+        loaded.tokenizer.encode(text, addSpecialTokens: addSpecialTokens, parseSpecial: parseSpecial)
+    }
+
+    func promptTokens(_ p: GenerationRequest.Prompt, addSpecial: Bool, parseSpecial: Bool) throws -> [Int] {
+        let ids: [Int]
+        switch p {
+        case .text(let s): ids = tokenize(s, addSpecialTokens: addSpecial, parseSpecial: parseSpecial)
+        case .tokens(let t): ids = t
+        }
+        guard !ids.isEmpty else { throw InferenceError.emptyInput }
+        guard ids.count <= contextLength else { throw InferenceError.contextOverflow(needed: ids.count, limit: contextLength) }
+        return ids
+    }
+
+    /// Logits of every requested position for a token sequence, from a fresh context.
+    public func logits(tokens: [Int], mode: LogitsMode = .last, precision: Precision? = nil) throws -> [Float] {
+        guard tokens.count <= contextLength else { throw InferenceError.contextOverflow(needed: tokens.count, limit: contextLength) }
+        let cache = loaded.model.makeCache(maxContext: contextLength, initialCapacity: tokens.count)
+        return try loaded.model.forward(tokens, cache: cache, options: ForwardOptions(precision: precision ?? options.precision, pool: pool, logits: mode))
+    }
+
+    /// Streams a generation. Cancelling the consuming task stops it between tokens.
+    public nonisolated func generate(_ request: GenerationRequest) -> AsyncThrowingStream<GenerationEvent, Error> {
+        AsyncThrowingStream { continuation in
+            let task = Task {
+                do {
+                    try await self.run(request) { continuation.yield($0) }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
+
+    /// Generates to the end and returns the whole result.
+    public func complete(_ request: GenerationRequest) throws -> GenerationResult {
+        var result: GenerationResult? = nil
+        try run(request) { event in
+            if case .finished(let text, let tokens, let stats) = event { result = GenerationResult(text: text, tokens: tokens, stats: stats) }
+        }
+        guard let result else { throw CancellationError() }
+        return result
+    }
+
+    func run(_ request: GenerationRequest, emit: (GenerationEvent) -> Void) throws {
+        try request.sampling.validate()
+        guard request.maxTokens >= 0 else { throw EngineError.invalidParameter("max tokens must be ≥ 0, got \(request.maxTokens)") }
+        let tok = loaded.tokenizer
+        let prompt = try promptTokens(request.prompt, addSpecial: request.addSpecialTokens, parseSpecial: request.parseSpecialTokens)
+        let model = loaded.model
+        let limit = contextLength
+        let cache = model.makeCache(maxContext: limit, initialCapacity: min(limit, prompt.count + request.maxTokens))
+        var sampler = Sampler(request.sampling)
+        var stats = GenerationStats()
+        stats.promptTokens = prompt.count
+        var history = prompt
+        var generated: [Int] = []
+        var decoder = StreamingDecoder(tokenizer: tok, skipSpecialTokens: true)
+        var stop = StopMatcher(stops: request.stopStrings)
+        var fullText = ""
+        let eos = Set(tok.eosTokenIDs)
+        let fwd = ForwardOptions(precision: options.precision, pool: pool, logits: .last)
+
+        let t0 = Date()
+        var logits = try model.forward(prompt, cache: cache, options: fwd)
+        stats.prefillSeconds = Date().timeIntervalSince(t0)
+        let tDecode = Date()
+        var reason = FinishReason.length
+        while generated.count < request.maxTokens {
+            if Task.isCancelled { reason = .cancelled; break }
+            let next = sampler.sample(logits, history: history)
+            if generated.isEmpty { stats.timeToFirstTokenSeconds = Date().timeIntervalSince(t0) }
+            if request.stopAtEOS && eos.contains(next) { reason = .eos; break }
+            generated.append(next)
+            history.append(next)
+            let piece = decoder.append(next)
+            let (release, stopped) = stop.append(piece)
+            fullText += release
+            emit(.token(id: next, text: release))
+            if stopped { reason = .stop; break }
+            if generated.count == request.maxTokens { break }
+            if cache.count + 1 > limit { reason = .length; break }
+            logits = try model.forward([next], cache: cache, options: fwd)
+        }
+        if reason != .stop {
+            let (release, stopped) = stop.append(decoder.flush())
+            let tail = stopped ? release : release + stop.flush()
+            if stopped { reason = .stop }
+            fullText += tail
+            if !tail.isEmpty { emit(.text(tail)) }
+        }
+        stats.decodeSeconds = Date().timeIntervalSince(tDecode)
+        stats.generatedTokens = generated.count
+        stats.finishReason = reason
+        emit(.finished(text: fullText, tokens: generated, stats: stats))
+    }
+}

@@ -1,0 +1,138 @@
+import Foundation
+
+/// How the next token is chosen from the logits.
+public struct SamplingParameters: Sendable, Equatable, Codable {
+    /// 0 means greedy (argmax).
+    public var temperature: Float = 0
+    /// Keep only the `topK` most likely tokens (0 = off).
+    public var topK: Int = 0
+    /// Keep the smallest set of tokens whose probability adds up to `topP` (1 = off).
+    public var topP: Float = 1
+    /// Drop tokens whose probability is below `minP` × the top probability (0 = off).
+    public var minP: Float = 0
+    /// Divide positive logits (multiply negative ones) of recently seen tokens by this (1 = off).
+    public var repetitionPenalty: Float = 1
+    /// How many recent tokens the repetition penalty looks at.
+    public var repetitionWindow: Int = 64
+    /// Seed of the random generator (same seed, same text).
+    public var seed: UInt64 = 0
+
+    public init(temperature: Float = 0, topK: Int = 0, topP: Float = 1, minP: Float = 0,
+                repetitionPenalty: Float = 1, repetitionWindow: Int = 64, seed: UInt64 = 0) {
+        self.temperature = temperature
+        self.topK = topK
+        self.topP = topP
+        self.minP = minP
+        self.repetitionPenalty = repetitionPenalty
+        self.repetitionWindow = repetitionWindow
+        self.seed = seed
+    }
+
+    public static let greedy = SamplingParameters()
+
+    /// Checks ranges; the message names the parameter.
+    public func validate() throws {
+        func bad(_ m: String) -> EngineError { .invalidParameter(m) }
+        if !(temperature >= 0) || !temperature.isFinite { throw bad("temperature must be ≥ 0, got \(temperature)") }
+        if topK < 0 { throw bad("top-k must be ≥ 0, got \(topK)") }
+        if !(topP > 0 && topP <= 1) { throw bad("top-p must be in (0, 1], got \(topP)") }
+        if !(minP >= 0 && minP < 1) { throw bad("min-p must be in [0, 1), got \(minP)") }
+        if !(repetitionPenalty > 0) || !repetitionPenalty.isFinite { throw bad("repetition penalty must be > 0, got \(repetitionPenalty)") }
+        if repetitionWindow < 0 { throw bad("repetition window must be ≥ 0, got \(repetitionWindow)") }
+    }
+}
+
+/// A small, fast, seedable generator (xoshiro256**), so sampling is reproducible across runs
+/// and platforms.
+public struct Xoshiro256: RandomNumberGenerator, Sendable {
+    private var s: (UInt64, UInt64, UInt64, UInt64)
+
+    public init(seed: UInt64) {
+        var z = seed
+        func splitmix() -> UInt64 {
+            z &+= 0x9E37_79B9_7F4A_7C15
+            var r = z
+            r = (r ^ (r >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            r = (r ^ (r >> 27)) &* 0x94D0_49BB_1331_11EB
+            return r ^ (r >> 31)
+        }
+        s = (splitmix(), splitmix(), splitmix(), splitmix())
+    }
+
+    public mutating func next() -> UInt64 {
+        let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
+        let t = s.1 << 17
+        s.2 ^= s.0
+        s.3 ^= s.1
+        s.1 ^= s.2
+        s.0 ^= s.3
+        s.2 ^= t
+        s.3 = (s.3 << 45) | (s.3 >> 19)
+        return result
+    }
+
+    /// Uniform in [0, 1).
+    public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+}
+
+/// Picks tokens from logits according to `SamplingParameters`.
+public struct Sampler: Sendable {
+    public let parameters: SamplingParameters
+    private var rng: Xoshiro256
+
+    public init(_ parameters: SamplingParameters) {
+        self.parameters = parameters
+        self.rng = Xoshiro256(seed: parameters.seed)
+    }
+
+    /// The index of the largest logit (the first one on ties, as torch.argmax).
+    public static func argmax(_ logits: [Float]) -> Int {
+        var best = 0
+        var bv = -Float.infinity
+        for (i, v) in logits.enumerated() where v > bv { bv = v; best = i }
+        return best
+    }
+
+    /// Chooses the next token. `history` is the sequence so far (for the repetition penalty).
+    public mutating func sample(_ input: [Float], history: [Int]) -> Int {
+        let p = parameters
+        var logits = input
+        if p.repetitionPenalty != 1, p.repetitionWindow > 0 {
+            for id in Set(history.suffix(p.repetitionWindow)) where id >= 0 && id < logits.count {
+                logits[id] = logits[id] > 0 ? logits[id] / p.repetitionPenalty : logits[id] * p.repetitionPenalty
+            }
+        }
+        if p.temperature == 0 { return Self.argmax(logits) }
+
+        // Candidates sorted by logit, cut by top-k first (cheap), then softmax.
+        var idx = Array(0..<logits.count)
+        if p.topK > 0 && p.topK < idx.count {
+            idx = Array(idx.sorted { logits[$0] > logits[$1] }.prefix(p.topK))
+        } else {
+            idx.sort { logits[$0] > logits[$1] }
+        }
+        let maxLogit = logits[idx[0]]
+        var probs = idx.map { Double(expf((logits[$0] - maxLogit) / p.temperature)) }
+        var total = probs.reduce(0, +)
+        for i in probs.indices { probs[i] /= total }
+        var keep = probs.count
+        if p.minP > 0 {
+            let floor = Double(p.minP) * probs[0]
+            keep = max(1, probs.prefix { $0 >= floor }.count)
+        }
+        if p.topP < 1 {
+            var acc = 0.0
+            var k = 0
+            while k < keep { acc += probs[k]; k += 1; if acc >= Double(p.topP) { break } }
+            keep = max(1, k)
+        }
+        total = probs.prefix(keep).reduce(0, +)
+        let r = rng.nextUnit() * total
+        var acc = 0.0
+        for i in 0..<keep {
+            acc += probs[i]
+            if r < acc { return idx[i] }
+        }
+        return idx[keep - 1]
+    }
+}

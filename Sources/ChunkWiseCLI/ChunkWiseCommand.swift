@@ -1,0 +1,78 @@
+import ArgumentParser
+import ChunkWise
+import Foundation
+
+@main
+struct ChunkWiseCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "chunkwise",
+        abstract: "Run LoRA-adapted language models on the CPU, with the LoRA rank chosen per chunk of tokens.",
+        subcommands: [Generate.self, Tokenize.self, Logits.self, Inspect.self]
+    )
+}
+
+/// Options shared by every command that runs a model.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: "A GGUF file, a HuggingFace model folder or a llama2.c .bin checkpoint.")
+    var model: String
+
+    @Option(name: .long, help: "Tokenizer to use instead of the model's own (tokenizer.json, llama2.c tok*.bin or GGUF).")
+    var tokenizer: String?
+
+    @Option(name: .long, help: "exact: fp32 activations; fast: 8-bit activations with integer dot products.")
+    var precision: PrecisionArgument = .fast
+
+    @Option(name: .long, help: "Worker threads (default: the number of cores).")
+    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+
+    @Option(name: .long, help: "Context length in tokens (default: the model's).")
+    var context: Int?
+
+    func validate() throws {
+        if threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if let context, context < 1 { throw ValidationError("--context must be at least 1") }
+    }
+
+    func makeEngine() throws -> Engine {
+        try Engine(modelPath: model, tokenizerPath: tokenizer,
+                   options: EngineOptions(precision: precision.value, threads: threads, contextLength: context))
+    }
+}
+
+enum PrecisionArgument: String, ExpressibleByArgument, CaseIterable {
+    case exact, fast
+    var value: Precision { self == .exact ? .exact : .fast }
+}
+
+/// A prompt given inline or in a file (strict UTF-8).
+struct PromptOptions: ParsableArguments {
+    @Option(name: .long, help: "The prompt text.")
+    var prompt: String?
+
+    @Option(name: .customLong("prompt-file"), help: "Read the prompt from a UTF-8 file.")
+    var promptFile: String?
+
+    func validate() throws {
+        if prompt == nil && promptFile == nil { throw ValidationError("give --prompt TEXT or --prompt-file PATH") }
+        if prompt != nil && promptFile != nil { throw ValidationError("give either --prompt or --prompt-file, not both") }
+    }
+
+    func text() throws -> String {
+        if let promptFile { return try PromptInput.readUTF8File(promptFile) }
+        return prompt ?? ""
+    }
+}
+
+/// Prints a JSON value on one line.
+func printJSON<T: Encodable>(_ value: T) throws {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+    let data = try enc.encode(value)
+    FileHandle.standardOutput.write(data)
+    FileHandle.standardOutput.write(Data("\n".utf8))
+}
+
+func printError(_ s: String) {
+    FileHandle.standardError.write(Data((s + "\n").utf8))
+}
+

@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderCWTransformerTests: XCTestCase { func testNothing() {} }

@@ -1,0 +1,193 @@
+import ChunkWise
+import CWTestSupport
+import CWTransformer
+import Foundation
+import XCTest
+
+/// The engine end to end on stories260K (llama2.c + tok512.bin): generation, sampling, stop
+/// strings, streaming, cancellation and the bad-input errors users will hit.
+final class EngineTests: XCTestCase {
+    func storiesEngine(context: Int? = nil, precision: Precision = .exact) throws -> Engine {
+        let bin = try TestPaths.sharedFile("models/stories260K/stories260K.bin")
+        return try Engine(modelPath: bin, options: EngineOptions(precision: precision, threads: 2, contextLength: context))
+    }
+
+    func testGreedyGenerationMatchesGolden() async throws {
+        let engine = try storiesEngine()
+        let g = try TestPaths.json("golden/stories260k/goldens.json")
+        let prompts = try XCTUnwrap(g["prompts"] as? [[String: Any]])
+        for p in prompts where (p["text"] as? String)?.isEmpty == false {
+            let text = p["text"] as! String
+            let base = (p["variants"] as! [String: Any])["base"] as! [String: Any]
+            XCTAssertEqual(engine.tokenize(text), p["ids"] as! [Int], "prompt ids")
+            let r = try await engine.complete(GenerationRequest(prompt: .text(text), maxTokens: 32, stopAtEOS: false))
+            XCTAssertEqual(r.tokens, base["greedy_ids"] as! [Int])
+            XCTAssertEqual(r.text, base["greedy_text"] as! String)
+            XCTAssertEqual(r.stats.promptTokens, (p["ids"] as! [Int]).count)
+            XCTAssertEqual(r.stats.generatedTokens, 32)
+            XCTAssertEqual(r.stats.finishReason, .length)
+        }
+    }
+
+    func testStreamingEqualsComplete() async throws {
+        let engine = try storiesEngine()
+        let req = GenerationRequest(prompt: .text("Once upon a time"), maxTokens: 40,
+                                    sampling: SamplingParameters(temperature: 0.8, topK: 40, topP: 0.95, seed: 7))
+        let whole = try await engine.complete(req)
+        var streamed = ""
+        var final: String? = nil
+        for try await e in engine.generate(req) {
+            switch e {
+            case .token(_, let t), .text(let t): streamed += t
+            case .finished(let t, _, _): final = t
+            }
+        }
+        XCTAssertEqual(streamed, whole.text)
+        XCTAssertEqual(final, whole.text)
+    }
+
+    func testSeedMakesSamplingReproducible() async throws {
+        let engine = try storiesEngine()
+        func run(_ seed: UInt64) async throws -> [Int] {
+            try await engine.complete(GenerationRequest(prompt: .text("Lily"), maxTokens: 30,
+                                                        sampling: SamplingParameters(temperature: 1.0, seed: seed), stopAtEOS: false)).tokens
+        }
+        let a = try await run(1), b = try await run(1), c = try await run(2)
+        XCTAssertEqual(a, b)
+        XCTAssertNotEqual(a, c)
+    }
+
+    func testStopStringEndsGenerationAndIsNotReturned() async throws {
+        let engine = try storiesEngine()
+        // Greedy "Once upon a time" continues ", there was a little girl named Lily. ..."
+        let r = try await engine.complete(GenerationRequest(prompt: .text("Once upon a time"), maxTokens: 32, stopStrings: ["Lily"]))
+        XCTAssertEqual(r.text, ", there was a little girl named ")
+        XCTAssertEqual(r.stats.finishReason, .stop)
+    }
+
+    func testCancellationStopsTheStream() async throws {
+        let engine = try storiesEngine()
+        let stream = engine.generate(GenerationRequest(prompt: .text("Once"), maxTokens: 400, stopAtEOS: false))
+        var count = 0
+        for try await e in stream {
+            if case .token = e { count += 1 }
+            if count == 3 { break }
+        }
+        XCTAssertEqual(count, 3)
+        // The engine is free again right after.
+        let r = try await engine.complete(GenerationRequest(prompt: .text("Once"), maxTokens: 2))
+        XCTAssertEqual(r.tokens.count, 2)
+    }
+
+    func testPromptLongerThanContextIsAClearError() async throws {
+        let engine = try storiesEngine(context: 8)
+        do {
+            _ = try await engine.complete(GenerationRequest(prompt: .text("Once upon a time there was a little girl named Lily"), maxTokens: 4))
+            XCTFail("expected a context overflow")
+        } catch let e as InferenceError {
+            guard case .contextOverflow(let needed, let limit) = e else { return XCTFail("\(e)") }
+            XCTAssertEqual(limit, 8)
+            XCTAssertGreaterThan(needed, 8)
+            XCTAssertTrue(e.description.contains("context holds 8"), e.description)
+        }
+    }
+
+    func testGenerationStopsAtTheContextLimit() async throws {
+        let engine = try storiesEngine(context: 10)
+        let r = try await engine.complete(GenerationRequest(prompt: .text("Once upon a time"), maxTokens: 50, stopAtEOS: false))
+        XCTAssertEqual(r.stats.promptTokens + r.stats.generatedTokens, 10 + 1, "the last token needs no KV slot")
+        XCTAssertEqual(r.stats.finishReason, .length)
+    }
+
+    func testEmptyPromptIsAClearError() async throws {
+        // SmolLM2 adds no BOS, so an empty prompt has no tokens at all.
+        let engine = try Engine(modelPath: TestPaths.smolLM2Path(), options: EngineOptions(threads: 2))
+        do {
+            _ = try await engine.complete(GenerationRequest(prompt: .text(""), maxTokens: 4))
+            XCTFail("expected an error")
+        } catch let e as InferenceError {
+            XCTAssertEqual(e, .emptyInput)
+            XCTAssertTrue(e.description.contains("empty"))
+        }
+    }
+
+    func testInvalidUTF8PromptFileIsAClearError() throws {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("bad-\(UUID()).txt")
+        try Data([0x48, 0x69, 0x20, 0xC3, 0x28, 0x21]).write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        XCTAssertThrowsError(try PromptInput.readUTF8File(url.path)) { e in
+            let msg = String(describing: e)
+            XCTAssertTrue(msg.contains(url.path) && msg.contains("invalid UTF-8 at byte 3"), msg)
+        }
+        XCTAssertEqual(PromptInput.firstInvalidUTF8Offset(Array("héllo ✓ 😀".utf8)), nil)
+        XCTAssertEqual(PromptInput.firstInvalidUTF8Offset([0xF0, 0x9F, 0x98]), 0, "truncated sequence")
+        XCTAssertEqual(PromptInput.firstInvalidUTF8Offset([0x41, 0xED, 0xA0, 0x80]), 1, "surrogate")
+        XCTAssertEqual(PromptInput.firstInvalidUTF8Offset([0xC0, 0x80]), 0, "overlong")
+    }
+
+    func testMissingAndUnrecognizedModelFiles() throws {
+        XCTAssertThrowsError(try ModelLoader.load(path: "/nonexistent/model.gguf")) { e in
+            XCTAssertTrue(String(describing: e).contains("/nonexistent/model.gguf"))
+        }
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("junk-\(UUID()).gguf")
+        try Data("NOPE and more bytes".utf8).write(to: url)
+        defer { try? FileManager.default.removeItem(at: url) }
+        XCTAssertThrowsError(try ModelLoader.load(path: url.path)) { e in
+            XCTAssertTrue(String(describing: e).contains("not a GGUF file"), String(describing: e))
+        }
+    }
+
+    func testTokenOutOfRangeIsAnError() async throws {
+        let engine = try storiesEngine()
+        do {
+            _ = try await engine.logits(tokens: [1, 9999])
+            XCTFail("expected an error")
+        } catch let e as InferenceError {
+            XCTAssertEqual(e, .tokenOutOfRange(id: 9999, vocabularySize: 512))
+        }
+    }
+}
+
+/// The sampler on its own.
+final class SamplerTests: XCTestCase {
+    func testGreedyIsArgmaxWithFirstTieWins() {
+        var s = Sampler(.greedy)
+        XCTAssertEqual(s.sample([0, 3, 3, 1], history: []), 1)
+    }
+
+    func testTopKOneIsGreedy() {
+        var s = Sampler(SamplingParameters(temperature: 1.5, topK: 1, seed: 3))
+        for _ in 0..<20 { XCTAssertEqual(s.sample([0.1, 2, 1.9, -1], history: []), 1) }
+    }
+
+    func testMinPAndTopPCutTheTail() {
+        var s = Sampler(SamplingParameters(temperature: 1, minP: 0.5, seed: 1))
+        // p ∝ e^[5, 4.5, 0, 0]: only the first two survive min-p 0.5.
+        for _ in 0..<200 { XCTAssertTrue([0, 1].contains(s.sample([5, 4.5, 0, 0], history: []))) }
+        var t = Sampler(SamplingParameters(temperature: 1, topP: 0.5, seed: 1))
+        for _ in 0..<200 { XCTAssertEqual(t.sample([5, 3, 0, 0], history: []), 0) }
+    }
+
+    func testSamplingFollowsTheDistribution() {
+        var s = Sampler(SamplingParameters(temperature: 1, seed: 42))
+        let logits: [Float] = [log(0.5), log(0.3), log(0.2)]
+        var counts = [0, 0, 0]
+        for _ in 0..<20000 { counts[s.sample(logits, history: [])] += 1 }
+        XCTAssertEqual(Double(counts[0]) / 20000, 0.5, accuracy: 0.02)
+        XCTAssertEqual(Double(counts[1]) / 20000, 0.3, accuracy: 0.02)
+        XCTAssertEqual(Double(counts[2]) / 20000, 0.2, accuracy: 0.02)
+    }
+
+    func testRepetitionPenalty() {
+        var s = Sampler(SamplingParameters(repetitionPenalty: 2))
+        XCTAssertEqual(s.sample([3, 2, 0], history: [0]), 1, "3/2 < 2")
+        XCTAssertEqual(s.sample([-1, -1.5, -3], history: [0]), 1, "-1×2 < -1.5")
+    }
+
+    func testInvalidParametersAreNamed() {
+        XCTAssertThrowsError(try SamplingParameters(temperature: -1).validate()) { XCTAssertTrue("\($0)".contains("temperature")) }
+        XCTAssertThrowsError(try SamplingParameters(topP: 0).validate()) { XCTAssertTrue("\($0)".contains("top-p")) }
+        XCTAssertThrowsError(try SamplingParameters(minP: 1).validate()) { XCTAssertTrue("\($0)".contains("min-p")) }
+    }
+}
+

@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderChunkWiseTests: XCTestCase { func testNothing() {} }
