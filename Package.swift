@@ -8,6 +8,7 @@
 //   CWFormats     GGUF, safetensors (+ sharded index), HF config.json, llama2.c .bin — memory-mapped
 //   CWTokenizers  byte-level BPE (GPT-2 style), SentencePiece BPE, llama2.c tokenizer, tokenizer.json
 //   CWTransformer the Llama-family forward pass, KV cache
+//   CWLoRA        LoRA adapters: PEFT, GGUF and MLX files; unmerged application, merge/unmerge
 //   ChunkWise     the engine (actor), model loading, sampling, streaming generation
 //   ChunkWiseCLI  the `chunkwise` command-line tool
 import PackageDescription
@@ -38,9 +39,10 @@ let package = Package(
         .target(name: "CWFormats", dependencies: ["CWKernels", .product(name: "Logging", package: "swift-log")], swiftSettings: optimized),
         .target(name: "CWTokenizers", dependencies: ["CWFormats"], swiftSettings: optimized),
         .target(name: "CWTransformer", dependencies: ["CWKernels", "CWFormats"], swiftSettings: optimized),
+        .target(name: "CWLoRA", dependencies: ["CWTransformer", "CWFormats", "CWKernels", .product(name: "Logging", package: "swift-log")], swiftSettings: optimized),
         .target(
             name: "ChunkWise",
-            dependencies: ["CWTransformer", "CWTokenizers", "CWFormats", "CWKernels", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CWLoRA", "CWTransformer", "CWTokenizers", "CWFormats", "CWKernels", .product(name: "Logging", package: "swift-log")],
             swiftSettings: optimized
         ),
         .executableTarget(
@@ -53,6 +55,7 @@ let package = Package(
         .testTarget(name: "CWFormatsTests", dependencies: ["CWFormats"]),
         .testTarget(name: "CWTokenizersTests", dependencies: ["CWTokenizers", "CWFormats"]),
         .testTarget(name: "CWTransformerTests", dependencies: ["CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"]),
+        .testTarget(name: "CWLoRATests", dependencies: ["CWLoRA", "CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"]),
         .testTarget(name: "ChunkWiseTests", dependencies: ["ChunkWise", "CWTestSupport"]),
     ]
 )

@@ -84,7 +84,7 @@ final class SmolLM2GoldenTests: XCTestCase {
                 if next != expected[i] { break }
                 logits = try m.forward([next], cache: cache, options: ForwardOptions(precision: .exact, pool: Self.pool))
             }
-            let firstMismatch = zip(out, expected).firstIndex { $0 != $1 }
+            let firstMismatch = zip(out, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset
             if let k = firstMismatch {
                 let margin = (steps.count > k ? steps[k]["margin_top1_top2"] as? Double : nil) ?? 1
                 XCTAssertLessThan(margin, 1e-3, "\(name): greedy diverges at step \(k) where the golden margin is \(margin)")

@@ -1,0 +1,1 @@
+// CWLoRA — LoRA adapters (placeholder until the adapter layer lands)

@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderLoRA: XCTestCase { func testNothing() {} }
