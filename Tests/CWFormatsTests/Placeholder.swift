@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderCWFormatsTests: XCTestCase { func testNothing() {} }
