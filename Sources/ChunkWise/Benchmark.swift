@@ -48,8 +48,9 @@ public struct Stat: Sendable, Codable, Equatable {
 
     public init(_ xs: [Double]) {
         let n = Double(max(xs.count, 1))
-        mean = xs.reduce(0, +) / n
-        sd = xs.count > 1 ? (xs.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / (n - 1)).squareRoot() : 0
+        let m = xs.reduce(0, +) / n
+        mean = m
+        sd = xs.count > 1 ? (xs.map { ($0 - m) * ($0 - m) }.reduce(0, +) / (n - 1)).squareRoot() : 0
     }
 }
 
@@ -100,7 +101,7 @@ public enum ProcessMemory {
     public static func peakRSS() -> Int {
         if let kb = procStatusValue("VmHWM") { return kb * 1024 }
         var u = rusage()
-        getrusage(RUSAGE_SELF, &u)
+        getrusage(0, &u) // RUSAGE_SELF
         #if os(Linux)
         return Int(u.ru_maxrss) * 1024
         #else
@@ -172,7 +173,7 @@ extension Engine {
         let w = memStat { $0.weights_bytes }, a = memStat { $0.adapter_bytes }, k = memStat { $0.kv_bytes }, s = memStat { $0.scratch_bytes }
         return BenchmarkReport(
             model: loaded.name, adapters: adapterNames, precision: options.precision.rawValue, threads: pool.threads,
-            kernels: CPUFeatures.current,
+            kernels: kernelDescription(),
             prompt_tokens: cfg.promptTokens, gen_tokens: cfg.genTokens, decode_depth: depth, repetitions: cfg.repetitions,
             prefill_tok_s: Stat(pp).mean, prefill_tok_s_sd: Stat(pp).sd,
             decode_tok_s: tgs.mean, decode_tok_s_sd: tgs.sd, decode_ms_per_token: 1000 / max(tgs.mean, 1e-9),
@@ -191,3 +192,12 @@ extension Engine {
     }
 }
 
+
+/// The kernel path and CPU features in use, for reports.
+func kernelDescription() -> String {
+    #if CHUNKWISE_HAS_CPUFEATURES
+    return CPUFeatures.current
+    #else
+    return "portable reference kernels"
+    #endif
+}
