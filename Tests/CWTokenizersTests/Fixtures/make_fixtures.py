@@ -108,3 +108,17 @@ expected["metaspace-pretok"] = cases_for(mp)
 json.dump(expected, open(os.path.join(here, "expected.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=1)
 for f in sorted(os.listdir(here)):
     print(f, os.path.getsize(os.path.join(here, f)))
+
+# Pre-tokenizer regex splits (Split(..., "isolated") keeps every match and the gaps between).
+from tokenizers import Regex
+PATTERNS = {
+    "gpt2": r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+    "llama3": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+SPLIT_CASES = CASES + ["Don'T WE'LL 'S", "x  \n\n  y", "  \n", "12345 abc123def", "(hello) [x]\n\n\tz", "a\u00a0b\u2003c", "tab\t\tend\t"]
+splits = {}
+for name, pat in PATTERNS.items():
+    pt = pre_tokenizers.Split(Regex(pat), behavior="isolated")
+    splits[name] = [{"text": s, "pieces": [p for p, _ in pt.pre_tokenize_str(s)]} for s in SPLIT_CASES]
+json.dump(splits, open(os.path.join(here, "pretokenizer_splits.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=1)
