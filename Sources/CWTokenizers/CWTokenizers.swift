@@ -39,7 +39,7 @@ public protocol Tokenizer: Sendable {
     func tokenString(_ id: Int) -> String?
     func id(of token: String) -> Int?
     /// The bytes token `id` contributes to a decode, given the token before it (`nil` at the start of the
-    /// sequence) and whether nothing has been output yet. `decode` concatenates these; position-dependent rules
+    /// sequence) and whether it is the first token decoded (`atStartOfOutput`; skipped special tokens don't count). `decode` concatenates these; position-dependent rules
     /// (SentencePiece's leading-space strip, llama2.c's "no space after BOS") live here so that
     /// `StreamingDecoder` reproduces `decode` exactly.
     func pieceBytes(_ id: Int, previous: Int?, atStartOfOutput: Bool, skipSpecialTokens: Bool) -> [UInt8]
@@ -56,8 +56,10 @@ extension Tokenizer {
     public func decodeBytes(_ ids: [Int], skipSpecialTokens: Bool) -> [UInt8] {
         var out: [UInt8] = []
         var previous: Int? = nil
+        var atStart = true
         for id in ids {
-            out += pieceBytes(id, previous: previous, atStartOfOutput: out.isEmpty, skipSpecialTokens: skipSpecialTokens)
+            out += pieceBytes(id, previous: previous, atStartOfOutput: atStart, skipSpecialTokens: skipSpecialTokens)
+            if !(skipSpecialTokens && isSpecial(id)) { atStart = false }
             previous = id
         }
         return out
@@ -102,7 +104,7 @@ public struct StreamingDecoder: Sendable {
         let bytes = tokenizer.pieceBytes(id, previous: previous, atStartOfOutput: !producedAny,
                                          skipSpecialTokens: skipSpecialTokens)
         previous = id
-        if !bytes.isEmpty { producedAny = true }
+        if !(skipSpecialTokens && tokenizer.isSpecial(id)) { producedAny = true }
         pending += bytes
         let cut = StreamingDecoder.completePrefixLength(pending)
         if cut == 0 { return "" }

@@ -35,9 +35,10 @@ public final class SentencePieceTokenizer: Tokenizer {
 
     /// - Parameters:
     ///   - tokenTypes: per-token `TokenType` raw values (empty: all normal, except `<0xXX>` pieces → byte).
+    ///   - rawPieces: the pieces' bytes as stored (llama2.c pieces need not be valid UTF-8); used for decoding.
     public init(flavor: Flavor, tokens: [String], scores: [Float], tokenTypes: [Int] = [],
                 bosTokenID: Int?, eosTokenIDs: [Int], addsBOSByDefault: Bool,
-                addSpacePrefix: Bool = true, unknownTokenID: Int? = nil) {
+                addSpacePrefix: Bool = true, unknownTokenID: Int? = nil, rawPieces: [[UInt8]]? = nil) {
         self.flavor = flavor
         self.tokens = tokens
         self.vocabularySize = tokens.count
@@ -82,7 +83,11 @@ public final class SentencePieceTokenizer: Tokenizer {
                 table.append(Array(t.utf8))
                 entries.append(.init(bytes: Array(t.utf8), id: i, special: false))
             default:
-                table.append(flavor == .llamaCpp ? Array(t.replacingOccurrences(of: "▁", with: " ").utf8) : Array(t.utf8))
+                if let raw = rawPieces, i < raw.count, flavor == .llama2c {
+                    table.append(raw[i])
+                } else {
+                    table.append(flavor == .llamaCpp ? Array(t.replacingOccurrences(of: "▁", with: " ").utf8) : Array(t.utf8))
+                }
             }
         }
         self.bytesTable = table

@@ -28,6 +28,7 @@ public enum TokenizerLoader {
         }
         var tokens: [String] = []
         var scores: [Float] = []
+        var raw: [[UInt8]] = []
         while offset < bytes.count {
             let index = tokens.count
             let score = Float(bitPattern: try readU32("token[\(index)].score"))
@@ -37,6 +38,7 @@ public enum TokenizerLoader {
             }
             tokens.append(String(decoding: bytes[offset..<(offset + len)], as: UTF8.self))
             scores.append(score)
+            raw.append(Array(bytes[offset..<(offset + len)]))
             offset += len
         }
         guard tokens.count >= 3 + 256 else {
@@ -44,6 +46,6 @@ public enum TokenizerLoader {
         }
         return SentencePieceTokenizer(flavor: .llama2c, tokens: tokens, scores: scores, bosTokenID: 1,
                                       eosTokenIDs: [2], addsBOSByDefault: true, addSpacePrefix: true,
-                                      unknownTokenID: 0)
+                                      unknownTokenID: 0, rawPieces: raw)
     }
 }
