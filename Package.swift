@@ -53,7 +53,7 @@ let package = Package(
         .target(name: "CWTestSupport", path: "Tests/Support"),
         .testTarget(name: "CWKernelsTests", dependencies: ["CWKernels"]),
         .testTarget(name: "CWFormatsTests", dependencies: ["CWFormats"]),
-        .testTarget(name: "CWTokenizersTests", dependencies: ["CWTokenizers", "CWFormats"]),
+        .testTarget(name: "CWTokenizersTests", dependencies: ["CWTokenizers", "CWFormats"], exclude: ["Fixtures"]),
         .testTarget(name: "CWTransformerTests", dependencies: ["CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"]),
         .testTarget(name: "CWLoRATests", dependencies: ["CWLoRA", "CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"]),
         .testTarget(name: "ChunkWiseTests", dependencies: ["ChunkWise", "CWTestSupport"]),
