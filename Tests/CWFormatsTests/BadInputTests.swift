@@ -292,3 +292,20 @@ final class Llama2cBadInputTests: XCTestCase {
         }
     }
 }
+
+final class MappedFileTests: XCTestCase {
+    func testBoundsAndErrors() throws {
+        let dir = try makeTempDir(self)
+        let path = try writeFile(dir, "ten.bin", Array(0..<10))
+        let f = try MappedFile(path: path)
+        XCTAssertEqual(f.size, 10)
+        XCTAssertEqual(try f.bytes(at: 2, count: 8, what: "tail").load(as: UInt8.self), 2)
+        assertFormatError(try f.bytes(at: 4, count: 7, what: "the widget table"), contains: ["ten.bin", "the widget table", "past the end of the file (10 bytes)"])
+        assertFormatError(try f.bytes(at: Int.max, count: 2, what: "far"), contains: ["far"])
+        assertFormatError(try f.bytes(at: -1, count: 2, what: "neg"), contains: ["neg", "negative"])
+        assertFormatError(try MappedFile(path: try writeFile(dir, "zero.bin", [])), contains: ["zero.bin", "empty"])
+        assertFormatError(try MappedFile(path: dir.path), contains: ["not a regular file"])
+        assertFormatError(try MappedFile(path: dir.appendingPathComponent("missing").path), contains: ["missing", "not found"])
+        XCTAssertEqual(FormatError(path: "/a/b", message: "bad").description, "/a/b: bad")
+    }
+}
