@@ -31,13 +31,14 @@ func makeTempDir(_ test: XCTestCase) throws -> URL {
     return dir
 }
 
-/// Runs `body`, expecting a `FormatError` whose message contains every one of `fragments`.
+/// Runs `body`, expecting a `FormatError` whose description ("path: message") contains every
+/// one of `fragments`.
 func assertFormatError<T>(_ body: @autoclosure () throws -> T, contains fragments: [String], file: StaticString = #filePath, line: UInt = #line) {
     do {
         _ = try body()
         XCTFail("expected a FormatError containing \(fragments)", file: file, line: line)
     } catch let e as FormatError {
-        for f in fragments where !e.message.contains(f) {
+        for f in fragments where !e.description.contains(f) {
             XCTFail("error \"\(e)\" does not contain \"\(f)\"", file: file, line: line)
         }
     } catch {
