@@ -9,6 +9,7 @@
 //   CWTokenizers  byte-level BPE (GPT-2 style), SentencePiece BPE, llama2.c tokenizer, tokenizer.json
 //   CWTransformer the Llama-family forward pass, KV cache
 //   CWLoRA        LoRA adapters: PEFT, GGUF and MLX files; unmerged application, merge/unmerge
+//   CWScheduler   the ChunkWise scheduler: rank ladder, difficulty estimator, chunker, policies
 //   ChunkWise     the engine (actor), model loading, sampling, streaming generation
 //   ChunkWiseCLI  the `chunkwise` command-line tool
 import PackageDescription
@@ -27,6 +28,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
     ],
     targets: [
         .target(
@@ -40,9 +43,10 @@ let package = Package(
         .target(name: "CWTokenizers", dependencies: ["CWFormats"], swiftSettings: optimized),
         .target(name: "CWTransformer", dependencies: ["CWKernels", "CWFormats"], swiftSettings: optimized),
         .target(name: "CWLoRA", dependencies: ["CWTransformer", "CWFormats", "CWKernels", .product(name: "Logging", package: "swift-log")], swiftSettings: optimized),
+        .target(name: "CWScheduler", dependencies: ["CWLoRA", "CWTransformer", "CWKernels", "Yams"], swiftSettings: optimized),
         .target(
             name: "ChunkWise",
-            dependencies: ["CWLoRA", "CWTransformer", "CWTokenizers", "CWFormats", "CWKernels", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["CWScheduler", "CWLoRA", "CWTransformer", "CWTokenizers", "CWFormats", "CWKernels", .product(name: "Logging", package: "swift-log")],
             swiftSettings: optimized
         ),
         .executableTarget(
@@ -56,6 +60,7 @@ let package = Package(
         .testTarget(name: "CWTokenizersTests", dependencies: ["CWTokenizers", "CWFormats"], exclude: ["Fixtures"]),
         .testTarget(name: "CWTransformerTests", dependencies: ["CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"]),
         .testTarget(name: "CWLoRATests", dependencies: ["CWLoRA", "CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"]),
+        .testTarget(name: "CWSchedulerTests", dependencies: ["CWScheduler", "CWLoRA", "CWTransformer", "CWTestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
         .testTarget(name: "ChunkWiseTests", dependencies: ["ChunkWise", "CWTestSupport"]),
     ]
 )

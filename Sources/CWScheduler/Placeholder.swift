@@ -1,0 +1,1 @@
+// CWScheduler — the ChunkWise scheduler (placeholder)

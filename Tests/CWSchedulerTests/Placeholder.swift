@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderScheduler: XCTestCase { func testNothing() {} }
