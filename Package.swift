@@ -51,7 +51,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "ChunkWiseCLI",
-            dependencies: ["ChunkWise", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["ChunkWise", "CWScheduler", "CWLoRA", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: optimized
         ),
         .target(name: "CWTestSupport", path: "Tests/Support"),
