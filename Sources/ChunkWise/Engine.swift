@@ -25,11 +25,20 @@ public actor Engine {
     public let options: EngineOptions
     let pool: ThreadPool
     let logger = Logger(label: "chunkwise.engine")
+    /// What is added to the base projections (LoRA adapters, the ChunkWise scheduler), if anything.
+    let delta: ProjectionDelta?
+    /// Names of the active adapters, for reports.
+    public let adapterNames: [String]
+    /// Bytes held by the active adapters.
+    public let adapterByteCount: Int
 
     public init(model: LoadedModel, options: EngineOptions = EngineOptions()) {
         self.loaded = model
         self.options = options
         self.pool = ThreadPool(threads: options.threads)
+        self.delta = nil
+        self.adapterNames = []
+        self.adapterByteCount = 0
     }
 
     /// Loads a model from a path (GGUF file, HF folder, llama2.c .bin).
@@ -63,7 +72,7 @@ public actor Engine {
     public func logits(tokens: [Int], mode: LogitsMode = .last, precision: Precision? = nil) throws -> [Float] {
         guard tokens.count <= contextLength else { throw InferenceError.contextOverflow(needed: tokens.count, limit: contextLength) }
         let cache = loaded.model.makeCache(maxContext: contextLength, initialCapacity: tokens.count)
-        return try loaded.model.forward(tokens, cache: cache, options: ForwardOptions(precision: precision ?? options.precision, pool: pool, logits: mode))
+        return try loaded.model.forward(tokens, cache: cache, options: ForwardOptions(precision: precision ?? options.precision, pool: pool, logits: mode), delta: delta)
     }
 
     /// Streams a generation. Cancelling the consuming task stops it between tokens.
@@ -111,7 +120,7 @@ public actor Engine {
         let fwd = ForwardOptions(precision: options.precision, pool: pool, logits: .last)
 
         let t0 = Date()
-        var logits = try model.forward(prompt, cache: cache, options: fwd)
+        var logits = try model.forward(prompt, cache: cache, options: fwd, delta: delta)
         stats.prefillSeconds = Date().timeIntervalSince(t0)
         let tDecode = Date()
         var reason = FinishReason.length
@@ -129,7 +138,7 @@ public actor Engine {
             if stopped { reason = .stop; break }
             if generated.count == request.maxTokens { break }
             if cache.count + 1 > limit { reason = .length; break }
-            logits = try model.forward([next], cache: cache, options: fwd)
+            logits = try model.forward([next], cache: cache, options: fwd, delta: delta)
         }
         if reason != .stop {
             let (release, stopped) = stop.append(decoder.flush())

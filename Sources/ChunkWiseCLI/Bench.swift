@@ -1,0 +1,49 @@
+import ArgumentParser
+import ChunkWise
+import Foundation
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure prefill and decode speed, time to first token and memory (random tokens, after a warm-up).")
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(name: .customLong("prompt-tokens"), help: "Prompt length for the prefill test (pp).")
+    var promptTokens: Int = 512
+    @Option(name: .customLong("gen-tokens"), help: "Tokens generated for the decode test (tg).")
+    var genTokens: Int = 128
+    @Option(help: "Measured repetitions (after one warm-up).")
+    var repetitions: Int = 5
+    @Option(help: "Tokens in the context when decoding starts (default: the prompt length; 0 = fresh context, as llama-bench's tg).")
+    var depth: Int?
+    @Flag(help: "Print one JSON object.")
+    var json = false
+
+    func validate() throws {
+        if promptTokens < 1 || genTokens < 1 || repetitions < 1 {
+            throw ValidationError("--prompt-tokens, --gen-tokens and --repetitions must each be at least 1")
+        }
+        if let depth, depth < 0 { throw ValidationError("--depth must be ≥ 0") }
+    }
+
+    func run() async throws {
+        var mo = modelOptions
+        if mo.context == nil { mo.context = max(promptTokens, depth ?? promptTokens) + genTokens }
+        let engine = try mo.makeEngine()
+        let quiet = json
+        let report = try await engine.benchmark(
+            BenchmarkConfig(promptTokens: promptTokens, genTokens: genTokens, repetitions: repetitions, decodeDepth: depth),
+            progress: { line in if !quiet { printError(line) } })
+        if json { try printJSON(report); return }
+        func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
+        print("""
+        model     \(report.model)\(report.adapters.isEmpty ? "" : " + " + report.adapters.joined(separator: ", "))
+        setup     \(report.precision) precision, \(report.threads) threads, \(report.kernels)
+        | test                  | result              |
+        |-----------------------|---------------------|
+        | prefill pp\(String(report.prompt_tokens).padding(toLength: 11, withPad: " ", startingAt: 0)) | \(String(format: "%8.1f ± %6.1f tok/s", report.prefill_tok_s, report.prefill_tok_s_sd)) |
+        | decode tg\(String(report.gen_tokens).padding(toLength: 4, withPad: " ", startingAt: 0)) @ d\(String(report.decode_depth).padding(toLength: 5, withPad: " ", startingAt: 0)) | \(String(format: "%8.1f ± %6.1f tok/s", report.decode_tok_s, report.decode_tok_s_sd)) |
+        | time to first token   | \(String(format: "%8.1f ± %6.1f ms   ", report.ttft_ms, report.ttft_ms_sd)) |
+        memory    weights \(mib(report.memory.weights_bytes)), adapters \(mib(report.memory.adapter_bytes)), KV \(mib(report.memory.kv_bytes)), scratch \(mib(report.memory.scratch_bytes)) = \(mib(report.memory.total_bytes)); peak RSS \(mib(report.peak_rss_bytes))
+        """)
+    }
+}

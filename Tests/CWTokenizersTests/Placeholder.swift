@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderCWTokenizersTests: XCTestCase { func testNothing() {} }
