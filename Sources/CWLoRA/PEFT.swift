@@ -253,8 +253,11 @@ extension LoRAAdapter {
             var a = try floats(aName), b = try floats(bName)
             var r = ai.shape[0], inF = ai.shape[1], outF = bi.shape[0]
             if bi.shape[1] != r {
-                // Tensors stored transposed ([in, r] / [r, out]); accepted where only that reading fits.
-                if ai.shape[1] == bi.shape[0] {
+                // PEFT itself saves [r, in] / [out, r] whatever fan_in_fan_out says (the flag only
+                // transposes the merged delta of Conv1D bases, which Llama models do not have; PEFT
+                // turns it off for nn.Linear). With the flag set we also accept the transposed
+                // ([in, r] / [r, out], Conv1D-style) layout that some converters write.
+                if cfg.fanInFanOut, ai.shape[1] == bi.shape[0] {
                     r = ai.shape[1]; inF = ai.shape[0]; outF = bi.shape[1]
                     a = transpose(a, rows: inF, cols: r)
                     b = transpose(b, rows: r, cols: outF)
@@ -262,7 +265,6 @@ extension LoRAAdapter {
                     throw fail("lora_A of \(module) is \(ai.shape) and lora_B is \(bi.shape): their ranks disagree (expected [r, in] and [out, r])")
                 }
             }
-            if cfg.fanInFanOut { loraLogger.debug("\(module): fan_in_fan_out ignored for an nn.Linear base layer, as PEFT does") }
             var scale: Double
             let alpha = cfg.alpha(for: module)
             if cfg.peftType == "ADALORA" {
