@@ -117,6 +117,31 @@ final class MergeAndRoundTripTests: XCTestCase {
         }
     }
 
+    /// A GGUF LoRA written by gguf-py with llama.cpp's permute (Fixtures/README.md): our reader and
+    /// row-order handling reproduce PEFT's golden on both models, and our writer writes the same tensors.
+    func testGGUFPyFixtureMatchesPEFTGoldenAndOurWriter() throws {
+        let fixture = TestPaths.packageRoot().appendingPathComponent("Tests/CWLoRATests/Fixtures/stories260K-random-r8.lora.gguf").path
+        let gguf = try LoRAAdapter.load(path: fixture)
+        XCTAssertEqual(gguf.format, .gguf)
+        XCTAssertEqual(gguf.modules.count, 35)
+        XCTAssertTrue(gguf.modules.allSatisfy { $0.scale == 2 })
+        let dir = try Craft.tempDir("ours")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let l2c = try Stories.llama2c()
+        try storiesAdapter().writeGGUF(to: dir + "/ours.gguf", config: l2c.config)
+        XCTAssertEqual(try LoRAAdapter.load(path: dir + "/ours.gguf").contentHash, gguf.contentHash, "our writer = gguf-py + llama.cpp permute")
+
+        let g = try TestPaths.json("golden/stories260k/goldens.json")
+        let p = try XCTUnwrap((g["prompts"] as? [[String: Any]])?.last)
+        let ids = try XCTUnwrap(p["ids"] as? [Int])
+        let v = try XCTUnwrap((p["variants"] as? [String: Any])?["lora"] as? [String: Any])
+        let golden = try TestPaths.floats("golden/stories260k/" + (v["logits_file"] as! String))
+        for model in [l2c, try Stories.hf()] {
+            let logits = try Stories.logits(model, try LoRAStack(model: model, adapter: gguf), ids: ids, pool: pool)
+            XCTAssertLessThanOrEqual(Compare.maxAbsDiff(logits[...], golden[...]), 1e-4, "\(model.source.formatName) with the gguf-py LoRA")
+        }
+    }
+
     /// SmolLM2 adapter b (per-module scales: rsLoRA + rank/alpha patterns) through our GGUF writer,
     /// applied to the GGUF model with no permutation at binding: still matches PEFT's golden.
     func testSmolLM2AdapterBThroughGGUFMatchesGolden() throws {
