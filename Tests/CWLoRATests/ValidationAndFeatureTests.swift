@@ -261,5 +261,15 @@ final class ValidationAndFeatureTests: XCTestCase {
         let got = try Stories.logits(merged.model, nil, pool: pool)
         XCTAssertLessThanOrEqual(Compare.maxAbsDiff(got[...], base.map { $0 * 2 }[...]), 1e-4, "lm_head doubled → logits doubled")
         XCTAssertEqual(try Stories.logits(merged.unmerge(), nil, pool: pool), base)
+
+        // embed_tokens: replaces the input embedding; a tied head keeps the original weights (PEFT's
+        // ModulesToSaveWrapper copies the module, the head still points at the original parameter).
+        var t3 = Craft.loraPair("model.layers.0.self_attn.q_proj", r: 4, out: 64, in: 64, rng: &rng, bScale: 0)
+        t3.append(OutputTensor(name: "base_model.model.model.embed_tokens.weight", shape: [512, 64], values: emb.map { $0 * 3 }))
+        let e2 = try make("mts-embed", config: Craft.config(r: 4, alpha: 4, targets: ["q_proj"], extra: "\"modules_to_save\": [\"embed_tokens\"]"), tensors: t3)
+        let m2 = try e2.merged(model: model)
+        XCTAssertEqual(dense(m2.model.weights.tokenEmbedding), emb.map { $0 * 3 })
+        XCTAssertEqual(dense(m2.model.weights.output), emb)
+        XCTAssertEqual(m2.extraBytes, 4 * (64 * 64 + 512 * 64))
     }
 }
