@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(name: "CWFormatsTests", dependencies: ["CWFormats"]),
         .testTarget(name: "CWTokenizersTests", dependencies: ["CWTokenizers", "CWFormats"], exclude: ["Fixtures"]),
         .testTarget(name: "CWTransformerTests", dependencies: ["CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"]),
-        .testTarget(name: "CWLoRATests", dependencies: ["CWLoRA", "CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"]),
+        .testTarget(name: "CWLoRATests", dependencies: ["CWLoRA", "CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "CWSchedulerTests", dependencies: ["CWScheduler", "CWLoRA", "CWTransformer", "CWTestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
         .testTarget(name: "ChunkWiseTests", dependencies: ["ChunkWise", "CWTestSupport"]),
     ]
