@@ -1,4 +1,5 @@
 import CWKernels
+import CWLoRA
 import CWTokenizers
 import CWTransformer
 import Foundation
@@ -10,11 +11,25 @@ public struct EngineOptions: Sendable {
     public var threads: Int = ProcessInfo.processInfo.activeProcessorCount
     /// Positions a sequence may use (nil = the model's context length).
     public var contextLength: Int? = nil
+    /// LoRA adapters to apply, each with a weight (`path[:weight]`).
+    public var adapters: [AdapterSpec] = []
+    /// A multiplier on every adapter's scale.
+    public var adapterScale: Float = 1
+    /// Accept adapters that target modules the model lacks (they are skipped, with a log line).
+    public var allowPartialAdapter = false
+    /// Merge the adapters into (fp32 copies of) the touched base matrices instead of applying
+    /// them unmerged.
+    public var mergeAdapters = false
 
-    public init(precision: Precision = .fast, threads: Int = ProcessInfo.processInfo.activeProcessorCount, contextLength: Int? = nil) {
+    public init(precision: Precision = .fast, threads: Int = ProcessInfo.processInfo.activeProcessorCount, contextLength: Int? = nil,
+                adapters: [AdapterSpec] = [], adapterScale: Float = 1, allowPartialAdapter: Bool = false, mergeAdapters: Bool = false) {
         self.precision = precision
         self.threads = threads
         self.contextLength = contextLength
+        self.adapters = adapters
+        self.adapterScale = adapterScale
+        self.allowPartialAdapter = allowPartialAdapter
+        self.mergeAdapters = mergeAdapters
     }
 }
 
@@ -28,22 +43,44 @@ public actor Engine {
     /// What is added to the base projections (LoRA adapters, the ChunkWise scheduler), if anything.
     let delta: ProjectionDelta?
     /// Names of the active adapters, for reports.
-    public let adapterNames: [String]
+    public nonisolated let adapterNames: [String]
     /// Bytes held by the active adapters.
-    public let adapterByteCount: Int
+    public nonisolated let adapterByteCount: Int
 
-    public init(model: LoadedModel, options: EngineOptions = EngineOptions()) {
-        self.loaded = model
+    /// Binds `options.adapters` (if any) to the model: unmerged as a `LoRAStack`, or merged into
+    /// fp32 copies of the touched matrices.
+    public init(model: LoadedModel, options: EngineOptions = EngineOptions()) throws {
         self.options = options
         self.pool = ThreadPool(threads: options.threads)
-        self.delta = nil
-        self.adapterNames = []
-        self.adapterByteCount = 0
+        self.adapterNames = options.adapters.map { spec in
+            let name = (spec.path as NSString).lastPathComponent
+            return spec.weight == 1 ? name : "\(name):\(spec.weight)"
+        }
+        if options.adapters.isEmpty {
+            self.loaded = model
+            self.delta = nil
+            self.adapterByteCount = 0
+            return
+        }
+        let bindings = try options.adapters.map { try $0.load() }
+        if options.mergeAdapters {
+            let merged = try LoRAStack.merged(model: model.model, adapters: bindings, scale: options.adapterScale,
+                                              allowPartial: options.allowPartialAdapter)
+            self.loaded = LoadedModel(model: merged.model, tokenizer: model.tokenizer, name: model.name, chatTemplate: model.chatTemplate)
+            self.delta = nil
+            self.adapterByteCount = merged.extraBytes
+        } else {
+            let stack = try LoRAStack(model: model.model, adapters: bindings, scale: options.adapterScale,
+                                      allowPartial: options.allowPartialAdapter)
+            self.loaded = model
+            self.delta = stack
+            self.adapterByteCount = bindings.reduce(0) { $0 + $1.adapter.byteCount }
+        }
     }
 
-    /// Loads a model from a path (GGUF file, HF folder, llama2.c .bin).
+    /// Loads a model from a path (GGUF file, HF folder, llama2.c .bin) and its adapters.
     public init(modelPath: String, tokenizerPath: String? = nil, options: EngineOptions = EngineOptions()) throws {
-        self.init(model: try ModelLoader.load(path: modelPath, tokenizerPath: tokenizerPath), options: options)
+        try self.init(model: try ModelLoader.load(path: modelPath, tokenizerPath: tokenizerPath), options: options)
     }
 
     public nonisolated var tokenizer: any Tokenizer { loaded.tokenizer }

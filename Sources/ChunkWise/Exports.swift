@@ -3,3 +3,4 @@
 @_exported import CWKernels
 @_exported import CWTokenizers
 @_exported import CWTransformer
+@_exported import CWLoRA

@@ -1,5 +1,6 @@
 import ArgumentParser
 import ChunkWise
+import CWLoRA
 import Foundation
 
 @main
@@ -7,7 +8,7 @@ struct ChunkWiseCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chunkwise",
         abstract: "Run LoRA-adapted language models on the CPU, with the LoRA rank chosen per chunk of tokens.",
-        subcommands: [Generate.self, Tokenize.self, Logits.self, Inspect.self, Bench.self]
+        subcommands: [Generate.self, Tokenize.self, Logits.self, Inspect.self, Bench.self, Merge.self]
     )
 }
 
@@ -28,14 +29,32 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Context length in tokens (default: the model's).")
     var context: Int?
 
+    @Option(name: .customLong("adapter"), help: "A LoRA adapter (PEFT folder, GGUF LoRA or MLX folder), optionally with a weight: PATH[:WEIGHT]. Repeatable.")
+    var adapters: [String] = []
+
+    @Option(name: .customLong("adapter-scale"), help: "A multiplier on every adapter's scale.")
+    var adapterScale: Float = 1
+
+    @Flag(name: .customLong("allow-partial-adapter"), help: "Accept an adapter some of whose modules are not in the model.")
+    var allowPartialAdapter = false
+
+    @Flag(name: .customLong("merge-adapters"), help: "Merge adapters into fp32 copies of the touched weights instead of applying them unmerged.")
+    var mergeAdapters = false
+
     func validate() throws {
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let context, context < 1 { throw ValidationError("--context must be at least 1") }
+        for a in adapters { _ = try AdapterSpec.parse(a) }
+    }
+
+    func engineOptions() throws -> EngineOptions {
+        EngineOptions(precision: precision.value, threads: threads, contextLength: context,
+                      adapters: try adapters.map(AdapterSpec.parse), adapterScale: adapterScale,
+                      allowPartialAdapter: allowPartialAdapter, mergeAdapters: mergeAdapters)
     }
 
     func makeEngine() throws -> Engine {
-        try Engine(modelPath: model, tokenizerPath: tokenizer,
-                   options: EngineOptions(precision: precision.value, threads: threads, contextLength: context))
+        try Engine(modelPath: model, tokenizerPath: tokenizer, options: engineOptions())
     }
 }
 

@@ -191,3 +191,42 @@ final class SamplerTests: XCTestCase {
     }
 }
 
+
+/// Adapters through the engine (unmerged and merged) against the PEFT goldens.
+final class EngineAdapterTests: XCTestCase {
+    func testStoriesWithAdapterMatchesPEFTGreedy() async throws {
+        let bin = try TestPaths.sharedFile("models/stories260K/stories260K.bin")
+        let adapter = try TestPaths.sharedFile("adapters/stories260K-random-r8")
+        let g = try TestPaths.json("golden/stories260k/goldens.json")
+        let p = try XCTUnwrap((g["prompts"] as? [[String: Any]])?.first { ($0["text"] as? String) == "Once upon a time" })
+        let variants = try XCTUnwrap(p["variants"] as? [String: Any])
+        for (merge, variant) in [(false, "lora"), (true, "merged")] {
+            let engine = try Engine(modelPath: bin, options: EngineOptions(precision: .exact, threads: 2,
+                                                                           adapters: [AdapterSpec(path: adapter)], mergeAdapters: merge))
+            let expected = try XCTUnwrap((variants[variant] as? [String: Any])?["greedy_ids"] as? [Int])
+            let r = try await engine.complete(GenerationRequest(prompt: .text("Once upon a time"), maxTokens: 32, stopAtEOS: false))
+            XCTAssertEqual(r.tokens, expected, "merge: \(merge)")
+            let adapterBytes = engine.adapterByteCount
+            XCTAssertGreaterThan(adapterBytes, 0)
+        }
+    }
+
+    func testAdapterWeightZeroIsTheBaseModel() async throws {
+        let bin = try TestPaths.sharedFile("models/stories260K/stories260K.bin")
+        let adapter = try TestPaths.sharedFile("adapters/stories260K-random-r8")
+        let base = try Engine(modelPath: bin, options: EngineOptions(precision: .exact, threads: 2))
+        let zero = try Engine(modelPath: bin, options: EngineOptions(precision: .exact, threads: 2, adapters: [AdapterSpec.parse(adapter + ":0")]))
+        let a = try await base.logits(tokens: [1, 403, 407])
+        let b = try await zero.logits(tokens: [1, 403, 407])
+        XCTAssertEqual(a, b)
+    }
+
+    func testAdapterForAnotherModelIsRejected() throws {
+        let bin = try TestPaths.sharedFile("models/stories260K/stories260K.bin")
+        let adapter = try TestPaths.sharedFile("adapters/smollm2-wikitext-r16")
+        XCTAssertThrowsError(try Engine(modelPath: bin, options: EngineOptions(adapters: [AdapterSpec(path: adapter)]))) { e in
+            let m = String(describing: e)
+            XCTAssertTrue(m.contains("lora") || m.contains("layer") || m.contains("hidden"), m)
+        }
+    }
+}
