@@ -11,6 +11,7 @@
 //   CWLoRA        LoRA adapters: PEFT, GGUF and MLX files; unmerged application, merge/unmerge
 //   CWScheduler   the ChunkWise scheduler: rank ladder, difficulty estimator, chunker, policies
 //   ChunkWise     the engine (actor), model loading, sampling, streaming generation
+//   CWEval        perplexity, SQuAD EM/F1, BLEU/chrF (sacrebleu-exact), the policy report
 //   ChunkWiseCLI  the `chunkwise` command-line tool
 import PackageDescription
 
@@ -49,9 +50,10 @@ let package = Package(
             dependencies: ["CWScheduler", "CWLoRA", "CWTransformer", "CWTokenizers", "CWFormats", "CWKernels", .product(name: "Logging", package: "swift-log")],
             swiftSettings: optimized
         ),
+        .target(name: "CWEval", dependencies: ["ChunkWise", "CWScheduler", "CWLoRA"], swiftSettings: optimized),
         .executableTarget(
             name: "ChunkWiseCLI",
-            dependencies: ["ChunkWise", "CWScheduler", "CWLoRA", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["ChunkWise", "CWEval", "CWScheduler", "CWLoRA", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: optimized
         ),
         .target(name: "CWTestSupport", path: "Tests/Support"),
@@ -61,6 +63,7 @@ let package = Package(
         .testTarget(name: "CWTransformerTests", dependencies: ["CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"]),
         .testTarget(name: "CWLoRATests", dependencies: ["CWLoRA", "CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "CWSchedulerTests", dependencies: ["CWScheduler", "CWLoRA", "CWTransformer", "CWTestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
+        .testTarget(name: "CWEvalTests", dependencies: ["CWEval", "ChunkWise", "CWTestSupport"]),
         .testTarget(name: "ChunkWiseTests", dependencies: ["ChunkWise", "CWTestSupport"]),
     ]
 )

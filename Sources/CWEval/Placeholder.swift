@@ -1,0 +1,1 @@
+// CWEval — evaluation (placeholder)
