@@ -20,9 +20,12 @@ public enum InferenceError: Error, CustomStringConvertible, Equatable {
     case emptyInput
     case tokenOutOfRange(id: Int, vocabularySize: Int)
     case contextOverflow(needed: Int, limit: Int)
+    case duplicateCache
 
     public var description: String {
         switch self {
+        case .duplicateCache: return "a batch holds the same KV cache twice (one sequence per cache)"
+
         case .emptyInput: return "the prompt is empty: at least one token is needed"
         case .tokenOutOfRange(let id, let v): return "token id \(id) is outside the vocabulary (0..<\(v))"
         case .contextOverflow(let needed, let limit):
@@ -73,46 +76,61 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Runs `tokens` at positions `cache.count ..< cache.count + tokens.count`, appends their keys
     /// and values to `cache`, and returns the logits asked for (`vocab` floats per returned
-    /// position, row-major).
+    /// position, row-major). Long prompts go through in micro-batches of `options.microBatch`.
     public func forward(_ tokens: [Int], cache: KVCache, options: ForwardOptions, delta: ProjectionDelta? = nil) throws -> [Float] {
+        try validate(tokens, cache: cache)
+        let vocab = config.vocabSize
+        var result: [Float] = []
+        if options.logits == .all { result.reserveCapacity(vocab * tokens.count) }
+        var start = 0
+        while start < tokens.count {
+            let end = min(tokens.count, start + options.microBatch)
+            let mode: LogitsMode = options.logits == .all ? .all : (options.logits == .last && end == tokens.count ? .last : .none)
+            let item = BatchItem(tokens: Array(tokens[start..<end]), cache: cache, delta: delta, logits: mode)
+            let out = try forwardSegments([item], options: options)
+            if mode != .none { result.append(contentsOf: out[0]) }
+            start = end
+        }
+        return result
+    }
+
+    /// One sequence's share of a batched forward pass.
+    public struct BatchItem {
+        public var tokens: [Int]
+        public var cache: KVCache
+        public var delta: ProjectionDelta?
+        public var logits: LogitsMode
+
+        public init(tokens: [Int], cache: KVCache, delta: ProjectionDelta? = nil, logits: LogitsMode = .last) {
+            self.tokens = tokens
+            self.cache = cache
+            self.delta = delta
+            self.logits = logits
+        }
+    }
+
+    /// Runs several sequences in one pass: every weight matrix is read once for all of their
+    /// rows (continuous batching), while RoPE, the KV cache, attention and each sequence's delta
+    /// (its adapter and ranks) stay per sequence. Returns each item's logits.
+    public func forward(batch items: [BatchItem], options: ForwardOptions) throws -> [[Float]] {
+        guard !items.isEmpty else { return [] }
+        var seen = Set<ObjectIdentifier>()
+        for it in items {
+            guard seen.insert(ObjectIdentifier(it.cache)).inserted else {
+                throw InferenceError.duplicateCache
+            }
+            try validate(it.tokens, cache: it.cache)
+        }
+        return try forwardSegments(items, options: options)
+    }
+
+    private func validate(_ tokens: [Int], cache: KVCache) throws {
         guard !tokens.isEmpty else { throw InferenceError.emptyInput }
         for t in tokens where t < 0 || t >= config.vocabSize {
             throw InferenceError.tokenOutOfRange(id: t, vocabularySize: config.vocabSize)
         }
         let needed = cache.count + tokens.count
         guard cache.reserve(needed) else { throw InferenceError.contextOverflow(needed: needed, limit: cache.maxCapacity) }
-
-        let vocab = config.vocabSize
-        var result: [Float]
-        switch options.logits {
-        case .none: result = []
-        case .last: result = [Float](repeating: 0, count: vocab)
-        case .all: result = [Float](repeating: 0, count: vocab * tokens.count)
-        }
-        let mb = options.microBatch
-        var scratch = Scratch(config: config, tokens: min(mb, tokens.count))
-        defer { scratch.free() }
-        var start = 0
-        while start < tokens.count {
-            let end = min(tokens.count, start + mb)
-            let batch = Array(tokens[start..<end])
-            let wantLogits: Bool
-            switch options.logits {
-            case .none: wantLogits = false
-            case .last: wantLogits = end == tokens.count
-            case .all: wantLogits = true
-            }
-            try result.withUnsafeMutableBufferPointer { out in
-                let dest: UnsafeMutablePointer<Float>? = {
-                    guard wantLogits, let base = out.baseAddress else { return nil }
-                    return options.logits == .all ? base + start * vocab : base
-                }()
-                try forwardBatch(batch, cache: cache, options: options, delta: delta, scratch: &scratch,
-                                 logits: dest, allPositions: options.logits == .all)
-            }
-            start = end
-        }
-        return result
     }
 
     /// Scratch activations for a micro-batch of `n` tokens.
@@ -146,31 +164,44 @@ public final class LlamaModel: @unchecked Sendable {
         Scratch.byteCount(config: config, tokens: min(tokens, microBatch))
     }
 
-    private func forwardBatch(_ tokens: [Int], cache: KVCache, options: ForwardOptions, delta: ProjectionDelta?,
-                              scratch s: inout Scratch, logits: UnsafeMutablePointer<Float>?, allPositions: Bool) throws {
+    /// The whole model over the rows of several sequences (segments), read top to bottom.
+    private func forwardSegments(_ items: [BatchItem], options: ForwardOptions) throws -> [[Float]] {
         let c = config, w = weights, pool = options.pool, prec = options.precision
-        let n = tokens.count, d = c.hiddenSize, ff = c.intermediateSize
-        let pos0 = cache.count
-        let positions = pos0..<(pos0 + n)
+        let d = c.hiddenSize, ff = c.intermediateSize, half = c.headDim / 2
+        // Row ranges and positions of each segment.
+        var rowStart: [Int] = [], pos0: [Int] = []
+        var n = 0
+        for it in items { rowStart.append(n); pos0.append(it.cache.count); n += it.tokens.count }
+        let s = Scratch(config: c, tokens: n)
+        defer { s.free() }
 
         // Embedding lookup.
-        for (t, id) in tokens.enumerated() { w.tokenEmbedding.dequantizeRow(id, into: s.x + t * d) }
+        for (i, it) in items.enumerated() {
+            for (t, id) in it.tokens.enumerated() { w.tokenEmbedding.dequantizeRow(id, into: s.x + (rowStart[i] + t) * d) }
+        }
 
-        // RoPE tables for this batch's positions.
-        let half = c.headDim / 2
+        // RoPE tables for every row's position.
         var cosT = [Float](repeating: 0, count: n * half), sinT = [Float](repeating: 0, count: n * half)
-        for t in 0..<n {
-            let p = Double(pos0 + t)
-            for i in 0..<half {
-                let a = p * ropeInvFreq[i]
-                cosT[t * half + i] = Float(cos(a))
-                sinT[t * half + i] = Float(sin(a))
+        for (i, it) in items.enumerated() {
+            for t in 0..<it.tokens.count {
+                let p = Double(pos0[i] + t), row = rowStart[i] + t
+                for j in 0..<half {
+                    let a = p * ropeInvFreq[j]
+                    cosT[row * half + j] = Float(cos(a))
+                    sinT[row * half + j] = Float(sin(a))
+                }
             }
         }
 
+        /// y = W·x for all rows, then each segment's delta on its own rows.
         func linear(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
             Kernels.matmul(m, x, tokens: n, y, precision: prec, pool: pool)
-            delta?.apply(layer: layer, projection: p, x: x, tokens: n, positions: positions, y: y, pool: pool)
+            for (i, it) in items.enumerated() {
+                guard let delta = it.delta else { continue }
+                let r = rowStart[i], len = it.tokens.count
+                delta.apply(layer: layer, projection: p, x: x + r * m.cols, tokens: len,
+                            positions: pos0[i]..<(pos0[i] + len), y: y + r * m.rows, pool: pool)
+            }
         }
 
         for (l, lw) in w.layers.enumerated() {
@@ -186,12 +217,15 @@ public final class LlamaModel: @unchecked Sendable {
             if let b = lw.bv { addBias(s.v, b, n) }
             applyRope(s.q, heads: c.heads, n: n, cos: cosT, sin: sinT)
             applyRope(s.k, heads: c.kvHeads, n: n, cos: cosT, sin: sinT)
-            let kc = cache.keys(layer: l), vc = cache.values(layer: l)
-            (kc + pos0 * c.kvDim).update(from: s.k, count: n * c.kvDim)
-            (vc + pos0 * c.kvDim).update(from: s.v, count: n * c.kvDim)
-            Attention.causal(q: s.q, k: kc, v: vc, out: s.att, tokens: n, startPos: pos0,
-                             heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, kvStride: c.kvDim,
-                             scale: 1 / Float(c.headDim).squareRoot(), pool: pool)
+            for (i, it) in items.enumerated() {
+                let r = rowStart[i], len = it.tokens.count
+                let kc = it.cache.keys(layer: l), vc = it.cache.values(layer: l)
+                (kc + pos0[i] * c.kvDim).update(from: s.k + r * c.kvDim, count: len * c.kvDim)
+                (vc + pos0[i] * c.kvDim).update(from: s.v + r * c.kvDim, count: len * c.kvDim)
+                Attention.causal(q: s.q + r * c.qDim, k: kc, v: vc, out: s.att + r * c.qDim, tokens: len, startPos: pos0[i],
+                                 heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, kvStride: c.kvDim,
+                                 scale: 1 / Float(c.headDim).squareRoot(), pool: pool)
+            }
             linear(l, .o, lw.wo, s.att, s.xb)
             VectorOps.add(s.x, s.xb, n: n * d)
 
@@ -205,15 +239,34 @@ public final class LlamaModel: @unchecked Sendable {
             linear(l, .down, lw.wDown, s.hb, s.xb)
             VectorOps.add(s.x, s.xb, n: n * d)
         }
-        cache.advance(to: pos0 + n)
+        for (i, it) in items.enumerated() { it.cache.advance(to: pos0[i] + it.tokens.count) }
 
-        guard let logits else { return }
-        let first = allPositions ? 0 : n - 1
-        let rows = n - first
-        w.finalNorm.withUnsafeBufferPointer { g in
-            for t in first..<n { VectorOps.rmsNorm(s.x + t * d, g.baseAddress!, s.xb + (t - first) * d, n: d, eps: c.rmsNormEps) }
+        // Final norm and output head over the rows whose logits are wanted, in one matmul.
+        var rows: [Int] = []
+        for (i, it) in items.enumerated() {
+            switch it.logits {
+            case .none: break
+            case .last: rows.append(rowStart[i] + it.tokens.count - 1)
+            case .all: rows.append(contentsOf: rowStart[i]..<(rowStart[i] + it.tokens.count))
+            }
         }
-        Kernels.matmul(w.output, s.xb, tokens: rows, logits, precision: prec, pool: pool)
+        var results = [[Float]](repeating: [], count: items.count)
+        guard !rows.isEmpty else { return results }
+        w.finalNorm.withUnsafeBufferPointer { g in
+            for (j, row) in rows.enumerated() { VectorOps.rmsNorm(s.x + row * d, g.baseAddress!, s.xb + j * d, n: d, eps: c.rmsNormEps) }
+        }
+        let vocab = c.vocabSize
+        var all = [Float](repeating: 0, count: rows.count * vocab)
+        all.withUnsafeMutableBufferPointer { out in
+            Kernels.matmul(w.output, s.xb, tokens: rows.count, out.baseAddress!, precision: prec, pool: pool)
+        }
+        var j = 0
+        for (i, it) in items.enumerated() {
+            let count = it.logits == .all ? it.tokens.count : (it.logits == .last ? 1 : 0)
+            if count > 0 { results[i] = Array(all[(j * vocab)..<((j + count) * vocab)]) }
+            j += count
+        }
+        return results
     }
 
     private func addBias(_ y: UnsafeMutablePointer<Float>, _ b: [Float], _ n: Int) {

@@ -1,0 +1,46 @@
+import CWFormats
+import CWKernels
+import CWTestSupport
+import CWTransformer
+import XCTest
+
+/// Several sequences in one pass (continuous batching) give each sequence the logits it gets alone.
+final class BatchedForwardTests: XCTestCase {
+    func testBatchEqualsSeparateRuns() throws {
+        let model = try LlamaModel(llama2c: Llama2cFile(path: TestPaths.sharedFile("models/stories260K/stories260K.bin")))
+        let pool = ThreadPool(threads: 2)
+        let opts = ForwardOptions(precision: .exact, pool: pool, logits: .last)
+        let prompts = [[1, 403, 407, 261, 378], [1, 385, 328], [1, 300, 301, 302, 303, 304, 305]]
+        // Separate: prefill, then two decode steps each.
+        var separate: [[[Float]]] = []
+        for p in prompts {
+            let cache = model.makeCache()
+            var outs = [try model.forward(p, cache: cache, options: opts)]
+            for step in 0..<2 { outs.append(try model.forward([10 + step], cache: cache, options: opts)) }
+            separate.append(outs)
+        }
+        // Batched: all prefills in one pass, then all decode steps in one pass each.
+        let caches = prompts.map { _ in model.makeCache() }
+        var batched = try model.forward(batch: zip(prompts, caches).map { LlamaModel.BatchItem(tokens: $0, cache: $1) }, options: opts).map { [$0] }
+        for step in 0..<2 {
+            let outs = try model.forward(batch: caches.map { LlamaModel.BatchItem(tokens: [10 + step], cache: $0) }, options: opts)
+            for i in outs.indices { batched[i].append(outs[i]) }
+        }
+        for i in prompts.indices {
+            for step in 0..<3 {
+                let diff = Compare.maxAbsDiff(batched[i][step][...], separate[i][step][...])
+                XCTAssertLessThanOrEqual(diff, 1e-5, "sequence \(i) step \(step)")
+            }
+            XCTAssertEqual(caches[i].count, prompts[i].count + 2)
+        }
+    }
+
+    func testBatchRejectsASharedCache() throws {
+        let model = try LlamaModel(llama2c: Llama2cFile(path: TestPaths.sharedFile("models/stories260K/stories260K.bin")))
+        let cache = model.makeCache()
+        XCTAssertThrowsError(try model.forward(batch: [.init(tokens: [1], cache: cache), .init(tokens: [2], cache: cache)],
+                                               options: ForwardOptions(pool: ThreadPool(threads: 1)))) { e in
+            XCTAssertEqual(e as? InferenceError, .duplicateCache)
+        }
+    }
+}
