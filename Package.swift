@@ -12,6 +12,7 @@
 //   CWScheduler   the ChunkWise scheduler: rank ladder, difficulty estimator, chunker, policies
 //   ChunkWise     the engine (actor), model loading, sampling, streaming generation
 //   CWEval        perplexity, SQuAD EM/F1, BLEU/chrF (sacrebleu-exact), the policy report
+//   CWServer      `chunkwise serve`: OpenAI-compatible HTTP server (Hummingbird), continuous batching
 //   ChunkWiseCLI  the `chunkwise` command-line tool
 import PackageDescription
 
@@ -31,6 +32,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.4.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
     ],
     targets: [
         .target(
@@ -51,9 +56,21 @@ let package = Package(
             swiftSettings: optimized
         ),
         .target(name: "CWEval", dependencies: ["ChunkWise", "CWScheduler", "CWLoRA"], swiftSettings: optimized),
+        .target(
+            name: "CWServer",
+            dependencies: [
+                "ChunkWise", "CWScheduler", "CWLoRA",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: optimized
+        ),
         .executableTarget(
             name: "ChunkWiseCLI",
-            dependencies: ["ChunkWise", "CWEval", "CWScheduler", "CWLoRA", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["ChunkWise", "CWServer", "CWEval", "CWScheduler", "CWLoRA", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: optimized
         ),
         .target(name: "CWTestSupport", path: "Tests/Support"),
@@ -64,6 +81,10 @@ let package = Package(
         .testTarget(name: "CWLoRATests", dependencies: ["CWLoRA", "CWTransformer", "CWFormats", "CWKernels", "CWTestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "CWSchedulerTests", dependencies: ["CWScheduler", "CWLoRA", "CWTransformer", "CWTestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
         .testTarget(name: "CWEvalTests", dependencies: ["CWEval", "ChunkWise", "CWTestSupport"]),
+        .testTarget(name: "CWServerTests", dependencies: [
+            "CWServer", "ChunkWise", "CWTestSupport",
+            .product(name: "HummingbirdTesting", package: "hummingbird"),
+        ]),
         .testTarget(name: "ChunkWiseTests", dependencies: ["ChunkWise", "CWTestSupport"]),
     ]
 )

@@ -1,0 +1,1 @@
+// CWServer — the OpenAI-compatible server (placeholder)

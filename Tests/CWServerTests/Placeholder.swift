@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderServer: XCTestCase { func testNothing() {} }
