@@ -215,7 +215,7 @@ struct cw_pool {
 };
 
 static _Thread_local int cw_in_job = 0;
-enum { CW_SPIN = 1 << 15 };
+enum { CW_SPIN = 1 << 14 }; // pause iterations (~0.5 ms) before a worker sleeps
 
 static void cw_pool_part(cw_pool *p, int i) {
     if (i >= p->parts) return;
@@ -237,7 +237,9 @@ static void *cw_worker(void *arg) {
         uint64_t g = atomic_load_explicit(&p->gen, memory_order_acquire);
         for (int spin = 0; g == seen && spin < CW_SPIN; spin++) {
             if (atomic_load_explicit(&p->quit, memory_order_relaxed)) return NULL;
-            cw_cpu_relax();
+            // Yield now and then: on an oversubscribed machine the thread we wait for may need this core.
+            if ((spin & 63) == 63) sched_yield();
+            else cw_cpu_relax();
             g = atomic_load_explicit(&p->gen, memory_order_acquire);
         }
         if (g == seen) {
@@ -320,7 +322,7 @@ void cw_pool_parallel_for(cw_pool *p, int64_t count, int64_t granularity, cw_ran
     cw_pool_part(p, 0);
     cw_in_job = 0;
     for (long spin = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spin++) {
-        if (spin < CW_SPIN) cw_cpu_relax();
+        if (spin < CW_SPIN && (spin & 63) != 63) cw_cpu_relax();
         else sched_yield();
     }
     pthread_mutex_unlock(&p->run_lock);

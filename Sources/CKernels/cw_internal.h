@@ -6,11 +6,11 @@
 #include <string.h>
 #include <math.h>
 
-// Activations quantized for the 32-element block types: per-block fp32 scale and the exact
-// integer sum of the quants (needed for the offset/min terms of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
+// Activations quantized for the 32-element block types: per-block fp32 scale and d·Σq, the
+// block's (quantized) sum, for the offset/min terms of Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (VNNI).
 typedef struct {
     float d;
-    int32_t s;
+    float sd;
     int8_t qs[32];
 } cw_q8b;
 

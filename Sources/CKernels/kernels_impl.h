@@ -41,8 +41,136 @@ CW_INLINE float FN(h2f)(uint16_t h) {
 // ---------------------------------------------------------------------------------------------
 // Dequantization (exact, ggml semantics)
 
+#if CW_X86
+// 32 bytes → 4×8 floats (unsigned or signed bytes), then y = f·d (+ m), not fused (ggml rounding).
+CW_INLINE void FN(bytes_to_f)(__m256i q, int sgn, __m256 f[4]) {
+#pragma clang fp contract(off)
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    if (sgn) {
+        f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+        f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+        f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+        f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+    } else {
+        f[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+        f[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+        f[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+        f[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    }
+}
+CW_INLINE void FN(put_scaled)(float *y, __m256i q, int sgn, float d) {
+#pragma clang fp contract(off)
+    __m256 f[4];
+    FN(bytes_to_f)(q, sgn, f);
+    const __m256 dv = _mm256_set1_ps(d);
+    for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(f[i], dv));
+}
+// y = d·q + m (Q4_1/Q5_1 order) or y = d·q - m (K-quant order; pass sub = 1)
+CW_INLINE void FN(put_affine)(float *y, __m256i q, float d, float m, int sub) {
+#pragma clang fp contract(off)
+    __m256 f[4];
+    FN(bytes_to_f)(q, 0, f);
+    const __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(m);
+    for (int i = 0; i < 4; i++) {
+        const __m256 p = _mm256_mul_ps(f[i], dv);
+        _mm256_storeu_ps(y + 8 * i, sub ? _mm256_sub_ps(p, mv) : _mm256_add_ps(p, mv));
+    }
+}
+CW_INLINE __m256i FN(nibbles)(const uint8_t *p);
+CW_INLINE __m256i FN(bit16)(uint32_t bits);
+
+// Returns 1 when handled with intrinsics.
+static int FN(dequant_simd)(int type, const uint8_t *p, float *y, int64_t n) {
+#pragma clang fp contract(off)
+    switch (type) {
+    case CW_TYPE_Q4_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 18, y += 32)
+            FN(put_scaled)(y, _mm256_sub_epi8(FN(nibbles)(p + 2), _mm256_set1_epi8(8)), 1, FN(h2f)(cw_u16(p)));
+        return 1;
+    case CW_TYPE_Q4_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 20, y += 32)
+            FN(put_affine)(y, FN(nibbles)(p + 4), FN(h2f)(cw_u16(p)), FN(h2f)(cw_u16(p + 2)), 0);
+        return 1;
+    case CW_TYPE_Q5_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 22, y += 32) {
+            uint32_t qh; memcpy(&qh, p + 2, 4);
+            const __m256i q = _mm256_or_si256(FN(nibbles)(p + 6), FN(bit16)(qh));
+            FN(put_scaled)(y, _mm256_sub_epi8(q, _mm256_set1_epi8(16)), 1, FN(h2f)(cw_u16(p)));
+        }
+        return 1;
+    case CW_TYPE_Q5_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 24, y += 32) {
+            uint32_t qh; memcpy(&qh, p + 4, 4);
+            FN(put_affine)(y, _mm256_or_si256(FN(nibbles)(p + 8), FN(bit16)(qh)), FN(h2f)(cw_u16(p)), FN(h2f)(cw_u16(p + 2)), 0);
+        }
+        return 1;
+    case CW_TYPE_Q8_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 34, y += 32)
+            FN(put_scaled)(y, _mm256_loadu_si256((const __m256i *)(p + 2)), 1, FN(h2f)(cw_u16(p)));
+        return 1;
+    case CW_TYPE_Q4_K:
+    case CW_TYPE_Q5_K: {
+        const int q5 = type == CW_TYPE_Q5_K;
+        const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+        for (int64_t b = 0; b < n / 256; b++, p += q5 ? 176 : 144) {
+            const float d = FN(h2f)(cw_u16(p)), dmin = FN(h2f)(cw_u16(p + 2));
+            uint8_t sc[8], mn[8];
+            cw_kscales(p + 4, sc, mn);
+            const uint8_t *q = p + (q5 ? 48 : 16);
+            __m256i hv = q5 ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+            for (int j = 0; j < 4; j++, y += 64) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * j));
+                __m256i lo = _mm256_and_si256(qv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+                if (q5) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hv, one), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 1), one), 4));
+                    hv = _mm256_srli_epi16(hv, 2);
+                }
+                FN(put_affine)(y, lo, d * sc[2 * j], dmin * mn[2 * j], 1);
+                FN(put_affine)(y + 32, hi, d * sc[2 * j + 1], dmin * mn[2 * j + 1], 1);
+            }
+        }
+        return 1;
+    }
+    case CW_TYPE_Q6_K: {
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), c32 = _mm256_set1_epi8(32);
+        for (int64_t b = 0; b < n / 256; b++, p += 210) {
+            const float d = FN(h2f)(cw_u16(p + 208));
+            const int8_t *sc = (const int8_t *)(p + 192);
+            for (int half = 0; half < 2; half++, y += 128) {
+                const uint8_t *ql = p + 64 * half, *qh = p + 128 + 32 * half;
+                const int8_t *s = sc + 8 * half;
+                const __m256i a = _mm256_loadu_si256((const __m256i *)ql), bq = _mm256_loadu_si256((const __m256i *)(ql + 32));
+                const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+                __m256i v[4];
+                v[0] = _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+                v[1] = _mm256_or_si256(_mm256_and_si256(bq, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+                v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), _mm256_and_si256(h, m30));
+                v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bq, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+                for (int i = 0; i < 4; i++) {
+                    __m256 f[4];
+                    FN(bytes_to_f)(_mm256_sub_epi8(v[i], c32), 1, f);
+                    const __m256 d0 = _mm256_set1_ps(d * (float)s[2 * i]), d1 = _mm256_set1_ps(d * (float)s[2 * i + 1]);
+                    _mm256_storeu_ps(y + 32 * i, _mm256_mul_ps(f[0], d0));
+                    _mm256_storeu_ps(y + 32 * i + 8, _mm256_mul_ps(f[1], d0));
+                    _mm256_storeu_ps(y + 32 * i + 16, _mm256_mul_ps(f[2], d1));
+                    _mm256_storeu_ps(y + 32 * i + 24, _mm256_mul_ps(f[3], d1));
+                }
+            }
+        }
+        return 1;
+    }
+    default:
+        return 0;
+    }
+}
+#endif
+
 static void FN(dequant)(int type, const uint8_t *p, float *y, int64_t n) {
 #pragma clang fp contract(off)
+#if CW_X86
+    if (FN(dequant_simd)(type, p, y, n)) return;
+#endif
     switch (type) {
     case CW_TYPE_F32:
         memcpy(y, p, (size_t)n * 4);
@@ -229,6 +357,7 @@ static void FN(exact_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
     const int64_t K = a->cols, T = a->tokens;
     int64_t rc = (int64_t)(192 * 1024) / (K * 4);
     rc = rc < CW_MR ? CW_MR : rc > 64 ? 64 : rc / CW_MR * CW_MR;
+    if (T <= CW_NT) rc = CW_MR; // one token block: dequantize a row group at a time, it stays in L1
     const int f32 = a->type == CW_TYPE_F32;
     float *buf = f32 ? NULL : (float *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(rc * K) * sizeof(float));
     if (!f32 && !buf) return;
@@ -269,7 +398,7 @@ static void FN(quant_q8b)(const float *x, cw_q8b *o, int64_t nb) {
             s += q;
         }
         o->d = d;
-        o->s = s;
+        o->sd = d * (float)s;
     }
 }
 
@@ -335,21 +464,26 @@ CW_INLINE __m256i FN(bit16)(uint32_t bits) {
 // (8 for Q4_0, 16 for Q5_0): Σ (q-off)·x = Σ q·x - off·Σx.
 static float FN(vd_q4_0)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
 #if CW_X86
-    __m256 acc = _mm256_setzero_ps();
-    float off = 0;
-    for (int64_t b = 0; b < nb; b++, w += 18, x++) {
-        const float dd = FN(h2f)(cw_u16(w)) * x->d;
-        const __m256i p = FN(dp)(FN(nibbles)(w + 2), _mm256_loadu_si256((const __m256i *)x->qs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        off += dd * (float)(8 * x->s);
-    }
-    return FN(hsum8)(acc) - off;
+    // two blocks per iteration into independent accumulators (the FMA latency would bind otherwise)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float o0 = 0, o1 = 0;
+#define CW_BLK(ACC, O) { \
+        const float dw = FN(h2f)(cw_u16(w)); \
+        const __m256i p = FN(dp)(FN(nibbles)(w + 2), _mm256_loadu_si256((const __m256i *)x->qs)); \
+        ACC = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p), ACC); \
+        O += (-8.0f * dw) * x->sd; \
+        w += 18; x++; }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { CW_BLK(acc0, o0) CW_BLK(acc1, o1) }
+    if (b < nb) CW_BLK(acc0, o0)
+#undef CW_BLK
+    return FN(hsum8)(_mm256_add_ps(acc0, acc1)) + (o0 + o1);
 #else
     float acc = 0;
     for (int64_t b = 0; b < nb; b++, w += 18, x++) {
         int s = 0;
         for (int j = 0; j < 16; j++) s += (w[2 + j] & 15) * x->qs[j] + (w[2 + j] >> 4) * x->qs[j + 16];
-        acc += FN(h2f)(cw_u16(w)) * x->d * (float)(s - 8 * x->s);
+        acc += FN(h2f)(cw_u16(w)) * (x->d * (float)s - 8.0f * x->sd);
     }
     return acc;
 #endif
@@ -357,21 +491,26 @@ static float FN(vd_q4_0)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
 
 static float FN(vd_q4_1)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
 #if CW_X86
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0;
-    for (int64_t b = 0; b < nb; b++, w += 20, x++) {
-        const float dd = FN(h2f)(cw_u16(w)) * x->d;
-        const __m256i p = FN(dp)(FN(nibbles)(w + 4), _mm256_loadu_si256((const __m256i *)x->qs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        mins += FN(h2f)(cw_u16(w + 2)) * x->d * (float)x->s;
-    }
-    return FN(hsum8)(acc) + mins;
+    // two blocks per iteration into independent accumulators (the FMA latency would bind otherwise)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float o0 = 0, o1 = 0;
+#define CW_BLK(ACC, O) { \
+        const float dw = FN(h2f)(cw_u16(w)); \
+        const __m256i p = FN(dp)(FN(nibbles)(w + 4), _mm256_loadu_si256((const __m256i *)x->qs)); \
+        ACC = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p), ACC); \
+        O += FN(h2f)(cw_u16(w + 2)) * x->sd; \
+        w += 20; x++; }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { CW_BLK(acc0, o0) CW_BLK(acc1, o1) }
+    if (b < nb) CW_BLK(acc0, o0)
+#undef CW_BLK
+    return FN(hsum8)(_mm256_add_ps(acc0, acc1)) + (o0 + o1);
 #else
     float acc = 0;
     for (int64_t b = 0; b < nb; b++, w += 20, x++) {
         int s = 0;
         for (int j = 0; j < 16; j++) s += (w[4 + j] & 15) * x->qs[j] + (w[4 + j] >> 4) * x->qs[j + 16];
-        acc += FN(h2f)(cw_u16(w)) * x->d * (float)s + FN(h2f)(cw_u16(w + 2)) * x->d * (float)x->s;
+        acc += FN(h2f)(cw_u16(w)) * x->d * (float)s + FN(h2f)(cw_u16(w + 2)) * x->sd;
     }
     return acc;
 #endif
@@ -379,17 +518,20 @@ static float FN(vd_q4_1)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
 
 static float FN(vd_q5_0)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
 #if CW_X86
-    __m256 acc = _mm256_setzero_ps();
-    float off = 0;
-    for (int64_t b = 0; b < nb; b++, w += 22, x++) {
-        const float dd = FN(h2f)(cw_u16(w)) * x->d;
-        uint32_t qh; memcpy(&qh, w + 2, 4);
-        const __m256i q = _mm256_or_si256(FN(nibbles)(w + 6), FN(bit16)(qh));
-        const __m256i p = FN(dp)(q, _mm256_loadu_si256((const __m256i *)x->qs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        off += dd * (float)(16 * x->s);
-    }
-    return FN(hsum8)(acc) - off;
+    // two blocks per iteration into independent accumulators (the FMA latency would bind otherwise)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float o0 = 0, o1 = 0;
+#define CW_BLK(ACC, O) { \
+        const float dw = FN(h2f)(cw_u16(w)); uint32_t qh; memcpy(&qh, w + 2, 4); \
+        const __m256i p = FN(dp)(_mm256_or_si256(FN(nibbles)(w + 6), FN(bit16)(qh)), _mm256_loadu_si256((const __m256i *)x->qs)); \
+        ACC = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p), ACC); \
+        O += (-16.0f * dw) * x->sd; \
+        w += 22; x++; }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { CW_BLK(acc0, o0) CW_BLK(acc1, o1) }
+    if (b < nb) CW_BLK(acc0, o0)
+#undef CW_BLK
+    return FN(hsum8)(_mm256_add_ps(acc0, acc1)) + (o0 + o1);
 #else
     float acc = 0;
     for (int64_t b = 0; b < nb; b++, w += 22, x++) {
@@ -399,7 +541,7 @@ static float FN(vd_q5_0)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
             const int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
             s += ((w[6 + j] & 15) | h0) * x->qs[j] + ((w[6 + j] >> 4) | h1) * x->qs[j + 16];
         }
-        acc += FN(h2f)(cw_u16(w)) * x->d * (float)(s - 16 * x->s);
+        acc += FN(h2f)(cw_u16(w)) * (x->d * (float)s - 16.0f * x->sd);
     }
     return acc;
 #endif
@@ -407,17 +549,20 @@ static float FN(vd_q5_0)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
 
 static float FN(vd_q5_1)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
 #if CW_X86
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0;
-    for (int64_t b = 0; b < nb; b++, w += 24, x++) {
-        const float dd = FN(h2f)(cw_u16(w)) * x->d;
-        uint32_t qh; memcpy(&qh, w + 4, 4);
-        const __m256i q = _mm256_or_si256(FN(nibbles)(w + 8), FN(bit16)(qh));
-        const __m256i p = FN(dp)(q, _mm256_loadu_si256((const __m256i *)x->qs));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-        mins += FN(h2f)(cw_u16(w + 2)) * x->d * (float)x->s;
-    }
-    return FN(hsum8)(acc) + mins;
+    // two blocks per iteration into independent accumulators (the FMA latency would bind otherwise)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float o0 = 0, o1 = 0;
+#define CW_BLK(ACC, O) { \
+        const float dw = FN(h2f)(cw_u16(w)); uint32_t qh; memcpy(&qh, w + 4, 4); \
+        const __m256i p = FN(dp)(_mm256_or_si256(FN(nibbles)(w + 8), FN(bit16)(qh)), _mm256_loadu_si256((const __m256i *)x->qs)); \
+        ACC = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p), ACC); \
+        O += FN(h2f)(cw_u16(w + 2)) * x->sd; \
+        w += 24; x++; }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { CW_BLK(acc0, o0) CW_BLK(acc1, o1) }
+    if (b < nb) CW_BLK(acc0, o0)
+#undef CW_BLK
+    return FN(hsum8)(_mm256_add_ps(acc0, acc1)) + (o0 + o1);
 #else
     float acc = 0;
     for (int64_t b = 0; b < nb; b++, w += 24, x++) {
@@ -427,7 +572,7 @@ static float FN(vd_q5_1)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
             const int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
             s += ((w[8 + j] & 15) | h0) * x->qs[j] + ((w[8 + j] >> 4) | h1) * x->qs[j + 16];
         }
-        acc += FN(h2f)(cw_u16(w)) * x->d * (float)s + FN(h2f)(cw_u16(w + 2)) * x->d * (float)x->s;
+        acc += FN(h2f)(cw_u16(w)) * x->d * (float)s + FN(h2f)(cw_u16(w + 2)) * x->sd;
     }
     return acc;
 #endif
@@ -435,28 +580,25 @@ static float FN(vd_q5_1)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
 
 static float FN(vd_q8_0)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
 #if CW_X86
-    __m256 acc = _mm256_setzero_ps();
+    // |w| (unsigned) · (x with w's sign): exact signed products without an offset term.
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
 #if CW_VNNI
-    float off = 0;
-#endif
-    for (int64_t b = 0; b < nb; b++, w += 34, x++) {
-        const float dd = FN(h2f)(cw_u16(w)) * x->d;
-        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2));
-        const __m256i xv = _mm256_loadu_si256((const __m256i *)x->qs);
-#if CW_VNNI
-        // (w + 128) is unsigned: Σ w·x = Σ (w+128)·x - 128·Σx
-        const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80)), xv);
-        off += dd * (float)(128 * x->s);
+#define CW_DPS(u, v) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, v)
 #else
-        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv)), _mm256_set1_epi16(1));
+#define CW_DPS(u, v) _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), _mm256_set1_epi16(1))
 #endif
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(p), acc);
-    }
-#if CW_VNNI
-    return FN(hsum8)(acc) - off;
-#else
-    return FN(hsum8)(acc);
-#endif
+#define CW_BLK(ACC) { \
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2)); \
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)x->qs); \
+        const __m256i p = CW_DPS(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv)); \
+        ACC = _mm256_fmadd_ps(_mm256_set1_ps(FN(h2f)(cw_u16(w)) * x->d), _mm256_cvtepi32_ps(p), ACC); \
+        w += 34; x++; }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { CW_BLK(acc0) CW_BLK(acc1) }
+    if (b < nb) CW_BLK(acc0)
+#undef CW_BLK
+#undef CW_DPS
+    return FN(hsum8)(_mm256_add_ps(acc0, acc1));
 #else
     float acc = 0;
     for (int64_t b = 0; b < nb; b++, w += 34, x++) {
