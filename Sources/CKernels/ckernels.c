@@ -339,6 +339,8 @@ int cw_dequantize_row(int type, const void *src, float *dst, int64_t n) {
 
 float cw_dot_f32(const float *a, const float *b, int64_t n) { return cw_ops_current()->dot(a, b, n); }
 
+enum { CW_FAST_MAX_TOKENS = 16 };
+
 typedef struct { const cw_ops *ops; cw_mm *a; } cw_mm_ctx;
 static void cw_mm_exact_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->exact_rows(m->a, s, e); }
 static void cw_mm_fast_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->fast_rows(m->a, s, e); }
@@ -353,12 +355,15 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
     cw_mm a = {.type = type, .w = (const uint8_t *)w, .rows = rows, .cols = cols, .row_bytes = row_bytes,
                .x = x, .tokens = tokens, .y = y, .xq = NULL, .xq_row_bytes = 0};
     cw_mm_ctx c = {cw_ops_current(), &a};
-    if (precision == CW_PRECISION_FAST && be > 1) {
+    // Fast mode takes the integer path for decode and small batches; for prefill-sized batches
+    // the fp32 GEMM (dequantize a tile once, register-blocked FMAs) is faster than per-pair
+    // integer dots here, and exact, so it serves both precisions.
+    if (precision == CW_PRECISION_FAST && be > 1 && tokens < CW_FAST_MAX_TOKENS) {
         const int64_t nb = cols / be;
         a.xq_row_bytes = be == 256 ? nb * (int64_t)sizeof(cw_q8k) : nb * (int64_t)sizeof(cw_q8b);
         a.xq = (uint8_t *)cw_tls_scratch(CW_TLS_XQ, (size_t)(tokens * a.xq_row_bytes));
         if (!a.xq) return -1;
-        if (tokens >= 8) cw_pool_parallel_for(pool, tokens, 1, cw_mm_quant_task, &c);
+        if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, cw_mm_quant_task, &c);
         else c.ops->quantize(&a, 0, tokens);
         cw_pool_parallel_for(pool, rows, 16, cw_mm_fast_task, &c);
     } else {
@@ -408,4 +413,31 @@ void cw_silu_mul(float *gate, const float *up, int64_t n) {
 
 void cw_add(float *a, const float *b, int64_t n) {
     for (int64_t i = 0; i < n; i++) a[i] += b[i];
+}
+
+// ---- Bandwidth probe -----------------------------------------------------------------------
+
+typedef struct { const float *a; double *part; int64_t n, chunk; } cw_probe_ctx;
+static void cw_probe_task(void *c, int64_t s, int64_t e) {
+    cw_probe_ctx *p = (cw_probe_ctx *)c;
+    const cw_ops *ops = cw_ops_current();
+    double acc = 0;
+    for (int64_t i = s; i < e; i++) {
+        const int64_t lo = i * p->chunk, hi = lo + p->chunk < p->n ? lo + p->chunk : p->n;
+        acc += ops->sum(p->a + lo, hi - lo);
+    }
+    p->part[s] = acc;
+}
+
+double cw_read_probe(const float *a, int64_t n, cw_pool *pool) {
+    enum { CHUNK = 1 << 16 };
+    const int64_t chunks = (n + CHUNK - 1) / CHUNK;
+    double *part = (double *)calloc((size_t)chunks, sizeof(double));
+    if (!part) return 0;
+    cw_probe_ctx c = {a, part, n, CHUNK};
+    cw_pool_parallel_for(pool, chunks, 1, cw_probe_task, &c);
+    double s = 0;
+    for (int64_t i = 0; i < chunks; i++) s += part[i];
+    free(part);
+    return s;
 }

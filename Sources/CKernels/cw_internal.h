@@ -50,6 +50,7 @@ typedef struct {
     void (*fast_rows)(const cw_mm *a, int64_t r0, int64_t r1);
     void (*quantize)(const cw_mm *a, int64_t t0, int64_t t1);
     float (*dot)(const float *a, const float *b, int64_t n);
+    float (*sum)(const float *a, int64_t n);
     void (*attn)(const cw_attn *a, int64_t i0, int64_t i1);
 } cw_ops;
 

@@ -318,8 +318,42 @@ static float FN(dot)(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-// R rows of w (ldw apart) × T token rows of x (ldx apart), K long: y[t*ldy + r].
-CW_INLINE void FN(mk)(const int R, const int T, const float *w, int64_t ldw, const float *x,
+// Sum of a float array (the read-bandwidth probe): four independent vector accumulators.
+static float FN(sum)(const float *a, int64_t n) {
+    VF s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 * CW_VL <= n; i += 4 * CW_VL) {
+        s0 += FN(vload)(a + i);
+        s1 += FN(vload)(a + i + CW_VL);
+        s2 += FN(vload)(a + i + 2 * CW_VL);
+        s3 += FN(vload)(a + i + 3 * CW_VL);
+    }
+    float s = FN(hsum)((s0 + s1) + (s2 + s3));
+    for (; i < n; i++) s += a[i];
+    return s;
+}
+
+// A vector of weights: fp32, or fp16 converted exactly (so F16 never needs a dequant buffer).
+CW_INLINE VF FN(wload)(const void *w, int64_t i, const int h) {
+    if (!h) return FN(vload)((const float *)w + i);
+    const uint16_t *p = (const uint16_t *)w + i;
+#if CW_X86 && CW_VL == 16
+    return (VF)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif CW_X86 && CW_VL == 8
+    return (VF)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    VF v;
+    for (int l = 0; l < CW_VL; l++) v[l] = FN(h2f)(p[l]);
+    return v;
+#endif
+}
+CW_INLINE float FN(wat)(const void *w, int64_t i, const int h) {
+    return h ? FN(h2f)(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+// R rows of w (ldw elements apart; fp32, or fp16 when h) × T token rows of x (ldx apart),
+// K long: y[t*ldy + r]. The same instruction sequence for every (r, t), whatever R and T.
+CW_INLINE void FN(mk)(const int R, const int T, const int h, const void *w, int64_t ldw, const float *x,
                       int64_t ldx, float *y, int64_t ldy, int64_t K) {
     VF acc[CW_MR][CW_NT];
     for (int r = 0; r < R; r++)
@@ -329,55 +363,59 @@ CW_INLINE void FN(mk)(const int R, const int T, const float *w, int64_t ldw, con
         VF xv[CW_NT];
         for (int t = 0; t < T; t++) xv[t] = FN(vload)(x + t * ldx + k);
         for (int r = 0; r < R; r++) {
-            const VF wv = FN(vload)(w + r * ldw + k);
+            const VF wv = FN(wload)(w, r * ldw + k, h);
             for (int t = 0; t < T; t++) acc[r][t] = CW_FMA(wv, xv[t], acc[r][t]);
         }
     }
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) {
             float s = FN(hsum)(acc[r][t]);
-            for (int64_t kk = k; kk < K; kk++) s = CW_FMA(w[r * ldw + kk], x[t * ldx + kk], s);
+            for (int64_t kk = k; kk < K; kk++) s = CW_FMA(FN(wat)(w, r * ldw + kk, h), x[t * ldx + kk], s);
             y[t * ldy + r] = s;
         }
 }
 
-static void FN(mk_any)(int R, int T, const float *w, int64_t ldw, const float *x, int64_t ldx,
+static void FN(mk_any)(int R, int T, int h, const void *w, int64_t ldw, const float *x, int64_t ldx,
                        float *y, int64_t ldy, int64_t K) {
-#define CW_MK_CASE(RR, TT) \
-    if (R == RR && T == TT) { FN(mk)(RR, TT, w, ldw, x, ldx, y, ldy, K); return; }
-#define CW_MK_ROW(RR) CW_MK_CASE(RR, 1) CW_MK_CASE(RR, 2) CW_MK_CASE(RR, 3) CW_MK_CASE(RR, 4)
-    CW_MK_ROW(1) CW_MK_ROW(2) CW_MK_ROW(3) CW_MK_ROW(4)
+#define CW_MK_CASE(HH, RR, TT) \
+    if (R == RR && T == TT) { FN(mk)(RR, TT, HH, w, ldw, x, ldx, y, ldy, K); return; }
+#define CW_MK_ROW(HH, RR) CW_MK_CASE(HH, RR, 1) CW_MK_CASE(HH, RR, 2) CW_MK_CASE(HH, RR, 3) CW_MK_CASE(HH, RR, 4)
+    if (h) { CW_MK_ROW(1, 1) CW_MK_ROW(1, 2) CW_MK_ROW(1, 3) CW_MK_ROW(1, 4) }
+    else { CW_MK_ROW(0, 1) CW_MK_ROW(0, 2) CW_MK_ROW(0, 3) CW_MK_ROW(0, 4) }
 #undef CW_MK_ROW
 #undef CW_MK_CASE
 }
 
-// Weight rows [r0, r1): dequantized RC rows at a time into a per-thread buffer (F32 is used in
-// place), then every token block against every row group of the chunk.
+// Weight rows [r0, r1): dequantized RC rows at a time into a per-thread buffer (F32, and F16
+// for small batches, are read in place), then every token block against every row group.
 static void FN(exact_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
     const int64_t K = a->cols, T = a->tokens;
     int64_t rc = (int64_t)(192 * 1024) / (K * 4);
     rc = rc < CW_MR ? CW_MR : rc > 64 ? 64 : rc / CW_MR * CW_MR;
     if (T <= CW_NT) rc = CW_MR; // one token block: dequantize a row group at a time, it stays in L1
-    const int f32 = a->type == CW_TYPE_F32;
-    float *buf = f32 ? NULL : (float *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(rc * K) * sizeof(float));
-    if (!f32 && !buf) return;
+    const int f32 = a->type == CW_TYPE_F32, h = a->type == CW_TYPE_F16 && T <= 2 * CW_NT;
+    const int direct = f32 || h;
+    float *buf = direct ? NULL : (float *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(rc * K) * sizeof(float));
+    if (!direct && !buf) return;
     for (int64_t rs = r0; rs < r1; rs += rc) {
         const int64_t nr = r1 - rs < rc ? r1 - rs : rc;
-        const float *wt;
+        const void *wt;
         int64_t ldw;
-        if (f32) {
-            wt = (const float *)(a->w + rs * a->row_bytes);
-            ldw = a->row_bytes / 4;
+        if (direct) {
+            wt = a->w + rs * a->row_bytes;
+            ldw = a->row_bytes / (f32 ? 4 : 2);
         } else {
             for (int64_t i = 0; i < nr; i++) FN(dequant)(a->type, a->w + (rs + i) * a->row_bytes, buf + i * K, K);
             wt = buf;
             ldw = K;
         }
+        const int64_t esz = h ? 2 : 4;
         for (int64_t t0 = 0; t0 < T; t0 += CW_NT) {
             const int nt = (int)(T - t0 < CW_NT ? T - t0 : CW_NT);
             for (int64_t r = 0; r < nr; r += CW_MR) {
                 const int mr = (int)(nr - r < CW_MR ? nr - r : CW_MR);
-                FN(mk_any)(mr, nt, wt + r * ldw, ldw, a->x + t0 * K, K, a->y + t0 * a->rows + rs + r, a->rows, K);
+                FN(mk_any)(mr, nt, h, (const uint8_t *)wt + r * ldw * esz, ldw, a->x + t0 * K, K,
+                           a->y + t0 * a->rows + rs + r, a->rows, K);
             }
         }
     }
@@ -834,6 +872,7 @@ const cw_ops CW_CAT(cw_ops, CW_ISA) = {
     .fast_rows = FN(fast_rows),
     .quantize = FN(quantize),
     .dot = FN(dot),
+    .sum = FN(sum),
     .attn = FN(attn),
 };
 

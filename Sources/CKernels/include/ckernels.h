@@ -105,6 +105,10 @@ void cw_attention(const float *q, const float *k, const float *v, float *out, in
                   int64_t start_pos, int heads, int kv_heads, int head_dim, int64_t kv_stride,
                   float scale, cw_pool *pool);
 
+/// Reads `n` floats once (split over the pool) and returns their sum: a STREAM-like probe of
+/// the machine's read bandwidth for the benchmarks (bytes = 4·n over the elapsed time).
+double cw_read_probe(const float *a, int64_t n, cw_pool *pool);
+
 void cw_rms_norm(const float *x, const float *weight, float *out, int64_t n, float eps);
 void cw_softmax(float *x, int64_t n);
 void cw_silu_mul(float *gate, const float *up, int64_t n);
