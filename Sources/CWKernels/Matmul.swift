@@ -77,3 +77,11 @@ public enum CPUFeatures {
         return "kernels=\(KernelPath.current) (\(n.isEmpty ? "baseline" : n.joined(separator: " ")))"
     }
 }
+
+extension Kernels {
+    /// Reads `count` floats once, split over the pool, and returns their sum: a STREAM-like
+    /// read-bandwidth probe (bytes = 4·count over the elapsed time) for benchmarks and the CLI.
+    public static func readProbe(_ a: UnsafePointer<Float>, count: Int, pool: ThreadPool) -> Double {
+        cw_read_probe(a, Int64(count), pool.handle)
+    }
+}
