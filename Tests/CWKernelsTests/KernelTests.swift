@@ -178,6 +178,15 @@ final class MatmulTests: XCTestCase {
         }
     }
 
+    func testModelSizedShapes() throws {
+        // SmolLM2-135M FFN shapes: several row tiles per thread, 18/48 blocks per row.
+        for (type, rows, cols) in [(TensorType.q4_1, 1536, 576), (.q8_0, 576, 1536), (.q6_K, 576, 1536)] {
+            let c = makeCase(type, rows: rows, cols: cols, seed: 21)
+            try checkExact(c, tokens: 2, label: "model")
+            try checkFast(c, tokens: 1, label: "model", pool: pool4)
+        }
+    }
+
     func testFastOnFloatTypesIsExact() throws {
         for type in [TensorType.f32, .f16, .bf16] {
             let c = makeCase(type, rows: 9, cols: 40, seed: 11)
