@@ -94,6 +94,15 @@ void cw_pool_parallel_for(cw_pool *pool, int64_t count, int64_t granularity, cw_
 
 enum cw_precision { CW_PRECISION_EXACT = 0, CW_PRECISION_FAST = 1 };
 
+/// Precision:
+///  * EXACT: weights dequantized exactly (as ggml) to fp32, fp32 FMA accumulation; error vs a
+///    float64 reference ≲ 1e-6·Σ|w·x| (tests assert 1e-5); results do not depend on the thread
+///    count (every output element is computed by the same instruction sequence).
+///  * FAST: for the quantized types and fewer than 16 tokens, activations are quantized to int8
+///    (per 32 elements for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, per 256 for the K-quants; scale amax/127,
+///    round to nearest) and multiplied with integer dot products (AVX2 maddubs, AVX512-VNNI
+///    vpdpbusd). Error ≤ Σ_blocks (amax_block/254)·Σ_block|w| plus fp32 rounding. F32/F16/BF16
+///    weights and batches of ≥ 16 tokens run the exact path (the fp32 GEMM is the faster one there).
 /// y[t][r] = Σ_c W[r][c]·x[t][c]. `w`: `rows` rows of `cols` elements of `type`, `row_bytes`
 /// apart; `x`: tokens × cols floats; `y`: tokens × rows floats. Returns 0, or -1 for an
 /// unsupported type or shape (cols not a multiple of the block size) or out of memory.
