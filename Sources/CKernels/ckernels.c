@@ -1,6 +1,13 @@
-#include "ckernels.h"
-#include <string.h>
-#include <math.h>
+// Dispatch, thread pool, drivers and the small vector operations. The kernel bodies live in
+// kernels_impl.h, compiled per instruction-set level by kernels_x86.c and kernels_portable.c.
+#include "cw_internal.h"
+#include <stdlib.h>
+#include <stdatomic.h>
+#include <pthread.h>
+#include <sched.h>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
 
 float cw_fp16_to_fp32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
@@ -40,55 +47,397 @@ float cw_bf16_to_fp32(uint16_t h) {
     return f;
 }
 
-int cw_dequantize_row(int type, const void *src, float *dst, int64_t n) {
-    const uint8_t *p = (const uint8_t *)src;
-    switch (type) {
-    case CW_TYPE_F32:
-        memcpy(dst, src, (size_t)n * 4);
-        return 0;
-    case CW_TYPE_F16:
-        for (int64_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = cw_fp16_to_fp32(h); }
-        return 0;
-    case CW_TYPE_BF16:
-        for (int64_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = cw_bf16_to_fp32(h); }
-        return 0;
-    case CW_TYPE_Q4_0:
-        for (int64_t b = 0; b < n / 32; b++, p += 18) {
-            uint16_t dh; memcpy(&dh, p, 2); float d = cw_fp16_to_fp32(dh);
-            for (int j = 0; j < 16; j++) {
-                dst[b * 32 + j] = ((int)(p[2 + j] & 0x0F) - 8) * d;
-                dst[b * 32 + j + 16] = ((int)(p[2 + j] >> 4) - 8) * d;
-            }
+
+// ---- CPU features and dispatch -------------------------------------------------------------
+
+static uint32_t cw_detect_features(void) {
+    uint32_t f = 0;
+#if defined(__x86_64__) || defined(_M_X64)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    if (!osxsave || !avx) return 0;
+    unsigned xlo, xhi;
+    __asm__ volatile("xgetbv" : "=a"(xlo), "=d"(xhi) : "c"(0));
+    if ((xlo & 0x6) != 0x6) return 0; // OS does not save YMM state
+    if ((c >> 12) & 1) f |= CW_CPU_FMA;
+    if ((c >> 29) & 1) f |= CW_CPU_F16C;
+    unsigned maxleaf = __get_cpuid_max(0, NULL);
+    if (maxleaf >= 7) {
+        __cpuid_count(7, 0, a, b, c, d);
+        if ((b >> 5) & 1) f |= CW_CPU_AVX2;
+        if ((xlo & 0xE0) == 0xE0) { // OS saves ZMM/opmask state
+            if ((b >> 16) & 1) f |= CW_CPU_AVX512F;
+            if ((b >> 17) & 1) f |= CW_CPU_AVX512DQ;
+            if ((b >> 30) & 1) f |= CW_CPU_AVX512BW;
+            if ((b >> 31) & 1) f |= CW_CPU_AVX512VL;
+            if ((c >> 11) & 1) f |= CW_CPU_AVX512VNNI;
+            __cpuid_count(7, 1, a, b, c, d);
+            if ((a >> 5) & 1) f |= CW_CPU_AVX512BF16;
         }
-        return 0;
-    case CW_TYPE_Q4_1:
-        for (int64_t b = 0; b < n / 32; b++, p += 20) {
-            uint16_t dh, mh; memcpy(&dh, p, 2); memcpy(&mh, p + 2, 2);
-            float d = cw_fp16_to_fp32(dh), m = cw_fp16_to_fp32(mh);
-            for (int j = 0; j < 16; j++) {
-                dst[b * 32 + j] = (float)(p[4 + j] & 0x0F) * d + m;
-                dst[b * 32 + j + 16] = (float)(p[4 + j] >> 4) * d + m;
-            }
-        }
-        return 0;
-    case CW_TYPE_Q8_0:
-        for (int64_t b = 0; b < n / 32; b++, p += 34) {
-            uint16_t dh; memcpy(&dh, p, 2); float d = cw_fp16_to_fp32(dh);
-            for (int j = 0; j < 32; j++) dst[b * 32 + j] = (float)(int8_t)p[2 + j] * d;
-        }
-        return 0;
-    default:
-        return -1;
+    }
+#elif defined(__aarch64__)
+    f |= CW_CPU_NEON;
+#if defined(__ARM_FEATURE_DOTPROD)
+    f |= CW_CPU_DOTPROD;
+#endif
+#endif
+    return f;
+}
+
+static _Atomic uint32_t cw_features_cache = 0xFFFFFFFFu;
+
+uint32_t cw_cpu_features(void) {
+    uint32_t f = atomic_load_explicit(&cw_features_cache, memory_order_relaxed);
+    if (f == 0xFFFFFFFFu) {
+        f = cw_detect_features();
+        atomic_store_explicit(&cw_features_cache, f, memory_order_relaxed);
+    }
+    return f;
+}
+
+int cw_path_supported(int path) {
+    const uint32_t f = cw_cpu_features();
+    switch (path) {
+    case CW_PATH_PORTABLE: return 1;
+#if defined(__x86_64__) || defined(_M_X64)
+    case CW_PATH_AVX2: {
+        const uint32_t need = CW_CPU_AVX2 | CW_CPU_FMA | CW_CPU_F16C;
+        return (f & need) == need;
+    }
+    case CW_PATH_AVX512: {
+        const uint32_t need = CW_CPU_AVX2 | CW_CPU_FMA | CW_CPU_F16C | CW_CPU_AVX512F | CW_CPU_AVX512BW |
+                              CW_CPU_AVX512VL | CW_CPU_AVX512DQ | CW_CPU_AVX512VNNI;
+        return (f & need) == need;
+    }
+#endif
+    default: return 0;
     }
 }
 
-float cw_dot_f32(const float *a, const float *b, int64_t n) {
-    float acc[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++) acc[k] += a[i + k] * b[i + k];
+const char *cw_path_name(int path) {
+    switch (path) {
+    case CW_PATH_PORTABLE: return "portable";
+    case CW_PATH_AVX2: return "avx2";
+    case CW_PATH_AVX512: return "avx512";
+    default: return "unknown";
+    }
+}
+
+static _Atomic int cw_path_current = -1;
+
+int cw_kernel_path(void) {
+    int p = atomic_load_explicit(&cw_path_current, memory_order_acquire);
+    if (p >= 0) return p;
+    p = CW_PATH_PORTABLE;
+    if (cw_path_supported(CW_PATH_AVX512)) p = CW_PATH_AVX512;
+    else if (cw_path_supported(CW_PATH_AVX2)) p = CW_PATH_AVX2;
+    const char *env = getenv("CHUNKWISE_KERNELS");
+    if (env) {
+        for (int q = CW_PATH_PORTABLE; q <= CW_PATH_AVX512; q++)
+            if (strcmp(env, cw_path_name(q)) == 0 && cw_path_supported(q)) p = q;
+    }
+    int expected = -1;
+    atomic_compare_exchange_strong(&cw_path_current, &expected, p);
+    return atomic_load_explicit(&cw_path_current, memory_order_acquire);
+}
+
+int cw_set_kernel_path(int path) {
+    if (!cw_path_supported(path)) return -1;
+    atomic_store_explicit(&cw_path_current, path, memory_order_release);
+    return 0;
+}
+
+static const cw_ops *cw_ops_current(void) {
+    switch (cw_kernel_path()) {
+#if defined(__x86_64__) || defined(_M_X64)
+    case CW_PATH_AVX2: return &cw_ops_avx2;
+    case CW_PATH_AVX512: return &cw_ops_avx512;
+#endif
+    default: return &cw_ops_portable;
+    }
+}
+
+// ---- Per-thread scratch --------------------------------------------------------------------
+
+typedef struct { void *p[CW_TLS_SLOTS]; size_t cap[CW_TLS_SLOTS]; } cw_tls_t;
+static pthread_key_t cw_tls_key;
+static pthread_once_t cw_tls_once = PTHREAD_ONCE_INIT;
+static void cw_tls_free(void *v) {
+    cw_tls_t *t = (cw_tls_t *)v;
+    for (int i = 0; i < CW_TLS_SLOTS; i++) free(t->p[i]);
+    free(t);
+}
+static void cw_tls_init(void) { pthread_key_create(&cw_tls_key, cw_tls_free); }
+
+void *cw_tls_scratch(int slot, size_t bytes) {
+    pthread_once(&cw_tls_once, cw_tls_init);
+    cw_tls_t *t = (cw_tls_t *)pthread_getspecific(cw_tls_key);
+    if (!t) {
+        t = (cw_tls_t *)calloc(1, sizeof *t);
+        if (!t) return NULL;
+        pthread_setspecific(cw_tls_key, t);
+    }
+    if (bytes > t->cap[slot]) {
+        free(t->p[slot]);
+        size_t cap = (bytes + 4095) & ~(size_t)4095;
+        t->p[slot] = aligned_alloc(64, cap);
+        t->cap[slot] = t->p[slot] ? cap : 0;
+    }
+    return t->p[slot];
+}
+
+// ---- Thread pool ---------------------------------------------------------------------------
+
+static inline void cw_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+struct cw_pool {
+    int n; // threads including the caller
+    pthread_t *th;
+    pthread_mutex_t run_lock; // one job at a time
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    _Atomic uint64_t gen;
+    _Atomic int sleepers;
+    _Atomic int pending;
+    _Atomic int quit;
+    // the current job
+    cw_range_fn fn;
+    void *ctx;
+    int64_t count, g, units;
+    int parts;
+};
+
+static _Thread_local int cw_in_job = 0;
+enum { CW_SPIN = 1 << 14 }; // pause iterations (~0.5 ms) before a worker sleeps
+
+static void cw_pool_part(cw_pool *p, int i) {
+    if (i >= p->parts) return;
+    const int64_t s = p->units * i / p->parts * p->g;
+    int64_t e = p->units * (i + 1) / p->parts * p->g;
+    if (e > p->count) e = p->count;
+    if (s < e) p->fn(p->ctx, s, e);
+}
+
+typedef struct { cw_pool *p; int i; } cw_worker_arg;
+
+static void *cw_worker(void *arg) {
+    cw_worker_arg wa = *(cw_worker_arg *)arg;
+    free(arg);
+    cw_pool *p = wa.p;
+    cw_in_job = 1;
+    uint64_t seen = 0;
+    for (;;) {
+        uint64_t g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        for (int spin = 0; g == seen && spin < CW_SPIN; spin++) {
+            if (atomic_load_explicit(&p->quit, memory_order_relaxed)) return NULL;
+            // Yield now and then: on an oversubscribed machine the thread we wait for may need this core.
+            if ((spin & 63) == 63) sched_yield();
+            else cw_cpu_relax();
+            g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->quit))
+                pthread_cond_wait(&p->cv, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->quit)) return NULL;
+        seen = g;
+        cw_pool_part(p, wa.i);
+        atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
+    }
+}
+
+cw_pool *cw_pool_create(int threads) {
+    if (threads < 1) threads = 1;
+    cw_pool *p = (cw_pool *)calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n = threads;
+    pthread_mutex_init(&p->run_lock, NULL);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    if (threads > 1) {
+        p->th = (pthread_t *)calloc((size_t)threads - 1, sizeof(pthread_t));
+        int started = 0;
+        for (int i = 1; p->th && i < threads; i++) {
+            cw_worker_arg *wa = (cw_worker_arg *)malloc(sizeof *wa);
+            if (!wa) break;
+            wa->p = p;
+            wa->i = i;
+            if (pthread_create(&p->th[i - 1], NULL, cw_worker, wa) != 0) { free(wa); break; }
+            started++;
+        }
+        p->n = started + 1;
+    }
+    return p;
+}
+
+void cw_pool_destroy(cw_pool *p) {
+    if (!p) return;
+    atomic_store(&p->quit, 1);
+    pthread_mutex_lock(&p->mu);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->n - 1; i++) pthread_join(p->th[i], NULL);
+    free(p->th);
+    pthread_mutex_destroy(&p->run_lock);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p);
+}
+
+int cw_pool_threads(const cw_pool *p) { return p ? p->n : 1; }
+
+void cw_pool_parallel_for(cw_pool *p, int64_t count, int64_t granularity, cw_range_fn fn, void *ctx) {
+    if (count <= 0) return;
+    const int64_t g = granularity < 1 ? 1 : granularity;
+    const int64_t units = (count + g - 1) / g;
+    if (!p || p->n <= 1 || units <= 1 || cw_in_job || pthread_mutex_trylock(&p->run_lock) != 0) {
+        fn(ctx, 0, count);
+        return;
+    }
+    p->fn = fn;
+    p->ctx = ctx;
+    p->count = count;
+    p->g = g;
+    p->units = units;
+    p->parts = (int)(units < p->n ? units : p->n);
+    atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
+    atomic_fetch_add(&p->gen, 1); // seq_cst: publishes the job, ordered before the sleepers check
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    cw_in_job = 1;
+    cw_pool_part(p, 0);
+    cw_in_job = 0;
+    for (long spin = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spin++) {
+        if (spin < CW_SPIN && (spin & 63) != 63) cw_cpu_relax();
+        else sched_yield();
+    }
+    pthread_mutex_unlock(&p->run_lock);
+}
+
+// ---- Drivers -------------------------------------------------------------------------------
+
+int cw_dequantize_row(int type, const void *src, float *dst, int64_t n) {
+    const int be = cw_block_elems(type);
+    if (!be || n < 0 || n % be) return -1;
+    cw_ops_current()->dequant(type, (const uint8_t *)src, dst, n);
+    return 0;
+}
+
+float cw_dot_f32(const float *a, const float *b, int64_t n) { return cw_ops_current()->dot(a, b, n); }
+
+enum { CW_FAST_MAX_TOKENS = 16 };
+
+typedef struct { const cw_ops *ops; cw_mm *a; } cw_mm_ctx;
+static void cw_mm_exact_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->exact_rows(m->a, s, e); }
+static void cw_mm_fast_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->fast_rows(m->a, s, e); }
+static void cw_mm_quant_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->quantize(m->a, s, e); }
+
+int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_bytes,
+              const float *x, int64_t tokens, float *y, int precision, cw_pool *pool) {
+    const int be = cw_block_elems(type);
+    if (!be || rows <= 0 || cols <= 0 || cols % be || tokens < 0) return -1;
+    if (row_bytes < cols / be * cw_block_bytes(type)) return -1;
+    if (tokens == 0) return 0;
+    cw_mm a = {.type = type, .w = (const uint8_t *)w, .rows = rows, .cols = cols, .row_bytes = row_bytes,
+               .x = x, .tokens = tokens, .y = y, .xq = NULL, .xq_row_bytes = 0};
+    cw_mm_ctx c = {cw_ops_current(), &a};
+    // Fast mode takes the integer path for decode and small batches; for prefill-sized batches
+    // the fp32 GEMM (dequantize a tile once, register-blocked FMAs) is faster than per-pair
+    // integer dots here, and exact, so it serves both precisions.
+    if (precision == CW_PRECISION_FAST && be > 1 && tokens < CW_FAST_MAX_TOKENS) {
+        const int64_t nb = cols / be;
+        a.xq_row_bytes = be == 256 ? nb * (int64_t)sizeof(cw_q8k) : nb * (int64_t)sizeof(cw_q8b);
+        a.xq = (uint8_t *)cw_tls_scratch(CW_TLS_XQ, (size_t)(tokens * a.xq_row_bytes));
+        if (!a.xq) return -1;
+        if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, cw_mm_quant_task, &c);
+        else c.ops->quantize(&a, 0, tokens);
+        cw_pool_parallel_for(pool, rows, 16, cw_mm_fast_task, &c);
+    } else {
+        cw_pool_parallel_for(pool, rows, 16, cw_mm_exact_task, &c);
+    }
+    return 0;
+}
+
+typedef struct { const cw_ops *ops; cw_attn *a; } cw_attn_ctx;
+static void cw_attn_task(void *c, int64_t s, int64_t e) { cw_attn_ctx *m = (cw_attn_ctx *)c; m->ops->attn(m->a, s, e); }
+
+void cw_attention(const float *q, const float *k, const float *v, float *out, int64_t tokens,
+                  int64_t start_pos, int heads, int kv_heads, int head_dim, int64_t kv_stride,
+                  float scale, cw_pool *pool) {
+    if (tokens <= 0 || heads <= 0 || kv_heads <= 0 || head_dim <= 0 || heads % kv_heads) return;
+    cw_attn a = {.q = q, .k = k, .v = v, .out = out, .tokens = tokens, .start_pos = start_pos,
+                 .kv_stride = kv_stride, .heads = heads, .kv_heads = kv_heads, .head_dim = head_dim, .scale = scale};
+    cw_attn_ctx c = {cw_ops_current(), &a};
+    cw_pool_parallel_for(pool, tokens * heads, 1, cw_attn_task, &c);
+}
+
+// ---- Vector operations ---------------------------------------------------------------------
+
+void cw_rms_norm(const float *x, const float *weight, float *out, int64_t n, float eps) {
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
+    const float scale = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale * weight[i];
+}
+
+void cw_softmax(float *x, int64_t n) {
+    if (n <= 0) return;
+    float m = x[0];
+    for (int64_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
     float s = 0;
-    for (; i < n; i++) s += a[i] * b[i];
-    for (int k = 0; k < 8; k++) s += acc[k];
+    for (int64_t i = 0; i < n; i++) { const float e = expf(x[i] - m); x[i] = e; s += e; }
+    const float inv = 1.0f / s;
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+void cw_silu_mul(float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+void cw_add(float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) a[i] += b[i];
+}
+
+// ---- Bandwidth probe -----------------------------------------------------------------------
+
+typedef struct { const float *a; double *part; int64_t n, chunk; } cw_probe_ctx;
+static void cw_probe_task(void *c, int64_t s, int64_t e) {
+    cw_probe_ctx *p = (cw_probe_ctx *)c;
+    const cw_ops *ops = cw_ops_current();
+    double acc = 0;
+    for (int64_t i = s; i < e; i++) {
+        const int64_t lo = i * p->chunk, hi = lo + p->chunk < p->n ? lo + p->chunk : p->n;
+        acc += ops->sum(p->a + lo, hi - lo);
+    }
+    p->part[s] = acc;
+}
+
+double cw_read_probe(const float *a, int64_t n, cw_pool *pool) {
+    enum { CHUNK = 1 << 16 };
+    const int64_t chunks = (n + CHUNK - 1) / CHUNK;
+    double *part = (double *)calloc((size_t)chunks, sizeof(double));
+    if (!part) return 0;
+    cw_probe_ctx c = {a, part, n, CHUNK};
+    cw_pool_parallel_for(pool, chunks, 1, cw_probe_task, &c);
+    double s = 0;
+    for (int64_t i = 0; i < chunks; i++) s += part[i];
+    free(part);
     return s;
 }

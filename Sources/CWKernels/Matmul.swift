@@ -4,20 +4,84 @@ import CKernels
 public enum Kernels {
     /// `y[t][r] = Σ_c W[r][c] · x[t][c]` for `tokens` activation rows.
     /// `x` holds `tokens × W.cols` floats, `y` receives `tokens × W.rows` floats.
+    ///
+    /// `.exact` dequantizes weights to fp32 and accumulates fp32 FMAs (results independent of the
+    /// thread count). `.fast` quantizes the activations to 8-bit blocks and uses integer dot
+    /// products for the quantized types (F32/F16/BF16 weights always run the exact path).
     public static func matmul(
         _ w: WeightMatrix, _ x: UnsafePointer<Float>, tokens: Int, _ y: UnsafeMutablePointer<Float>,
         precision: Precision = .exact, pool: ThreadPool
     ) {
-        let cols = w.cols, rows = w.rows
-        pool.parallelFor(rows, granularity: 4) { start, end in
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: cols)
-            defer { scratch.deallocate() }
-            for r in start..<end {
-                w.dequantizeRow(r, into: scratch)
-                for t in 0..<tokens {
-                    y[t * rows + r] = cw_dot_f32(scratch, x + t * cols, Int64(cols))
-                }
+        _ = cw_matmul(
+            Int32(w.type.rawValue), w.base, Int64(w.rows), Int64(w.cols), Int64(w.rowBytes),
+            x, Int64(tokens), y, precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue),
+            pool.handle)
+    }
+}
+
+/// The kernel implementation levels, chosen at run time from the CPU's features.
+public enum KernelPath: String, Sendable, CaseIterable, CustomStringConvertible {
+    case portable, avx2, avx512
+
+    var cValue: Int32 {
+        switch self {
+        case .portable: return Int32(CW_PATH_PORTABLE.rawValue)
+        case .avx2: return Int32(CW_PATH_AVX2.rawValue)
+        case .avx512: return Int32(CW_PATH_AVX512.rawValue)
+        }
+    }
+
+    /// Whether this CPU can run the level.
+    public var isSupported: Bool { cw_path_supported(cValue) != 0 }
+
+    /// The levels this CPU can run.
+    public static var supported: [KernelPath] { allCases.filter(\.isSupported) }
+
+    /// The level in use: the best the CPU supports, or `CHUNKWISE_KERNELS=portable|avx2|avx512`.
+    /// Setting it (tests, benchmarks) is process-wide; unsupported levels are ignored.
+    public static var current: KernelPath {
+        get {
+            switch UInt32(cw_kernel_path()) {
+            case CW_PATH_AVX512.rawValue: return .avx512
+            case CW_PATH_AVX2.rawValue: return .avx2
+            default: return .portable
             }
         }
+        set { _ = cw_set_kernel_path(newValue.cValue) }
+    }
+
+    public var description: String { rawValue }
+}
+
+/// What the kernels found on this CPU.
+public enum CPUFeatures {
+    /// Raw `cw_cpu_feature` bits.
+    public static var bits: UInt32 { cw_cpu_features() }
+
+    /// Feature names found on this CPU.
+    public static var names: [String] {
+        let all: [(UInt32, String)] = [
+            (CW_CPU_AVX2.rawValue, "AVX2"), (CW_CPU_FMA.rawValue, "FMA"), (CW_CPU_F16C.rawValue, "F16C"),
+            (CW_CPU_AVX512F.rawValue, "AVX512F"), (CW_CPU_AVX512BW.rawValue, "AVX512BW"),
+            (CW_CPU_AVX512VL.rawValue, "AVX512VL"), (CW_CPU_AVX512DQ.rawValue, "AVX512DQ"),
+            (CW_CPU_AVX512VNNI.rawValue, "AVX512_VNNI"), (CW_CPU_AVX512BF16.rawValue, "AVX512_BF16"),
+            (CW_CPU_NEON.rawValue, "NEON"), (CW_CPU_DOTPROD.rawValue, "DOTPROD"),
+        ]
+        let b = bits
+        return all.filter { b & $0.0 != 0 }.map(\.1)
+    }
+
+    /// One line for logs and `--version`-style output, e.g. `kernels=avx512 (AVX2 FMA … AVX512_VNNI)`.
+    public static var current: String {
+        let n = names
+        return "kernels=\(KernelPath.current) (\(n.isEmpty ? "baseline" : n.joined(separator: " ")))"
+    }
+}
+
+extension Kernels {
+    /// Reads `count` floats once, split over the pool, and returns their sum: a STREAM-like
+    /// read-bandwidth probe (bytes = 4·count over the elapsed time) for benchmarks and the CLI.
+    public static func readProbe(_ a: UnsafePointer<Float>, count: Int, pool: ThreadPool) -> Double {
+        cw_read_probe(a, Int64(count), pool.handle)
     }
 }

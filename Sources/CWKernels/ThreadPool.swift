@@ -1,28 +1,39 @@
-import Dispatch
+import CKernels
 import Foundation
 
-/// A pool of worker threads that split row ranges of a kernel between them.
+/// A persistent pool of worker threads that split row ranges of a kernel between them.
+///
+/// The `threads - 1` workers are created once and live as long as the pool. Between jobs they
+/// spin briefly (so the ~200 small matrix-vector products of one decode step do not pay a
+/// thread wake-up each) and then sleep on a condition variable. The calling thread runs the first
+/// part of every job itself. Calls from inside a job, or from a second thread while the pool is
+/// busy, run serially on the calling thread, so nesting never deadlocks.
 public final class ThreadPool: @unchecked Sendable {
     public let threads: Int
+    /// The C pool, for kernels that take one.
+    public let handle: OpaquePointer?
 
     public init(threads: Int = ProcessInfo.processInfo.activeProcessorCount) {
-        self.threads = max(1, threads)
+        let n = max(1, threads)
+        let h = cw_pool_create(Int32(clamping: n))
+        self.handle = h
+        self.threads = h.map { Int(cw_pool_threads($0)) } ?? 1
     }
+
+    deinit { cw_pool_destroy(handle) }
 
     /// Runs `body(start, end)` over `0..<count` split into contiguous chunks, one per worker,
     /// chunk boundaries a multiple of `granularity`. Returns when all chunks are done.
     public func parallelFor(_ count: Int, granularity: Int = 1, _ body: (Int, Int) -> Void) {
         if count <= 0 { return }
         let g = max(1, granularity)
-        let units = (count + g - 1) / g
-        let n = min(threads, units)
-        if n <= 1 { body(0, count); return }
+        if threads <= 1 || count <= g { body(0, count); return }
         withoutActuallyEscaping(body) { escaping in
-            nonisolated(unsafe) let body = escaping
-            DispatchQueue.concurrentPerform(iterations: n) { i in
-                let s = units * i / n * g
-                let e = min(count, units * (i + 1) / n * g)
-                if s < e { body(s, e) }
+            var box = escaping
+            withUnsafeMutablePointer(to: &box) { p in
+                cw_pool_parallel_for(handle, Int64(count), Int64(g), { ctx, s, e in
+                    ctx!.assumingMemoryBound(to: ((Int, Int) -> Void).self).pointee(Int(s), Int(e))
+                }, UnsafeMutableRawPointer(p))
             }
         }
     }

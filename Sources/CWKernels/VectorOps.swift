@@ -1,37 +1,26 @@
 import CKernels
 import Foundation
 
-/// Element-wise and reduction operations on fp32 activation vectors.
+/// Element-wise and reduction operations on fp32 activation vectors (C loops, vectorized by clang).
 public enum VectorOps {
-    /// `out = x / sqrt(mean(x²) + eps) * weight` over `n` elements.
+    /// `out = x / sqrt(mean(x²) + eps) * weight` over `n` elements (sum of squares in fp64).
     public static func rmsNorm(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, n: Int, eps: Float) {
-        var ss: Float = 0
-        for i in 0..<n { ss += x[i] * x[i] }
-        let scale = 1 / (ss / Float(n) + eps).squareRoot()
-        for i in 0..<n { out[i] = x[i] * scale * weight[i] }
+        cw_rms_norm(x, weight, out, Int64(n), eps)
     }
 
     /// In-place numerically safe softmax over `n` elements.
     public static func softmax(_ x: UnsafeMutablePointer<Float>, n: Int) {
-        var m = -Float.infinity
-        for i in 0..<n { m = max(m, x[i]) }
-        var s: Float = 0
-        for i in 0..<n { let e = expf(x[i] - m); x[i] = e; s += e }
-        let inv = 1 / s
-        for i in 0..<n { x[i] *= inv }
+        cw_softmax(x, Int64(n))
     }
 
     /// `gate[i] = silu(gate[i]) * up[i]`.
     public static func siluMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, n: Int) {
-        for i in 0..<n {
-            let g = gate[i]
-            gate[i] = g / (1 + expf(-g)) * up[i]
-        }
+        cw_silu_mul(gate, up, Int64(n))
     }
 
     /// `a[i] += b[i]`.
     public static func add(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, n: Int) {
-        for i in 0..<n { a[i] += b[i] }
+        cw_add(a, b, Int64(n))
     }
 
     @inline(__always)

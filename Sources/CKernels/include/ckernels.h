@@ -43,6 +43,86 @@ int cw_dequantize_row(int type, const void *src, float *dst, int64_t n);
 /// Dot product of two float vectors.
 float cw_dot_f32(const float *a, const float *b, int64_t n);
 
+// ---- CPU features and kernel dispatch ------------------------------------------------------
+
+enum cw_cpu_feature {
+    CW_CPU_AVX2 = 1 << 0,
+    CW_CPU_FMA = 1 << 1,
+    CW_CPU_F16C = 1 << 2,
+    CW_CPU_AVX512F = 1 << 3,
+    CW_CPU_AVX512BW = 1 << 4,
+    CW_CPU_AVX512VL = 1 << 5,
+    CW_CPU_AVX512VNNI = 1 << 6,
+    CW_CPU_AVX512BF16 = 1 << 7,
+    CW_CPU_AVX512DQ = 1 << 8,
+    CW_CPU_NEON = 1 << 9,
+    CW_CPU_DOTPROD = 1 << 10,
+};
+
+/// Kernel implementation levels.
+enum cw_path { CW_PATH_PORTABLE = 0, CW_PATH_AVX2 = 1, CW_PATH_AVX512 = 2 };
+
+/// Bit set of `cw_cpu_feature` found on this CPU.
+uint32_t cw_cpu_features(void);
+/// Whether `path` can run on this CPU.
+int cw_path_supported(int path);
+/// The level in use. Chosen at first use: the best the CPU supports, or the one named by the
+/// environment variable CHUNKWISE_KERNELS=portable|avx2|avx512 when the CPU supports it.
+int cw_kernel_path(void);
+/// Forces a level (tests, benchmarks). Returns 0, or -1 when the CPU does not support it.
+int cw_set_kernel_path(int path);
+/// Name of a level ("portable", "avx2", "avx512").
+const char *cw_path_name(int path);
+
+// ---- Thread pool ---------------------------------------------------------------------------
+
+/// A persistent pool: `threads - 1` workers created once, spinning briefly and then sleeping
+/// between jobs; the calling thread runs the first part of every job itself.
+typedef struct cw_pool cw_pool;
+typedef void (*cw_range_fn)(void *ctx, int64_t start, int64_t end);
+
+cw_pool *cw_pool_create(int threads);
+void cw_pool_destroy(cw_pool *pool);
+int cw_pool_threads(const cw_pool *pool);
+/// Splits 0..<count into at most `threads` contiguous ranges whose boundaries are multiples of
+/// `granularity` and runs `fn` on each, returning when all are done. A call made from inside a
+/// job, or while another thread is using the pool, runs serially on the calling thread.
+/// `pool` may be NULL (serial).
+void cw_pool_parallel_for(cw_pool *pool, int64_t count, int64_t granularity, cw_range_fn fn, void *ctx);
+
+// ---- Kernels -------------------------------------------------------------------------------
+
+enum cw_precision { CW_PRECISION_EXACT = 0, CW_PRECISION_FAST = 1 };
+
+/// Precision:
+///  * EXACT: weights dequantized exactly (as ggml) to fp32, fp32 FMA accumulation; error vs a
+///    float64 reference ≲ 1e-6·Σ|w·x| (tests assert 1e-5); results do not depend on the thread
+///    count (every output element is computed by the same instruction sequence).
+///  * FAST: for the quantized types and fewer than 16 tokens, activations are quantized to int8
+///    (per 32 elements for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, per 256 for the K-quants; scale amax/127,
+///    round to nearest) and multiplied with integer dot products (AVX2 maddubs, AVX512-VNNI
+///    vpdpbusd). Error ≤ Σ_blocks (amax_block/254)·Σ_block|w| plus fp32 rounding. F32/F16/BF16
+///    weights and batches of ≥ 16 tokens run the exact path (the fp32 GEMM is the faster one there).
+/// y[t][r] = Σ_c W[r][c]·x[t][c]. `w`: `rows` rows of `cols` elements of `type`, `row_bytes`
+/// apart; `x`: tokens × cols floats; `y`: tokens × rows floats. Returns 0, or -1 for an
+/// unsupported type or shape (cols not a multiple of the block size) or out of memory.
+int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_bytes,
+              const float *x, int64_t tokens, float *y, int precision, cw_pool *pool);
+
+/// Causal grouped-query attention (see Attention.causal in CWKernels).
+void cw_attention(const float *q, const float *k, const float *v, float *out, int64_t tokens,
+                  int64_t start_pos, int heads, int kv_heads, int head_dim, int64_t kv_stride,
+                  float scale, cw_pool *pool);
+
+/// Reads `n` floats once (split over the pool) and returns their sum: a STREAM-like probe of
+/// the machine's read bandwidth for the benchmarks (bytes = 4·n over the elapsed time).
+double cw_read_probe(const float *a, int64_t n, cw_pool *pool);
+
+void cw_rms_norm(const float *x, const float *weight, float *out, int64_t n, float eps);
+void cw_softmax(float *x, int64_t n);
+void cw_silu_mul(float *gate, const float *up, int64_t n);
+void cw_add(float *a, const float *b, int64_t n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,883 @@
+// The kernel bodies, written once and compiled once per instruction-set level.
+//
+// The including file defines, before including:
+//   CW_ISA   name suffix (portable, avx2, avx512)
+//   CW_VL    fp32 lanes per vector in the exact-mode GEMM micro-kernel
+//   CW_MR    rows per micro-kernel, CW_NT tokens per micro-kernel
+//   CW_X86   1 to use x86 intrinsics (AVX2 + FMA + F16C at least)
+//   CW_VNNI  1 when AVX512-VNNI (with VL: 256-bit vpdpbusd) is available
+// and wraps the include in `#pragma clang attribute push(__attribute__((target(...))))`, so the
+// compiler may use that instruction set everywhere in here (also when auto-vectorizing loops).
+//
+// Numerics:
+//  * Dequantization is bit-exact with ggml: products and sums in fp32, not contracted to FMAs.
+//  * Exact mode: weights are dequantized to fp32 (a tile of rows at a time, into a per-thread
+//    buffer that stays in L2), then a register-blocked FMA micro-kernel computes dot products
+//    with the fp32 activations. Every output element (r, t) is computed by the same instruction
+//    sequence whatever tile or thread it falls in, so results do not depend on the thread count.
+//  * Fast mode: activations are quantized once per call to int8 blocks; weights stay packed and
+//    are unpacked in registers into unsigned bytes for u8×s8 integer dot products.
+
+#define CW_CAT2(a, b) a##_##b
+#define CW_CAT(a, b) CW_CAT2(a, b)
+#define FN(name) CW_CAT(name, CW_ISA)
+
+typedef float FN(vf) __attribute__((ext_vector_type(CW_VL)));
+#define VF FN(vf)
+
+#define CW_INLINE static inline __attribute__((always_inline))
+// a*b+c; -ffp-contract=fast fuses it where the instruction set has FMA (not on baseline x86-64,
+// where a fused call would become a slow libm fmaf).
+#define CW_FMA(a, b, c) ((a) * (b) + (c))
+
+CW_INLINE float FN(h2f)(uint16_t h) {
+#if CW_X86
+    return _cvtsh_ss(h);
+#else
+    return cw_h2f_portable(h);
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dequantization (exact, ggml semantics)
+
+#if CW_X86
+// 32 bytes → 4×8 floats (unsigned or signed bytes), then y = f·d (+ m), not fused (ggml rounding).
+CW_INLINE void FN(bytes_to_f)(__m256i q, int sgn, __m256 f[4]) {
+#pragma clang fp contract(off)
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    if (sgn) {
+        f[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+        f[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+        f[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+        f[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+    } else {
+        f[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+        f[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+        f[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+        f[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+    }
+}
+CW_INLINE void FN(put_scaled)(float *y, __m256i q, int sgn, float d) {
+#pragma clang fp contract(off)
+    __m256 f[4];
+    FN(bytes_to_f)(q, sgn, f);
+    const __m256 dv = _mm256_set1_ps(d);
+    for (int i = 0; i < 4; i++) _mm256_storeu_ps(y + 8 * i, _mm256_mul_ps(f[i], dv));
+}
+// y = d·q + m (Q4_1/Q5_1 order) or y = d·q - m (K-quant order; pass sub = 1)
+CW_INLINE void FN(put_affine)(float *y, __m256i q, float d, float m, int sub) {
+#pragma clang fp contract(off)
+    __m256 f[4];
+    FN(bytes_to_f)(q, 0, f);
+    const __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(m);
+    for (int i = 0; i < 4; i++) {
+        const __m256 p = _mm256_mul_ps(f[i], dv);
+        _mm256_storeu_ps(y + 8 * i, sub ? _mm256_sub_ps(p, mv) : _mm256_add_ps(p, mv));
+    }
+}
+CW_INLINE __m256i FN(nibbles)(const uint8_t *p);
+CW_INLINE __m256i FN(bit16)(uint32_t bits);
+
+// Returns 1 when handled with intrinsics.
+static int FN(dequant_simd)(int type, const uint8_t *p, float *y, int64_t n) {
+#pragma clang fp contract(off)
+    switch (type) {
+    case CW_TYPE_Q4_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 18, y += 32)
+            FN(put_scaled)(y, _mm256_sub_epi8(FN(nibbles)(p + 2), _mm256_set1_epi8(8)), 1, FN(h2f)(cw_u16(p)));
+        return 1;
+    case CW_TYPE_Q4_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 20, y += 32)
+            FN(put_affine)(y, FN(nibbles)(p + 4), FN(h2f)(cw_u16(p)), FN(h2f)(cw_u16(p + 2)), 0);
+        return 1;
+    case CW_TYPE_Q5_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 22, y += 32) {
+            uint32_t qh; memcpy(&qh, p + 2, 4);
+            const __m256i q = _mm256_or_si256(FN(nibbles)(p + 6), FN(bit16)(qh));
+            FN(put_scaled)(y, _mm256_sub_epi8(q, _mm256_set1_epi8(16)), 1, FN(h2f)(cw_u16(p)));
+        }
+        return 1;
+    case CW_TYPE_Q5_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 24, y += 32) {
+            uint32_t qh; memcpy(&qh, p + 4, 4);
+            FN(put_affine)(y, _mm256_or_si256(FN(nibbles)(p + 8), FN(bit16)(qh)), FN(h2f)(cw_u16(p)), FN(h2f)(cw_u16(p + 2)), 0);
+        }
+        return 1;
+    case CW_TYPE_Q8_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 34, y += 32)
+            FN(put_scaled)(y, _mm256_loadu_si256((const __m256i *)(p + 2)), 1, FN(h2f)(cw_u16(p)));
+        return 1;
+    case CW_TYPE_Q4_K:
+    case CW_TYPE_Q5_K: {
+        const int q5 = type == CW_TYPE_Q5_K;
+        const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+        for (int64_t b = 0; b < n / 256; b++, p += q5 ? 176 : 144) {
+            const float d = FN(h2f)(cw_u16(p)), dmin = FN(h2f)(cw_u16(p + 2));
+            uint8_t sc[8], mn[8];
+            cw_kscales(p + 4, sc, mn);
+            const uint8_t *q = p + (q5 ? 48 : 16);
+            __m256i hv = q5 ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+            for (int j = 0; j < 4; j++, y += 64) {
+                const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * j));
+                __m256i lo = _mm256_and_si256(qv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+                if (q5) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hv, one), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 1), one), 4));
+                    hv = _mm256_srli_epi16(hv, 2);
+                }
+                FN(put_affine)(y, lo, d * sc[2 * j], dmin * mn[2 * j], 1);
+                FN(put_affine)(y + 32, hi, d * sc[2 * j + 1], dmin * mn[2 * j + 1], 1);
+            }
+        }
+        return 1;
+    }
+    case CW_TYPE_Q6_K: {
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30), c32 = _mm256_set1_epi8(32);
+        for (int64_t b = 0; b < n / 256; b++, p += 210) {
+            const float d = FN(h2f)(cw_u16(p + 208));
+            const int8_t *sc = (const int8_t *)(p + 192);
+            for (int half = 0; half < 2; half++, y += 128) {
+                const uint8_t *ql = p + 64 * half, *qh = p + 128 + 32 * half;
+                const int8_t *s = sc + 8 * half;
+                const __m256i a = _mm256_loadu_si256((const __m256i *)ql), bq = _mm256_loadu_si256((const __m256i *)(ql + 32));
+                const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+                __m256i v[4];
+                v[0] = _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+                v[1] = _mm256_or_si256(_mm256_and_si256(bq, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+                v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), _mm256_and_si256(h, m30));
+                v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bq, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+                for (int i = 0; i < 4; i++) {
+                    __m256 f[4];
+                    FN(bytes_to_f)(_mm256_sub_epi8(v[i], c32), 1, f);
+                    const __m256 d0 = _mm256_set1_ps(d * (float)s[2 * i]), d1 = _mm256_set1_ps(d * (float)s[2 * i + 1]);
+                    _mm256_storeu_ps(y + 32 * i, _mm256_mul_ps(f[0], d0));
+                    _mm256_storeu_ps(y + 32 * i + 8, _mm256_mul_ps(f[1], d0));
+                    _mm256_storeu_ps(y + 32 * i + 16, _mm256_mul_ps(f[2], d1));
+                    _mm256_storeu_ps(y + 32 * i + 24, _mm256_mul_ps(f[3], d1));
+                }
+            }
+        }
+        return 1;
+    }
+    default:
+        return 0;
+    }
+}
+#endif
+
+static void FN(dequant)(int type, const uint8_t *p, float *y, int64_t n) {
+#pragma clang fp contract(off)
+#if CW_X86
+    if (FN(dequant_simd)(type, p, y, n)) return;
+#endif
+    switch (type) {
+    case CW_TYPE_F32:
+        memcpy(y, p, (size_t)n * 4);
+        return;
+    case CW_TYPE_F16: {
+        int64_t i = 0;
+#if CW_X86
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+#endif
+        for (; i < n; i++) y[i] = FN(h2f)(cw_u16(p + 2 * i));
+        return;
+    }
+    case CW_TYPE_BF16:
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t b = (uint32_t)cw_u16(p + 2 * i) << 16;
+            memcpy(y + i, &b, 4);
+        }
+        return;
+    case CW_TYPE_Q4_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 18, y += 32) {
+            const float d = FN(h2f)(cw_u16(p));
+            for (int j = 0; j < 16; j++) {
+                y[j] = (float)((p[2 + j] & 0x0F) - 8) * d;
+                y[j + 16] = (float)((p[2 + j] >> 4) - 8) * d;
+            }
+        }
+        return;
+    case CW_TYPE_Q4_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 20, y += 32) {
+            const float d = FN(h2f)(cw_u16(p)), m = FN(h2f)(cw_u16(p + 2));
+            for (int j = 0; j < 16; j++) {
+                y[j] = (float)(p[4 + j] & 0x0F) * d + m;
+                y[j + 16] = (float)(p[4 + j] >> 4) * d + m;
+            }
+        }
+        return;
+    case CW_TYPE_Q5_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 22, y += 32) {
+            const float d = FN(h2f)(cw_u16(p));
+            uint32_t qh; memcpy(&qh, p + 2, 4);
+            for (int j = 0; j < 16; j++) {
+                const int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+                y[j] = (float)(((p[6 + j] & 0x0F) | h0) - 16) * d;
+                y[j + 16] = (float)(((p[6 + j] >> 4) | h1) - 16) * d;
+            }
+        }
+        return;
+    case CW_TYPE_Q5_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 24, y += 32) {
+            const float d = FN(h2f)(cw_u16(p)), m = FN(h2f)(cw_u16(p + 2));
+            uint32_t qh; memcpy(&qh, p + 4, 4);
+            for (int j = 0; j < 16; j++) {
+                const int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+                y[j] = (float)((p[8 + j] & 0x0F) | h0) * d + m;
+                y[j + 16] = (float)((p[8 + j] >> 4) | h1) * d + m;
+            }
+        }
+        return;
+    case CW_TYPE_Q8_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 34, y += 32) {
+            const float d = FN(h2f)(cw_u16(p));
+            for (int j = 0; j < 32; j++) y[j] = (float)(int8_t)p[2 + j] * d;
+        }
+        return;
+    case CW_TYPE_Q4_K:
+        for (int64_t b = 0; b < n / 256; b++, p += 144) {
+            const float d = FN(h2f)(cw_u16(p)), dmin = FN(h2f)(cw_u16(p + 2));
+            uint8_t sc[8], mn[8];
+            cw_kscales(p + 4, sc, mn);
+            const uint8_t *q = p + 16;
+            for (int j = 0; j < 4; j++, q += 32, y += 64) {
+                const float d1 = d * sc[2 * j], m1 = dmin * mn[2 * j];
+                const float d2 = d * sc[2 * j + 1], m2 = dmin * mn[2 * j + 1];
+                for (int l = 0; l < 32; l++) y[l] = d1 * (float)(q[l] & 0xF) - m1;
+                for (int l = 0; l < 32; l++) y[l + 32] = d2 * (float)(q[l] >> 4) - m2;
+            }
+        }
+        return;
+    case CW_TYPE_Q5_K:
+        for (int64_t b = 0; b < n / 256; b++, p += 176) {
+            const float d = FN(h2f)(cw_u16(p)), dmin = FN(h2f)(cw_u16(p + 2));
+            uint8_t sc[8], mn[8];
+            cw_kscales(p + 4, sc, mn);
+            const uint8_t *qh = p + 16, *q = p + 48;
+            for (int j = 0; j < 4; j++, q += 32, y += 64) {
+                const float d1 = d * sc[2 * j], m1 = dmin * mn[2 * j];
+                const float d2 = d * sc[2 * j + 1], m2 = dmin * mn[2 * j + 1];
+                const int u1 = 1 << (2 * j), u2 = 2 << (2 * j);
+                for (int l = 0; l < 32; l++) y[l] = d1 * (float)((q[l] & 0xF) + ((qh[l] & u1) ? 16 : 0)) - m1;
+                for (int l = 0; l < 32; l++) y[l + 32] = d2 * (float)((q[l] >> 4) + ((qh[l] & u2) ? 16 : 0)) - m2;
+            }
+        }
+        return;
+    case CW_TYPE_Q6_K:
+        for (int64_t b = 0; b < n / 256; b++, p += 210) {
+            const float d = FN(h2f)(cw_u16(p + 208));
+            const uint8_t *ql = p, *qh = p + 128;
+            const int8_t *sc = (const int8_t *)(p + 192);
+            for (int half = 0; half < 2; half++, ql += 64, qh += 32, sc += 8, y += 128) {
+                for (int l = 0; l < 32; l++) {
+                    const int is = l / 16;
+                    const int q1 = (int)((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                    const int q2 = (int)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                    const int q3 = (int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                    const int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                    y[l] = d * (float)sc[is] * (float)q1;
+                    y[l + 32] = d * (float)sc[is + 2] * (float)q2;
+                    y[l + 64] = d * (float)sc[is + 4] * (float)q3;
+                    y[l + 96] = d * (float)sc[is + 6] * (float)q4;
+                }
+            }
+        }
+        return;
+    default:
+        return;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// fp32 helpers
+
+CW_INLINE VF FN(vload)(const float *p) { VF v; memcpy(&v, p, sizeof v); return v; }
+CW_INLINE void FN(vstore)(float *p, VF v) { memcpy(p, &v, sizeof v); }
+
+// Fixed-order horizontal sum (pairwise halving), the same for every caller.
+CW_INLINE float FN(hsum)(VF v) {
+    float a[CW_VL];
+    memcpy(a, &v, sizeof v);
+    for (int w = CW_VL / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) a[i] += a[i + w];
+    return a[0];
+}
+
+static float FN(dot)(const float *a, const float *b, int64_t n) {
+    VF s0 = 0, s1 = 0;
+    int64_t i = 0;
+    for (; i + 2 * CW_VL <= n; i += 2 * CW_VL) {
+        s0 = CW_FMA(FN(vload)(a + i), FN(vload)(b + i), s0);
+        s1 = CW_FMA(FN(vload)(a + i + CW_VL), FN(vload)(b + i + CW_VL), s1);
+    }
+    for (; i + CW_VL <= n; i += CW_VL) s0 = CW_FMA(FN(vload)(a + i), FN(vload)(b + i), s0);
+    float s = FN(hsum)(s0 + s1);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// Sum of a float array (the read-bandwidth probe): four independent vector accumulators.
+static float FN(sum)(const float *a, int64_t n) {
+    VF s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t i = 0;
+    for (; i + 4 * CW_VL <= n; i += 4 * CW_VL) {
+        s0 += FN(vload)(a + i);
+        s1 += FN(vload)(a + i + CW_VL);
+        s2 += FN(vload)(a + i + 2 * CW_VL);
+        s3 += FN(vload)(a + i + 3 * CW_VL);
+    }
+    float s = FN(hsum)((s0 + s1) + (s2 + s3));
+    for (; i < n; i++) s += a[i];
+    return s;
+}
+
+// A vector of weights: fp32, or fp16 converted exactly (so F16 never needs a dequant buffer).
+CW_INLINE VF FN(wload)(const void *w, int64_t i, const int h) {
+    if (!h) return FN(vload)((const float *)w + i);
+    const uint16_t *p = (const uint16_t *)w + i;
+#if CW_X86 && CW_VL == 16
+    return (VF)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif CW_X86 && CW_VL == 8
+    return (VF)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    VF v;
+    for (int l = 0; l < CW_VL; l++) v[l] = FN(h2f)(p[l]);
+    return v;
+#endif
+}
+CW_INLINE float FN(wat)(const void *w, int64_t i, const int h) {
+    return h ? FN(h2f)(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+// R rows of w (ldw elements apart; fp32, or fp16 when h) × T token rows of x (ldx apart),
+// K long: y[t*ldy + r]. The same instruction sequence for every (r, t), whatever R and T.
+CW_INLINE void FN(mk)(const int R, const int T, const int h, const void *w, int64_t ldw, const float *x,
+                      int64_t ldx, float *y, int64_t ldy, int64_t K) {
+    VF acc[CW_MR][CW_NT];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = 0;
+    int64_t k = 0;
+    for (; k + CW_VL <= K; k += CW_VL) {
+        VF xv[CW_NT];
+        for (int t = 0; t < T; t++) xv[t] = FN(vload)(x + t * ldx + k);
+        for (int r = 0; r < R; r++) {
+            const VF wv = FN(wload)(w, r * ldw + k, h);
+            for (int t = 0; t < T; t++) acc[r][t] = CW_FMA(wv, xv[t], acc[r][t]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            float s = FN(hsum)(acc[r][t]);
+            for (int64_t kk = k; kk < K; kk++) s = CW_FMA(FN(wat)(w, r * ldw + kk, h), x[t * ldx + kk], s);
+            y[t * ldy + r] = s;
+        }
+}
+
+static void FN(mk_any)(int R, int T, int h, const void *w, int64_t ldw, const float *x, int64_t ldx,
+                       float *y, int64_t ldy, int64_t K) {
+#define CW_MK_CASE(HH, RR, TT) \
+    if (R == RR && T == TT) { FN(mk)(RR, TT, HH, w, ldw, x, ldx, y, ldy, K); return; }
+#define CW_MK_ROW(HH, RR) CW_MK_CASE(HH, RR, 1) CW_MK_CASE(HH, RR, 2) CW_MK_CASE(HH, RR, 3) CW_MK_CASE(HH, RR, 4)
+    if (h) { CW_MK_ROW(1, 1) CW_MK_ROW(1, 2) CW_MK_ROW(1, 3) CW_MK_ROW(1, 4) }
+    else { CW_MK_ROW(0, 1) CW_MK_ROW(0, 2) CW_MK_ROW(0, 3) CW_MK_ROW(0, 4) }
+#undef CW_MK_ROW
+#undef CW_MK_CASE
+}
+
+// Weight rows [r0, r1): dequantized RC rows at a time into a per-thread buffer (F32, and F16
+// for small batches, are read in place), then every token block against every row group.
+static void FN(exact_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
+    const int64_t K = a->cols, T = a->tokens;
+    int64_t rc = (int64_t)(192 * 1024) / (K * 4);
+    rc = rc < CW_MR ? CW_MR : rc > 64 ? 64 : rc / CW_MR * CW_MR;
+    if (T <= CW_NT) rc = CW_MR; // one token block: dequantize a row group at a time, it stays in L1
+    const int f32 = a->type == CW_TYPE_F32, h = a->type == CW_TYPE_F16 && T <= 2 * CW_NT;
+    const int direct = f32 || h;
+    float *buf = direct ? NULL : (float *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(rc * K) * sizeof(float));
+    if (!direct && !buf) return;
+    for (int64_t rs = r0; rs < r1; rs += rc) {
+        const int64_t nr = r1 - rs < rc ? r1 - rs : rc;
+        const void *wt;
+        int64_t ldw;
+        if (direct) {
+            wt = a->w + rs * a->row_bytes;
+            ldw = a->row_bytes / (f32 ? 4 : 2);
+        } else {
+            for (int64_t i = 0; i < nr; i++) FN(dequant)(a->type, a->w + (rs + i) * a->row_bytes, buf + i * K, K);
+            wt = buf;
+            ldw = K;
+        }
+        const int64_t esz = h ? 2 : 4;
+        for (int64_t t0 = 0; t0 < T; t0 += CW_NT) {
+            const int nt = (int)(T - t0 < CW_NT ? T - t0 : CW_NT);
+            for (int64_t r = 0; r < nr; r += CW_MR) {
+                const int mr = (int)(nr - r < CW_MR ? nr - r : CW_MR);
+                FN(mk_any)(mr, nt, h, (const uint8_t *)wt + r * ldw * esz, ldw, a->x + t0 * K, K,
+                           a->y + t0 * a->rows + rs + r, a->rows, K);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast mode: activation quantization (round to nearest even, symmetric, amax/127 scales)
+
+static void FN(quant_q8b)(const float *x, cw_q8b *o, int64_t nb) {
+    for (int64_t b = 0; b < nb; b++, x += 32, o++) {
+        float amax = 0;
+        for (int j = 0; j < 32; j++) { const float v = fabsf(x[j]); amax = v > amax ? v : amax; }
+        const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        int s = 0;
+        for (int j = 0; j < 32; j++) {
+            const int q = (int)__builtin_rintf(x[j] * id);
+            o->qs[j] = (int8_t)q;
+            s += q;
+        }
+        o->d = d;
+        o->sd = d * (float)s;
+    }
+}
+
+static void FN(quant_q8k)(const float *x, cw_q8k *o, int64_t nb) {
+    for (int64_t b = 0; b < nb; b++, x += 256, o++) {
+        float amax = 0;
+        for (int j = 0; j < 256; j++) { const float v = fabsf(x[j]); amax = v > amax ? v : amax; }
+        const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        for (int j = 0; j < 256; j++) o->qs[j] = (int8_t)(int)__builtin_rintf(x[j] * id);
+        for (int g = 0; g < 16; g++) {
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += o->qs[g * 16 + j];
+            o->bsums[g] = (int16_t)s;
+        }
+        o->d = d;
+    }
+}
+
+static void FN(quantize)(const cw_mm *a, int64_t t0, int64_t t1) {
+    const int be = cw_block_elems(a->type);
+    const int64_t nb = a->cols / be;
+    for (int64_t t = t0; t < t1; t++) {
+        if (be == 256) FN(quant_q8k)(a->x + t * a->cols, (cw_q8k *)(a->xq + t * a->xq_row_bytes), nb);
+        else FN(quant_q8b)(a->x + t * a->cols, (cw_q8b *)(a->xq + t * a->xq_row_bytes), nb);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast mode: integer dot products of one packed weight row with one quantized activation row.
+
+#if CW_X86
+CW_INLINE float FN(hsum8)(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+// u8 × s8 products summed in groups of 4 into 8 int32 lanes (u ≤ 63 here, so maddubs never saturates).
+CW_INLINE __m256i FN(dp)(__m256i u, __m256i s) {
+#if CW_VNNI
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+// 32 nibbles of 16 bytes: low nibbles to bytes 0..15, high nibbles to bytes 16..31 (ggml order).
+CW_INLINE __m256i FN(nibbles)(const uint8_t *p) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+}
+// Bit i of `bits` → byte i = 0x10.
+CW_INLINE __m256i FN(bit16)(uint32_t bits) {
+    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL,
+                                           0x0101010101010101LL, 0x0000000000000000LL);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf);
+    const __m256i m = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, m), m);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+#endif
+
+// Σ w·x over nb blocks, for each type. `off` is the unsigned-offset of the weight quants
+// (8 for Q4_0, 16 for Q5_0): Σ (q-off)·x = Σ q·x - off·Σx.
+static float FN(vd_q4_0)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
+#if CW_X86
+    // two blocks per iteration into independent accumulators (the FMA latency would bind otherwise)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float o0 = 0, o1 = 0;
+#define CW_BLK(ACC, O) { \
+        const float dw = FN(h2f)(cw_u16(w)); \
+        const __m256i p = FN(dp)(FN(nibbles)(w + 2), _mm256_loadu_si256((const __m256i *)x->qs)); \
+        ACC = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p), ACC); \
+        O += (-8.0f * dw) * x->sd; \
+        w += 18; x++; }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { CW_BLK(acc0, o0) CW_BLK(acc1, o1) }
+    if (b < nb) CW_BLK(acc0, o0)
+#undef CW_BLK
+    return FN(hsum8)(_mm256_add_ps(acc0, acc1)) + (o0 + o1);
+#else
+    float acc = 0;
+    for (int64_t b = 0; b < nb; b++, w += 18, x++) {
+        int s = 0;
+        for (int j = 0; j < 16; j++) s += (w[2 + j] & 15) * x->qs[j] + (w[2 + j] >> 4) * x->qs[j + 16];
+        acc += FN(h2f)(cw_u16(w)) * (x->d * (float)s - 8.0f * x->sd);
+    }
+    return acc;
+#endif
+}
+
+static float FN(vd_q4_1)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
+#if CW_X86
+    // two blocks per iteration into independent accumulators (the FMA latency would bind otherwise)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float o0 = 0, o1 = 0;
+#define CW_BLK(ACC, O) { \
+        const float dw = FN(h2f)(cw_u16(w)); \
+        const __m256i p = FN(dp)(FN(nibbles)(w + 4), _mm256_loadu_si256((const __m256i *)x->qs)); \
+        ACC = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p), ACC); \
+        O += FN(h2f)(cw_u16(w + 2)) * x->sd; \
+        w += 20; x++; }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { CW_BLK(acc0, o0) CW_BLK(acc1, o1) }
+    if (b < nb) CW_BLK(acc0, o0)
+#undef CW_BLK
+    return FN(hsum8)(_mm256_add_ps(acc0, acc1)) + (o0 + o1);
+#else
+    float acc = 0;
+    for (int64_t b = 0; b < nb; b++, w += 20, x++) {
+        int s = 0;
+        for (int j = 0; j < 16; j++) s += (w[4 + j] & 15) * x->qs[j] + (w[4 + j] >> 4) * x->qs[j + 16];
+        acc += FN(h2f)(cw_u16(w)) * x->d * (float)s + FN(h2f)(cw_u16(w + 2)) * x->sd;
+    }
+    return acc;
+#endif
+}
+
+static float FN(vd_q5_0)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
+#if CW_X86
+    // two blocks per iteration into independent accumulators (the FMA latency would bind otherwise)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float o0 = 0, o1 = 0;
+#define CW_BLK(ACC, O) { \
+        const float dw = FN(h2f)(cw_u16(w)); uint32_t qh; memcpy(&qh, w + 2, 4); \
+        const __m256i p = FN(dp)(_mm256_or_si256(FN(nibbles)(w + 6), FN(bit16)(qh)), _mm256_loadu_si256((const __m256i *)x->qs)); \
+        ACC = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p), ACC); \
+        O += (-16.0f * dw) * x->sd; \
+        w += 22; x++; }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { CW_BLK(acc0, o0) CW_BLK(acc1, o1) }
+    if (b < nb) CW_BLK(acc0, o0)
+#undef CW_BLK
+    return FN(hsum8)(_mm256_add_ps(acc0, acc1)) + (o0 + o1);
+#else
+    float acc = 0;
+    for (int64_t b = 0; b < nb; b++, w += 22, x++) {
+        uint32_t qh; memcpy(&qh, w + 2, 4);
+        int s = 0;
+        for (int j = 0; j < 16; j++) {
+            const int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+            s += ((w[6 + j] & 15) | h0) * x->qs[j] + ((w[6 + j] >> 4) | h1) * x->qs[j + 16];
+        }
+        acc += FN(h2f)(cw_u16(w)) * (x->d * (float)s - 16.0f * x->sd);
+    }
+    return acc;
+#endif
+}
+
+static float FN(vd_q5_1)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
+#if CW_X86
+    // two blocks per iteration into independent accumulators (the FMA latency would bind otherwise)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float o0 = 0, o1 = 0;
+#define CW_BLK(ACC, O) { \
+        const float dw = FN(h2f)(cw_u16(w)); uint32_t qh; memcpy(&qh, w + 4, 4); \
+        const __m256i p = FN(dp)(_mm256_or_si256(FN(nibbles)(w + 8), FN(bit16)(qh)), _mm256_loadu_si256((const __m256i *)x->qs)); \
+        ACC = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p), ACC); \
+        O += FN(h2f)(cw_u16(w + 2)) * x->sd; \
+        w += 24; x++; }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { CW_BLK(acc0, o0) CW_BLK(acc1, o1) }
+    if (b < nb) CW_BLK(acc0, o0)
+#undef CW_BLK
+    return FN(hsum8)(_mm256_add_ps(acc0, acc1)) + (o0 + o1);
+#else
+    float acc = 0;
+    for (int64_t b = 0; b < nb; b++, w += 24, x++) {
+        uint32_t qh; memcpy(&qh, w + 4, 4);
+        int s = 0;
+        for (int j = 0; j < 16; j++) {
+            const int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+            s += ((w[8 + j] & 15) | h0) * x->qs[j] + ((w[8 + j] >> 4) | h1) * x->qs[j + 16];
+        }
+        acc += FN(h2f)(cw_u16(w)) * x->d * (float)s + FN(h2f)(cw_u16(w + 2)) * x->sd;
+    }
+    return acc;
+#endif
+}
+
+static float FN(vd_q8_0)(const uint8_t *w, const cw_q8b *x, int64_t nb) {
+#if CW_X86
+    // |w| (unsigned) · (x with w's sign): exact signed products without an offset term.
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+#if CW_VNNI
+#define CW_DPS(u, v) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, v)
+#else
+#define CW_DPS(u, v) _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), _mm256_set1_epi16(1))
+#endif
+#define CW_BLK(ACC) { \
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 2)); \
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)x->qs); \
+        const __m256i p = CW_DPS(_mm256_abs_epi8(wv), _mm256_sign_epi8(xv, wv)); \
+        ACC = _mm256_fmadd_ps(_mm256_set1_ps(FN(h2f)(cw_u16(w)) * x->d), _mm256_cvtepi32_ps(p), ACC); \
+        w += 34; x++; }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { CW_BLK(acc0) CW_BLK(acc1) }
+    if (b < nb) CW_BLK(acc0)
+#undef CW_BLK
+#undef CW_DPS
+    return FN(hsum8)(_mm256_add_ps(acc0, acc1));
+#else
+    float acc = 0;
+    for (int64_t b = 0; b < nb; b++, w += 34, x++) {
+        int s = 0;
+        for (int j = 0; j < 32; j++) s += (int8_t)w[2 + j] * x->qs[j];
+        acc += FN(h2f)(cw_u16(w)) * x->d * (float)s;
+    }
+    return acc;
+#endif
+}
+
+static float FN(vd_q4_k)(const uint8_t *w, const cw_q8k *x, int64_t nb) {
+    float acc_s = 0;
+#if CW_X86
+    __m256 acc = _mm256_setzero_ps();
+#endif
+    for (int64_t b = 0; b < nb; b++, w += 144, x++) {
+        const float d = FN(h2f)(cw_u16(w)) * x->d, dmin = FN(h2f)(cw_u16(w + 2)) * x->d;
+        uint8_t sc[8], mn[8];
+        cw_kscales(w + 4, sc, mn);
+        int summ = 0;
+        for (int j = 0; j < 8; j++) summ += mn[j] * (x->bsums[2 * j] + x->bsums[2 * j + 1]);
+        acc_s -= dmin * (float)summ;
+        const uint8_t *q = w + 16;
+        const int8_t *xq = x->qs;
+#if CW_X86
+        __m256i isum = _mm256_setzero_si256();
+        const __m256i m4 = _mm256_set1_epi8(0x0F);
+        for (int j = 0; j < 4; j++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * j));
+            const __m256i lo = _mm256_and_si256(qv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xq + 64 * j))), _mm256_set1_epi16(sc[2 * j])));
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xq + 64 * j + 32))), _mm256_set1_epi16(sc[2 * j + 1])));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+#else
+        int isum = 0;
+        for (int j = 0; j < 4; j++) {
+            int s1 = 0, s2 = 0;
+            for (int l = 0; l < 32; l++) {
+                s1 += (q[32 * j + l] & 15) * xq[64 * j + l];
+                s2 += (q[32 * j + l] >> 4) * xq[64 * j + 32 + l];
+            }
+            isum += sc[2 * j] * s1 + sc[2 * j + 1] * s2;
+        }
+        acc_s += d * (float)isum;
+#endif
+    }
+#if CW_X86
+    return FN(hsum8)(acc) + acc_s;
+#else
+    return acc_s;
+#endif
+}
+
+static float FN(vd_q5_k)(const uint8_t *w, const cw_q8k *x, int64_t nb) {
+    float acc_s = 0;
+#if CW_X86
+    __m256 acc = _mm256_setzero_ps();
+#endif
+    for (int64_t b = 0; b < nb; b++, w += 176, x++) {
+        const float d = FN(h2f)(cw_u16(w)) * x->d, dmin = FN(h2f)(cw_u16(w + 2)) * x->d;
+        uint8_t sc[8], mn[8];
+        cw_kscales(w + 4, sc, mn);
+        int summ = 0;
+        for (int j = 0; j < 8; j++) summ += mn[j] * (x->bsums[2 * j] + x->bsums[2 * j + 1]);
+        acc_s -= dmin * (float)summ;
+        const uint8_t *qh = w + 16, *q = w + 48;
+        const int8_t *xq = x->qs;
+#if CW_X86
+        __m256i isum = _mm256_setzero_si256();
+        const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+        __m256i hv = _mm256_loadu_si256((const __m256i *)qh);
+        for (int j = 0; j < 4; j++) {
+            const __m256i qv = _mm256_loadu_si256((const __m256i *)(q + 32 * j));
+            const __m256i lo = _mm256_or_si256(_mm256_and_si256(qv, m4), _mm256_slli_epi16(_mm256_and_si256(hv, one), 4));
+            const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qv, 4), m4),
+                                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 1), one), 4));
+            hv = _mm256_srli_epi16(hv, 2);
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(xq + 64 * j))), _mm256_set1_epi16(sc[2 * j])));
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xq + 64 * j + 32))), _mm256_set1_epi16(sc[2 * j + 1])));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+#else
+        int isum = 0;
+        for (int j = 0; j < 4; j++) {
+            int s1 = 0, s2 = 0;
+            const int u1 = 1 << (2 * j), u2 = 2 << (2 * j);
+            for (int l = 0; l < 32; l++) {
+                s1 += ((q[32 * j + l] & 15) + ((qh[l] & u1) ? 16 : 0)) * xq[64 * j + l];
+                s2 += ((q[32 * j + l] >> 4) + ((qh[l] & u2) ? 16 : 0)) * xq[64 * j + 32 + l];
+            }
+            isum += sc[2 * j] * s1 + sc[2 * j + 1] * s2;
+        }
+        acc_s += d * (float)isum;
+#endif
+    }
+#if CW_X86
+    return FN(hsum8)(acc) + acc_s;
+#else
+    return acc_s;
+#endif
+}
+
+static float FN(vd_q6_k)(const uint8_t *w, const cw_q8k *x, int64_t nb) {
+    float acc_s = 0;
+#if CW_X86
+    __m256 acc = _mm256_setzero_ps();
+#endif
+    for (int64_t b = 0; b < nb; b++, w += 210, x++) {
+        const float d = FN(h2f)(cw_u16(w + 208)) * x->d;
+        const int8_t *sc = (const int8_t *)(w + 192);
+        int off = 0;
+        for (int k = 0; k < 16; k++) off += sc[k] * x->bsums[k];
+        acc_s -= d * (float)(32 * off);
+#if CW_X86
+        __m256i isum = _mm256_setzero_si256();
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = w + 64 * half, *qh = w + 128 + 32 * half;
+            const int8_t *s = sc + 8 * half, *xq = x->qs + 128 * half;
+            const __m256i a = _mm256_loadu_si256((const __m256i *)ql), bq = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)qh);
+            __m256i v[4];
+            v[0] = _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+            v[1] = _mm256_or_si256(_mm256_and_si256(bq, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+            v[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), _mm256_and_si256(h, m30));
+            v[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bq, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+            for (int i = 0; i < 4; i++) {
+                const __m256i scv = _mm256_set_m128i(_mm_set1_epi16(s[2 * i + 1]), _mm_set1_epi16(s[2 * i]));
+                const __m256i p = _mm256_maddubs_epi16(v[i], _mm256_loadu_si256((const __m256i *)(xq + 32 * i)));
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, scv));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+#else
+        int isum = 0;
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = w + 64 * half, *qh = w + 128 + 32 * half;
+            const int8_t *s = sc + 8 * half, *xq = x->qs + 128 * half;
+            int p[8] = {0};
+            for (int l = 0; l < 32; l++) {
+                const int is = l / 16;
+                p[is + 0] += ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) * xq[l];
+                p[is + 2] += ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) * xq[l + 32];
+                p[is + 4] += ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) * xq[l + 64];
+                p[is + 6] += ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) * xq[l + 96];
+            }
+            for (int k = 0; k < 8; k++) isum += s[k] * p[k];
+        }
+        acc_s += d * (float)isum;
+#endif
+    }
+#if CW_X86
+    return FN(hsum8)(acc) + acc_s;
+#else
+    return acc_s;
+#endif
+}
+
+typedef float (*FN(vd_fn))(const uint8_t *, const void *, int64_t);
+
+static void FN(fast_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
+    const int be = cw_block_elems(a->type);
+    const int64_t nb = a->cols / be;
+    FN(vd_fn) vd;
+    switch (a->type) {
+    case CW_TYPE_Q4_0: vd = (FN(vd_fn))FN(vd_q4_0); break;
+    case CW_TYPE_Q4_1: vd = (FN(vd_fn))FN(vd_q4_1); break;
+    case CW_TYPE_Q5_0: vd = (FN(vd_fn))FN(vd_q5_0); break;
+    case CW_TYPE_Q5_1: vd = (FN(vd_fn))FN(vd_q5_1); break;
+    case CW_TYPE_Q8_0: vd = (FN(vd_fn))FN(vd_q8_0); break;
+    case CW_TYPE_Q4_K: vd = (FN(vd_fn))FN(vd_q4_k); break;
+    case CW_TYPE_Q5_K: vd = (FN(vd_fn))FN(vd_q5_k); break;
+    case CW_TYPE_Q6_K: vd = (FN(vd_fn))FN(vd_q6_k); break;
+    default: return;
+    }
+    const int64_t T = a->tokens, rows = a->rows;
+    // Blocks of 16 rows × 16 tokens keep both the weight rows and the activation rows in L1/L2.
+    for (int64_t rb = r0; rb < r1; rb += 16) {
+        const int64_t re = rb + 16 < r1 ? rb + 16 : r1;
+        for (int64_t tb = 0; tb < T; tb += 16) {
+            const int64_t te = tb + 16 < T ? tb + 16 : T;
+            for (int64_t r = rb; r < re; r++) {
+                const uint8_t *wr = a->w + r * a->row_bytes;
+                for (int64_t t = tb; t < te; t++)
+                    a->y[t * rows + r] = vd(wr, a->xq + t * a->xq_row_bytes, nb);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention: one (token, head) item at a time; scores for that row only (two-pass safe softmax).
+
+static void FN(attn)(const cw_attn *a, int64_t i0, int64_t i1) {
+    const int hd = a->head_dim, group = a->heads / a->kv_heads;
+    const int64_t qstride = (int64_t)a->heads * hd;
+    float *sc = (float *)cw_tls_scratch(CW_TLS_SCORES, (size_t)(a->start_pos + a->tokens) * sizeof(float));
+    if (!sc) return;
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t t = item / a->heads;
+        const int h = (int)(item % a->heads), kvh = h / group;
+        const float *qr = a->q + t * qstride + (int64_t)h * hd;
+        float *o = a->out + t * qstride + (int64_t)h * hd;
+        const float *kb = a->k + (int64_t)kvh * hd, *vb = a->v + (int64_t)kvh * hd;
+        const int64_t n = a->start_pos + t + 1;
+        float m = -INFINITY;
+        for (int64_t j = 0; j < n; j++) {
+            const float s = FN(dot)(qr, kb + j * a->kv_stride, hd) * a->scale;
+            sc[j] = s;
+            m = s > m ? s : m;
+        }
+        float sum = 0;
+        for (int64_t j = 0; j < n; j++) { const float e = expf(sc[j] - m); sc[j] = e; sum += e; }
+        const float inv = 1.0f / sum;
+        for (int d = 0; d < hd; d++) o[d] = 0;
+        for (int64_t j = 0; j < n; j++) {
+            const float p = sc[j] * inv;
+            const float *vr = vb + j * a->kv_stride;
+            int d = 0;
+            const VF pv = p;
+            for (; d + CW_VL <= hd; d += CW_VL) FN(vstore)(o + d, CW_FMA(pv, FN(vload)(vr + d), FN(vload)(o + d)));
+            for (; d < hd; d++) o[d] += p * vr[d];
+        }
+    }
+}
+
+const cw_ops CW_CAT(cw_ops, CW_ISA) = {
+    .name = CW_STR(CW_ISA),
+    .dequant = FN(dequant),
+    .exact_rows = FN(exact_rows),
+    .fast_rows = FN(fast_rows),
+    .quantize = FN(quantize),
+    .dot = FN(dot),
+    .sum = FN(sum),
+    .attn = FN(attn),
+};
+
+#undef VF
+#undef FN
+#undef CW_CAT
+#undef CW_CAT2
+#undef CW_INLINE

@@ -1,0 +1,337 @@
+import CWKernels
+import Foundation
+import XCTest
+
+/// Runs `body` once per kernel level this CPU supports, restoring the level afterwards.
+func forEachPath(_ body: (KernelPath) throws -> Void) rethrows {
+    let saved = KernelPath.current
+    defer { KernelPath.current = saved }
+    for p in KernelPath.supported {
+        KernelPath.current = p
+        try body(p)
+    }
+}
+
+struct Case {
+    let type: TensorType
+    let rows: Int
+    let cols: Int
+    let bytes: [UInt8]
+    let w: [Float] // reference dequantized, rows × cols
+}
+
+func makeCase(_ type: TensorType, rows: Int, cols: Int, seed: UInt64) -> Case {
+    var rng = RNG(seed)
+    let bytes = randomMatrix(type, rows: rows, cols: cols, rng: &rng)
+    let rb = type.byteCount(elements: cols)
+    var w = [Float]()
+    w.reserveCapacity(rows * cols)
+    for r in 0..<rows { w += refDequantRow(type, bytes, r * rb, cols) }
+    return Case(type: type, rows: rows, cols: cols, bytes: bytes, w: w)
+}
+
+func randomX(_ n: Int, seed: UInt64) -> [Float] {
+    var rng = RNG(seed)
+    return (0..<n).map { _ in rng.float(-1, 1) }
+}
+
+/// Runs the kernel on a case; returns y (tokens × rows).
+func runMatmul(_ c: Case, _ x: [Float], tokens: Int, precision: Precision, pool: ThreadPool) throws -> [Float] {
+    var y = [Float](repeating: .nan, count: tokens * c.rows)
+    try c.bytes.withUnsafeBytes { wb in
+        let m = try WeightMatrix(type: c.type, rows: c.rows, cols: c.cols, base: wb.baseAddress!, owner: nil)
+        x.withUnsafeBufferPointer { xb in
+            y.withUnsafeMutableBufferPointer { yb in
+                Kernels.matmul(m, xb.baseAddress!, tokens: tokens, yb.baseAddress!, precision: precision, pool: pool)
+            }
+        }
+    }
+    return y
+}
+
+let quantTypes: [TensorType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
+
+final class DequantTests: XCTestCase {
+    func testDequantizeMatchesGGMLBitExactly() throws {
+        try forEachPath { path in
+            for type in TensorType.allCases {
+                let cols = type.blockElements == 1 ? 77 : type.blockElements * 3
+                let c = makeCase(type, rows: 3, cols: cols, seed: 7 &+ UInt64(type.rawValue))
+                try c.bytes.withUnsafeBytes { wb in
+                    let m = try WeightMatrix(type: type, rows: c.rows, cols: cols, base: wb.baseAddress!, owner: nil)
+                    var out = [Float](repeating: .nan, count: cols)
+                    for r in 0..<c.rows {
+                        m.dequantizeRow(r, into: &out)
+                        for i in 0..<cols where out[i].bitPattern != c.w[r * cols + i].bitPattern {
+                            XCTFail("\(path) \(type) row \(r) [\(i)]: \(out[i]) != \(c.w[r * cols + i])")
+                            return
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testBadShapesThrow() throws {
+        let buf = [UInt8](repeating: 0, count: 1024)
+        try buf.withUnsafeBytes { b in
+            XCTAssertThrowsError(try WeightMatrix(type: .q4_0, rows: 1, cols: 33, base: b.baseAddress!, owner: nil))
+            XCTAssertThrowsError(try WeightMatrix(type: .q4_K, rows: 1, cols: 128, base: b.baseAddress!, owner: nil))
+            XCTAssertThrowsError(try WeightMatrix(type: .f32, rows: 0, cols: 4, base: b.baseAddress!, owner: nil))
+        }
+    }
+}
+
+final class MatmulTests: XCTestCase {
+    let pool1 = ThreadPool(threads: 1)
+    let pool4 = ThreadPool(threads: 4)
+
+    /// Exact mode: |y - ref| ≤ 1e-5 · Σ|w·x| against a float64 dot of the dequantized weights.
+    func checkExact(_ c: Case, tokens: Int, label: String) throws {
+        let x = randomX(tokens * c.cols, seed: UInt64(c.rows * 31 + tokens))
+        let y1 = try runMatmul(c, x, tokens: tokens, precision: .exact, pool: pool1)
+        let y4 = try runMatmul(c, x, tokens: tokens, precision: .exact, pool: pool4)
+        for t in 0..<tokens {
+            for r in 0..<c.rows {
+                var ref = 0.0, mag = 0.0
+                for k in 0..<c.cols {
+                    let p = Double(c.w[r * c.cols + k]) * Double(x[t * c.cols + k])
+                    ref += p; mag += abs(p)
+                }
+                let got = y1[t * c.rows + r]
+                if !(abs(Double(got) - ref) <= 1e-5 * mag + 1e-30) {
+                    XCTFail("\(label) \(c.type) \(c.rows)x\(c.cols) t=\(tokens) y[\(t)][\(r)]=\(got) ref=\(ref) mag=\(mag)")
+                    return
+                }
+                if y4[t * c.rows + r].bitPattern != got.bitPattern {
+                    XCTFail("\(label) \(c.type) thread count changed y[\(t)][\(r)]: \(got) vs \(y4[t * c.rows + r])")
+                    return
+                }
+            }
+        }
+    }
+
+    /// Fast mode: the only approximation is rounding x to int8 (|x - x̂| ≤ amax_block/254), so
+    /// |y - ref| ≤ Σ_blocks (amax_b/254)·Σ_{i∈b}|w_i| (+1e-5·Σ|w·x| for fp32 accumulation).
+    func checkFast(_ c: Case, tokens: Int, label: String, pool: ThreadPool) throws {
+        let x = randomX(tokens * c.cols, seed: UInt64(c.rows * 17 + tokens))
+        let y = try runMatmul(c, x, tokens: tokens, precision: .fast, pool: pool)
+        let qb = c.type.blockElements == 256 ? 256 : 32
+        for t in 0..<tokens {
+            let xr = Array(x[(t * c.cols)..<((t + 1) * c.cols)])
+            for r in 0..<c.rows {
+                var ref = 0.0, mag = 0.0, bound = 0.0
+                for b in 0..<(c.cols / qb) {
+                    var amax = 0.0, wsum = 0.0
+                    for k in (b * qb)..<((b + 1) * qb) {
+                        let wk = Double(c.w[r * c.cols + k]), xk = Double(xr[k])
+                        ref += wk * xk; mag += abs(wk * xk); wsum += abs(wk); amax = max(amax, abs(xk))
+                    }
+                    bound += amax / 254 * 1.001 * wsum
+                }
+                let got = Double(y[t * c.rows + r])
+                if !(abs(got - ref) <= bound + 1e-5 * mag + 1e-30) {
+                    XCTFail("\(label) fast \(c.type) \(c.rows)x\(c.cols) t=\(tokens) y[\(t)][\(r)]=\(got) ref=\(ref) bound=\(bound)")
+                    return
+                }
+            }
+        }
+    }
+
+    func testExactAllTypesOddShapes() throws {
+        try forEachPath { path in
+            for type in TensorType.allCases {
+                let be = type.blockElements
+                let colsList = be == 1 ? [1, 3, 17, 64, 100] : (be == 32 ? [32, 64, 96, 320] : [256, 512, 768])
+                for (i, cols) in colsList.enumerated() {
+                    let rows = [1, 5, 17, 23, 67][i % 5]
+                    let c = makeCase(type, rows: rows, cols: cols, seed: UInt64(i * 100) + UInt64(type.rawValue))
+                    for tokens in [1, 2, 3, 7] { try checkExact(c, tokens: tokens, label: "\(path)") }
+                }
+            }
+        }
+    }
+
+    func testExactPrefill64Tokens() throws {
+        try forEachPath { path in
+            for type in [TensorType.f32, .f16, .q4_1, .q8_0, .q6_K] {
+                let cols = type.blockElements == 256 ? 256 : 96
+                try checkExact(makeCase(type, rows: 37, cols: cols, seed: 5), tokens: 64, label: "\(path)")
+            }
+        }
+    }
+
+    func testFastAllQuantTypes() throws {
+        try forEachPath { path in
+            for type in quantTypes {
+                let be = type.blockElements
+                let colsList = be == 32 ? [32, 64, 96, 320] : [256, 512, 768]
+                for (i, cols) in colsList.enumerated() {
+                    let rows = [1, 5, 17, 23][i % 4]
+                    let c = makeCase(type, rows: rows, cols: cols, seed: UInt64(i * 7) + UInt64(type.rawValue))
+                    for tokens in [1, 2, 3, 7] {
+                        try checkFast(c, tokens: tokens, label: "\(path)", pool: i % 2 == 0 ? pool1 : pool4)
+                    }
+                }
+                try checkFast(makeCase(type, rows: 19, cols: be == 32 ? 64 : 256, seed: 3), tokens: 64, label: "\(path)", pool: pool4)
+            }
+        }
+    }
+
+    func testModelSizedShapes() throws {
+        // SmolLM2-135M FFN shapes: several row tiles per thread, 18/48 blocks per row.
+        for (type, rows, cols) in [(TensorType.q4_1, 1536, 576), (.q8_0, 576, 1536), (.q6_K, 576, 1536)] {
+            let c = makeCase(type, rows: rows, cols: cols, seed: 21)
+            try checkExact(c, tokens: 2, label: "model")
+            try checkFast(c, tokens: 1, label: "model", pool: pool4)
+        }
+    }
+
+    func testFastOnFloatTypesIsExact() throws {
+        for type in [TensorType.f32, .f16, .bf16] {
+            let c = makeCase(type, rows: 9, cols: 40, seed: 11)
+            let x = randomX(3 * 40, seed: 2)
+            XCTAssertEqual(try runMatmul(c, x, tokens: 3, precision: .fast, pool: pool4), try runMatmul(c, x, tokens: 3, precision: .exact, pool: pool4))
+        }
+    }
+
+    func testAllPathsAgreeExactly() throws {
+        // Different levels may round differently, but all must stay within the exact-mode bound.
+        let c = makeCase(.q4_K, rows: 33, cols: 512, seed: 9)
+        try forEachPath { path in try checkExact(c, tokens: 5, label: "\(path)") }
+    }
+}
+
+final class ThreadPoolTests: XCTestCase {
+    func testCoversRangeOnceWithGranularity() {
+        let pool = ThreadPool(threads: 4)
+        for count in [1, 2, 3, 15, 16, 17, 100, 1000] {
+            for g in [1, 4, 16] {
+                var hits = [Int](repeating: 0, count: count)
+                let lock = NSLock()
+                hits.withUnsafeMutableBufferPointer { h in
+                    pool.parallelFor(count, granularity: g) { s, e in
+                        XCTAssert(s % g == 0)
+                        lock.lock(); for i in s..<e { h[i] += 1 }; lock.unlock()
+                    }
+                }
+                XCTAssertEqual(hits, [Int](repeating: 1, count: count), "count \(count) g \(g)")
+            }
+        }
+    }
+
+    func testRepeatedNestedAndConcurrentCallsDoNotDeadlock() {
+        let pool = ThreadPool(threads: 4)
+        var total = 0
+        let lock = NSLock()
+        for _ in 0..<5000 {
+            pool.parallelFor(8) { s, e in lock.lock(); total += e - s; lock.unlock() }
+        }
+        XCTAssertEqual(total, 40000)
+        // nested: inner calls run serially on the calling worker
+        total = 0
+        pool.parallelFor(4) { s, e in
+            for _ in s..<e { pool.parallelFor(10) { a, b in lock.lock(); total += b - a; lock.unlock() } }
+        }
+        XCTAssertEqual(total, 40)
+        // several threads sharing one pool
+        total = 0
+        final class Counter: @unchecked Sendable { var n = 0; let lock = NSLock() }
+        let counter = Counter()
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            for _ in 0..<500 { pool.parallelFor(6) { s, e in counter.lock.lock(); counter.n += e - s; counter.lock.unlock() } }
+        }
+        XCTAssertEqual(counter.n, 8 * 500 * 6)
+    }
+
+    func testSleepAndWake() {
+        let pool = ThreadPool(threads: 3)
+        var n = 0
+        let lock = NSLock()
+        for _ in 0..<3 {
+            pool.parallelFor(3) { s, e in lock.lock(); n += e - s; lock.unlock() }
+            usleep(50_000) // workers fall asleep
+        }
+        XCTAssertEqual(n, 9)
+    }
+}
+
+final class AttentionAndVectorTests: XCTestCase {
+    func naive(q: [Float], k: [Float], v: [Float], tokens: Int, startPos: Int, heads: Int, kvHeads: Int, headDim: Int, kvStride: Int, scale: Float) -> [Double] {
+        var out = [Double](repeating: 0, count: tokens * heads * headDim)
+        for t in 0..<tokens {
+            for h in 0..<heads {
+                let kvh = h / (heads / kvHeads), n = startPos + t + 1
+                var s = [Double](repeating: 0, count: n)
+                for j in 0..<n {
+                    var d = 0.0
+                    for i in 0..<headDim { d += Double(q[(t * heads + h) * headDim + i]) * Double(k[j * kvStride + kvh * headDim + i]) }
+                    s[j] = d * Double(scale)
+                }
+                let m = s.max()!
+                let e = s.map { Foundation.exp($0 - m) }
+                let sum = e.reduce(0, +)
+                for i in 0..<headDim {
+                    var acc = 0.0
+                    for j in 0..<n { acc += e[j] / sum * Double(v[j * kvStride + kvh * headDim + i]) }
+                    out[(t * heads + h) * headDim + i] = acc
+                }
+            }
+        }
+        return out
+    }
+
+    func testCausalAttentionMatchesNaive() {
+        let pool = ThreadPool(threads: 4)
+        forEachPath { path in
+            for (headDim, heads, kvHeads) in [(64, 9, 3), (8, 4, 2), (13, 2, 2)] {
+                for (tokens, startPos) in [(1, 0), (1, 20), (5, 0), (7, 3)] {
+                    let kvStride = kvHeads * headDim + 3
+                    let ctx = startPos + tokens
+                    let q = randomX(tokens * heads * headDim, seed: 1).map { $0 * 4 }
+                    let k = randomX(ctx * kvStride, seed: 2), v = randomX(ctx * kvStride, seed: 3)
+                    var out = [Float](repeating: .nan, count: q.count)
+                    let scale = 1 / Float(headDim).squareRoot()
+                    Attention.causal(q: q, k: k, v: v, out: &out, tokens: tokens, startPos: startPos, heads: heads,
+                                     kvHeads: kvHeads, headDim: headDim, kvStride: kvStride, scale: scale, pool: pool)
+                    let ref = naive(q: q, k: k, v: v, tokens: tokens, startPos: startPos, heads: heads, kvHeads: kvHeads,
+                                    headDim: headDim, kvStride: kvStride, scale: scale)
+                    for i in out.indices where !(abs(Double(out[i]) - ref[i]) <= 1e-5) {
+                        XCTFail("\(path) attention hd=\(headDim) t=\(tokens) sp=\(startPos) [\(i)] \(out[i]) vs \(ref[i])")
+                        return
+                    }
+                }
+            }
+        }
+    }
+
+    func testVectorOps() {
+        let n = 1000
+        let x = randomX(n, seed: 4).map { $0 * 30 }, w = randomX(n, seed: 5)
+        var out = [Float](repeating: 0, count: n)
+        VectorOps.rmsNorm(x, w, &out, n: n, eps: 1e-5)
+        let ms = x.reduce(0.0) { $0 + Double($1) * Double($1) } / Double(n)
+        for i in 0..<n { XCTAssertEqual(Double(out[i]), Double(x[i]) / (ms + 1e-5).squareRoot() * Double(w[i]), accuracy: 1e-5) }
+        var s = x
+        VectorOps.softmax(&s, n: n)
+        XCTAssertEqual(s.reduce(0.0) { $0 + Double($1) }, 1, accuracy: 1e-5)
+        XCTAssert(s.allSatisfy { $0.isFinite && $0 >= 0 })
+        var g = x
+        VectorOps.siluMul(&g, w, n: n)
+        for i in 0..<n { XCTAssertEqual(Double(g[i]), Double(x[i]) / (1 + exp(-Double(x[i]))) * Double(w[i]), accuracy: 1e-4) }
+        var a = x
+        VectorOps.add(&a, w, n: n)
+        for i in 0..<n { XCTAssertEqual(a[i], x[i] + w[i]) }
+        forEachPath { _ in
+            let d = VectorOps.dot(x, w, n: n)
+            let ref = zip(x, w).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
+            XCTAssertEqual(Double(d), ref, accuracy: 1e-4 * x.reduce(0.0) { $0 + Double(abs($1)) })
+        }
+    }
+
+    func testCPUFeatures() {
+        XCTAssert(KernelPath.supported.contains(.portable))
+        XCTAssertFalse(CPUFeatures.current.isEmpty)
+        print("CPU:", CPUFeatures.current, "supported:", KernelPath.supported)
+    }
+}

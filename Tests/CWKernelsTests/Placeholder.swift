@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderCWKernelsTests: XCTestCase { func testNothing() {} }
