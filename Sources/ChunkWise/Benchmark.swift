@@ -194,10 +194,4 @@ extension Engine {
 
 
 /// The kernel path and CPU features in use, for reports.
-func kernelDescription() -> String {
-    #if CHUNKWISE_HAS_CPUFEATURES
-    return CPUFeatures.current
-    #else
-    return "portable reference kernels"
-    #endif
-}
+func kernelDescription() -> String { CPUFeatures.current }
