@@ -339,7 +339,7 @@ int cw_dequantize_row(int type, const void *src, float *dst, int64_t n) {
 
 float cw_dot_f32(const float *a, const float *b, int64_t n) { return cw_ops_current()->dot(a, b, n); }
 
-enum { CW_FAST_MAX_TOKENS = 16 };
+enum { CW_FAST_MAX_TOKENS = 2 };  // int8 dots only for single-token (decode) products; see below
 
 typedef struct { const cw_ops *ops; cw_mm *a; } cw_mm_ctx;
 static void cw_mm_exact_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->exact_rows(m->a, s, e); }
