@@ -1,0 +1,132 @@
+import CWFormats
+import CWKernels
+import CWTransformer
+import Foundation
+
+/// A model with adapters merged into its weights, and what it takes to undo that.
+public struct MergedModel: Sendable {
+    /// The merged model: touched matrices are fp32 copies holding `W + s·B·A`; the rest stay mapped.
+    public let model: LlamaModel
+    /// The model the adapters were merged into.
+    public let base: LlamaModel
+    /// Bytes of the fp32 copies (what merging costs in memory).
+    public let extraBytes: Int
+    /// The (layer, projection) matrices replaced.
+    public let touched: [TouchedMatrix]
+
+    public struct TouchedMatrix: Sendable, Hashable {
+        public let layer: Int
+        public let projection: Projection
+    }
+
+    /// The base weights back: the merged model's weights with every touched matrix (and bias,
+    /// embedding, head) replaced by the original `WeightMatrix` — the same bytes, bit for bit,
+    /// because they are the original mapped tensors, never a subtraction.
+    public func unmerge() -> LlamaModel {
+        var w = model.weights
+        for t in touched {
+            w.layers[t.layer].setMatrix(t.projection, base.weights.layers[t.layer].matrix(t.projection))
+        }
+        for l in w.layers.indices {
+            w.layers[l].bq = base.weights.layers[l].bq
+            w.layers[l].bk = base.weights.layers[l].bk
+            w.layers[l].bv = base.weights.layers[l].bv
+        }
+        w.tokenEmbedding = base.weights.tokenEmbedding
+        w.output = base.weights.output
+        w.outputIsTied = base.weights.outputIsTied
+        return LlamaModel(config: base.config, weights: w, source: base.source, ropeFrequencyFactors: ropeFrequencyFactors(of: base))
+    }
+}
+
+/// The rope_freqs factors of a GGUF model (llama3-style RoPE), needed to rebuild a `LlamaModel`.
+func ropeFrequencyFactors(of model: LlamaModel) -> [Float]? {
+    if case .gguf(let g) = model.source, g.tensor("rope_freqs.weight") != nil {
+        return try? g.floats("rope_freqs.weight")
+    }
+    return nil
+}
+
+extension LoRAStack {
+    /// Binds and merges in one step (allows `modules_to_save` replacements, which only merging can apply).
+    public static func merged(model: LlamaModel, adapters: [AdapterBinding], scale: Float = 1, allowPartial: Bool = false) throws -> MergedModel {
+        try LoRAStack(model: model, adapters: adapters, scale: scale, allowPartial: allowPartial, allowSaved: true).merge()
+    }
+
+    /// A new model with every bound adapter merged: `W' = W + s·B·A` (DoRA: `m ⊙ (W + s·B·A) / ‖·‖_row`),
+    /// biases folded into q/k/v biases, `modules_to_save` tensors replacing embeddings / head.
+    public func merge() throws -> MergedModel {
+        let c = model.config
+        var w = model.weights
+        var touched: [MergedModel.TouchedMatrix] = []
+        var extra = 0
+        let pool = ThreadPool()
+        for l in 0..<c.layers {
+            for p in Projection.allCases {
+                let mods = table[l][p.order]
+                guard !mods.isEmpty else { continue }
+                let orig = model.weights.layers[l].matrix(p)
+                let rows = orig.rows, cols = orig.cols
+                let storage = FloatStorage(count: rows * cols)
+                let W = storage.pointer
+                pool.parallelFor(rows, granularity: 8) { start, end in
+                    for o in start..<end {
+                        let row = W + o * cols
+                        orig.dequantizeRow(o, into: row)
+                        for m in mods {
+                            BoundModule.addDeltaRow(o, module: m.module, scale: m.scale * self.scale, sign: 1, row: row)
+                            if let f = m.doraFactor { for c in 0..<cols { row[c] *= f[o] } }
+                        }
+                    }
+                }
+                w.layers[l].setMatrix(p, try storage.matrix(rows: rows, cols: cols))
+                extra += rows * cols * 4
+                touched.append(.init(layer: l, projection: p))
+
+                // Biases: lora_B.bias · s and replaced base biases fold into the model's bias.
+                var biasDelta: [Float]? = nil
+                for m in mods {
+                    for d in [m.biasDelta?.map { $0 * self.scale }, m.replacedBiasDelta] {
+                        guard let d else { continue }
+                        biasDelta = biasDelta.map { zip($0, d).map { $0 + $1 } } ?? d
+                    }
+                }
+                if let d = biasDelta {
+                    let adapterPath = bindings[mods[0].adapterIndex].adapter.path
+                    func fold(_ b: [Float]?) -> [Float] { zip(b ?? [Float](repeating: 0, count: d.count), d).map { $0 + $1 } }
+                    switch p {
+                    case .q: w.layers[l].bq = fold(w.layers[l].bq)
+                    case .k: w.layers[l].bk = fold(w.layers[l].bk)
+                    case .v: w.layers[l].bv = fold(w.layers[l].bv)
+                    default:
+                        throw LoRAError(.unsupported, path: adapterPath, "\(p.hfModuleName(layer: l)) has an adapter bias, but the model has no \(p.rawValue) bias to merge it into; apply the adapter unmerged")
+                    }
+                }
+            }
+        }
+        for (s, _) in savedModules {
+            let storage = FloatStorage(s.data)
+            let m = try storage.matrix(rows: s.rows, cols: s.cols)
+            extra += s.data.count * 4
+            switch s.target {
+            case .lmHead:
+                w.output = m
+                w.outputIsTied = false
+            case .embedTokens:
+                // PEFT replaces the embedding module only; a tied head keeps the original weights.
+                if w.outputIsTied { w.output = model.weights.tokenEmbedding }
+                w.tokenEmbedding = m
+                w.outputIsTied = false
+            }
+        }
+        let merged = LlamaModel(config: c, weights: w, source: model.source, ropeFrequencyFactors: ropeFrequencyFactors(of: model))
+        return MergedModel(model: merged, base: model, extraBytes: extra, touched: touched)
+    }
+}
+
+extension LoRAAdapter {
+    /// This adapter merged into `model` (weight 1).
+    public func merged(model: LlamaModel, weight: Double = 1) throws -> MergedModel {
+        try LoRAStack.merged(model: model, adapters: [AdapterBinding(self, weight: weight)])
+    }
+}

@@ -1,1 +1,0 @@
-// CWLoRA — LoRA adapters (placeholder until the adapter layer lands)

@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderLoRA: XCTestCase { func testNothing() {} }
