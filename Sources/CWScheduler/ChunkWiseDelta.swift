@@ -146,7 +146,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
             for _ in tokens { plans.append(TokenPlan(inRank: ladder.maxRank, inAlpha: 1)); difficulties.append(0); signals.append(DifficultySignals()) }
             return
         case .staticRank:
-            for _ in tokens { plans.append(TokenPlan(inRank: config.staticRank, inAlpha: 1)); difficulties.append(0); signals.append(DifficultySignals()) }
+            for _ in tokens { plans.append(TokenPlan(inRank: config.staticRank, inAlpha: Float(config.staticAlpha))); difficulties.append(0); signals.append(DifficultySignals()) }
             return
         case .adaptive:
             break
@@ -280,10 +280,14 @@ public struct MergedFloor: Sendable {
             for o in 0..<rows {
                 let row = st.pointer + o * cols
                 orig.dequantizeRow(o, into: row)
-                for i in 0..<kk {
-                    let u = m.us(o, i)
-                    if u == 0 { continue }
-                    for c in 0..<cols { row[c] += u * m.vt(i, c) }
+                for b in m.blocks where b.start < kk {
+                    let us = b.us.base.assumingMemoryBound(to: Float.self), vt = b.vt.base.assumingMemoryBound(to: Float.self)
+                    for j in 0..<(min(b.end, kk) - b.start) {
+                        let u = us[o * b.width + j]
+                        if u == 0 { continue }
+                        let v = vt + j * cols
+                        for c in 0..<cols { row[c] += u * v[c] }
+                    }
                 }
             }
             w.layers[m.layer].setMatrix(m.projection, try WeightMatrix(type: .f32, rows: rows, cols: cols, base: UnsafeRawPointer(st.pointer), owner: st))

@@ -43,8 +43,12 @@ public final class DifficultyEstimator: @unchecked Sendable {
     public private(set) var config: SchedulerConfig
     var recent: [Int] = []
     var lastEntropy: Double?
-    var keys: [[Float]] = []  // per position (windowed), kvDim, RoPE applied
-    var keyStart = 0
+    /// Counts of token ids and n-grams (hashed) in the novelty window.
+    var unigramCounts: [Int: Int] = [:]
+    var ngramCounts: [UInt64: Int] = [:]
+    /// Ring buffer of layer-0 keys (RoPE applied), `attentionWindow × kvDim`.
+    var keyRing: [Float] = []
+    var keyCount = 0
     public private(set) var position = 0
     public private(set) var nanoseconds: UInt64 = 0
     public private(set) var tokensScored = 0
@@ -64,8 +68,9 @@ public final class DifficultyEstimator: @unchecked Sendable {
     public func reset() {
         recent = []
         lastEntropy = nil
-        keys = []
-        keyStart = 0
+        unigramCounts = [:]
+        ngramCounts = [:]
+        keyCount = 0
         position = 0
     }
 
@@ -118,18 +123,11 @@ public final class DifficultyEstimator: @unchecked Sendable {
         for (t, id) in tokens.enumerated() {
             var s = DifficultySignals()
             if t == 0, let e = lastEntropy { s.entropy = e }
-            // novelty
-            let win = recent.suffix(config.noveltyWindow)
-            let uniNew = !win.contains(id)
-            var ngNew = true
-            let k = config.ngram
-            if k >= 2, recent.count >= k - 1 {
-                let gram = Array(recent.suffix(k - 1)) + [id]
-                let arr = Array(win)
-                if arr.count >= k {
-                    for i in 0...(arr.count - k) where Array(arr[i..<(i + k)]) == gram { ngNew = false; break }
-                }
-            } else { ngNew = uniNew }
+            // novelty: counts over the last `noveltyWindow` tokens (and the n-grams ending in them)
+            let k = max(1, config.ngram)
+            let uniNew = (unigramCounts[id] ?? 0) == 0
+            let gram = recent.count >= k - 1 ? Self.hashGram(recent.suffix(k - 1), id) : nil
+            let ngNew = k == 1 ? uniNew : (gram.map { (ngramCounts[$0] ?? 0) == 0 } ?? true)
             s.novelty = 0.5 * (uniNew ? 1 : 0) + 0.5 * (ngNew ? 1 : 0)
             s.attention = attn[t]
             s.position = 1 / (1 + Double(position) / 32)
@@ -140,11 +138,30 @@ public final class DifficultyEstimator: @unchecked Sendable {
             add(s.position, w.position); add(s.response, w.response)
             out.append((den > 0 ? max(0, min(1, num / den)) : 0, s))
             recent.append(id)
-            if recent.count > 4 * config.noveltyWindow { recent.removeFirst(recent.count - config.noveltyWindow) }
+            unigramCounts[id, default: 0] += 1
+            if let g = gram { ngramCounts[g, default: 0] += 1 }
+            let win = config.noveltyWindow
+            if recent.count > win {
+                // Drop the token leaving the window and the n-gram ending at it.
+                let leaving = recent.count - 1 - win
+                let old = recent[leaving]
+                if let c = unigramCounts[old] { unigramCounts[old] = c > 1 ? c - 1 : nil }
+                if k > 1, leaving >= k - 1 {
+                    let og = Self.hashGram(recent[(leaving - k + 1)..<leaving], old)
+                    if let c = ngramCounts[og] { ngramCounts[og] = c > 1 ? c - 1 : nil }
+                }
+                if recent.count > 4 * win + 64 { recent.removeFirst(recent.count - win - 64) }
+            }
             position += 1
         }
         lastEntropy = nil
         return out
+    }
+
+    static func hashGram<S: Sequence>(_ prefix: S, _ last: Int) -> UInt64 where S.Element == Int {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for v in prefix { h = (h ^ UInt64(bitPattern: Int64(v))) &* 0x100_0000_01b3 }
+        return (h ^ UInt64(bitPattern: Int64(last))) &* 0x100_0000_01b3
     }
 
     /// Layer-0 attention entropy per token (base weights, RoPE, windowed keys).
@@ -176,30 +193,39 @@ public final class DifficultyEstimator: @unchecked Sendable {
         let group = c.heads / max(1, c.kvHeads)
         let scale = 1 / Float(hd).squareRoot()
         var scores = [Float](repeating: 0, count: Self.attentionWindow)
+        if keyRing.count != Self.attentionWindow * c.kvDim { keyRing = [Float](repeating: 0, count: Self.attentionWindow * c.kvDim) }
         for t in 0..<n {
             let pos = position + t
             rope(q + t * c.qDim, heads: c.heads, pos: pos)
             rope(k + t * c.kvDim, heads: c.kvHeads, pos: pos)
-            keys.append(Array(UnsafeBufferPointer(start: k + t * c.kvDim, count: c.kvDim)))
-            if keys.count > Self.attentionWindow { keys.removeFirst(keys.count - Self.attentionWindow) }
-            let nk = keys.count
+            let W = Self.attentionWindow
+            (keyRing.withUnsafeMutableBufferPointer { kr in
+                guard let base = kr.baseAddress else { return }
+                (base + (keyCount % W) * c.kvDim).update(from: k + t * c.kvDim, count: c.kvDim)
+            })
+            keyCount += 1
+            let nk = min(keyCount, W)
             guard nk > 1 else { out[t] = 0; continue }
             var hsum = 0.0
             for h in 0..<c.heads {
                 let qh = q + t * c.qDim + h * hd
                 let kvh = h / group
                 var m = -Float.infinity
-                for j in 0..<nk {
-                    let s = keys[j].withUnsafeBufferPointer { kb in VectorOps.dot(qh, kb.baseAddress! + kvh * hd, n: hd) } * scale
-                    scores[j] = s
-                    if s > m { m = s }
+                keyRing.withUnsafeBufferPointer { kr in
+                    guard let base = kr.baseAddress else { return }
+                    for j in 0..<nk {
+                        let s = VectorOps.dot(qh, base + j * c.kvDim + kvh * hd, n: hd) * scale
+                        scores[j] = s
+                        if s > m { m = s }
+                    }
                 }
-                var z = 0.0, ez = 0.0
+                var z: Float = 0, ez: Float = 0
                 for j in 0..<nk {
-                    let e = Foundation.exp(Double(scores[j] - m))
-                    z += e; ez += e * Double(scores[j] - m)
+                    let d = scores[j] - m
+                    let e = Foundation.expf(d)
+                    z += e; ez += e * d
                 }
-                hsum += Foundation.log(z) - ez / z
+                hsum += Double(Foundation.logf(z) - ez / z)
             }
             out[t] = max(0, min(1, hsum / Double(c.heads) / Foundation.log(Double(nk))))
         }

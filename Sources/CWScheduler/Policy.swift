@@ -17,6 +17,8 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
     public var mode: Mode = .adaptive
     /// For `.staticRank`.
     public var staticRank: Int = 16
+    /// Scale α for `.staticRank` (1 = the adapter's own scale).
+    public var staticAlpha: Double = 1
     /// Ladder ranks of the tiers, ascending; 0 = base model. The last is the top tier.
     public var tiers: [Int] = [0, 4, 8, 16]
     /// Difficulty thresholds between tiers (`tiers.count - 1` of them, ascending): a chunk with mean
@@ -75,6 +77,7 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
         let d = SchedulerConfig()
         mode = try c.decodeIfPresent(Mode.self, forKey: .mode) ?? d.mode
         staticRank = try c.decodeIfPresent(Int.self, forKey: .staticRank) ?? d.staticRank
+        staticAlpha = try c.decodeIfPresent(Double.self, forKey: .staticAlpha) ?? d.staticAlpha
         tiers = try c.decodeIfPresent([Int].self, forKey: .tiers) ?? d.tiers
         thresholds = try c.decodeIfPresent([Double].self, forKey: .thresholds) ?? d.thresholds
         alphas = try c.decodeIfPresent([Double].self, forKey: .alphas) ?? [Double](repeating: 1, count: tiers.count)
@@ -122,26 +125,29 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
             c.staticRank = min(k, top)
             return c
         }
-        // Tier ladders scaled to the adapter's rank: 0, r/4, r/2, r.
-        let q = max(1, top / 4), h = max(q + 1, top / 2)
-        let ladder = Array(Set([0, q, h, top])).sorted()
-        c.tiers = ladder
-        c.alphas = [Double](repeating: 1, count: ladder.count)
+        // Tier ladders in fractions of the adapter's rank r (tuned on stories260K + the Shakespeare r16
+        // adapter, eval-stream tokens 5100..<10200, not the 20 evaluation windows). Adjacent tiers
+        // around a target: the gain vs rank is concave there, so mixing far-apart tiers loses to a
+        // uniform middle rank unless the difficulty signal is very predictive (it is not).
+        // Signals: response energy first; entropy off (anti-correlated with the adapter's gain there).
+        func ranks(_ f: [Double]) -> [Int] { Array(Set(f.map { max(1, min(top, Int(($0 * Double(top)).rounded()))) })).sorted() }
+        c.weights = SignalWeights(entropy: 0, novelty: 0.5, attention: 0.5, position: 0.25, response: 1)
+        c.minChunk = 8; c.maxChunk = 64; c.shiftThreshold = 0.05; c.hysteresis = 0.02; c.smoothing = 0.3; c.crossFade = 4
+        c.topTierBudget = 1
         switch lower {
         case "balanced":
-            c.thresholds = Self.spread([0.15, 0.35, 0.6], count: ladder.count - 1)
-            c.topTierBudget = 0.5
+            c.tiers = ranks([0.25, 0.375, 0.5, 0.75])
+            c.thresholds = Self.spread([0.25, 0.35, 0.5], count: c.tiers.count - 1)
         case "aggressive":
-            c.thresholds = Self.spread([0.35, 0.55, 0.8], count: ladder.count - 1)
-            c.topTierBudget = 0.25
+            c.tiers = ranks([0.125, 0.25, 0.375, 0.5])
+            c.thresholds = Self.spread([0.25, 0.35, 0.5], count: c.tiers.count - 1)
         case "quality":
-            c.tiers = Array(ladder.dropFirst())  // never drops to the base model
-            c.alphas = [Double](repeating: 1, count: c.tiers.count)
-            c.thresholds = Self.spread([0.2, 0.4], count: c.tiers.count - 1)
-            c.topTierBudget = 1
+            c.tiers = ranks([0.5, 0.75, 1])
+            c.thresholds = Self.spread([0.3, 0.45], count: c.tiers.count - 1)
         default:
             throw SchedulerError("unknown policy '\(name)' (known: static, static:K, base, balanced, aggressive, quality, or a config file)")
         }
+        c.alphas = [Double](repeating: 1, count: c.tiers.count)
         return c
     }
 

@@ -350,7 +350,10 @@ public final class RankLadder: @unchecked Sendable {
     public static func build(adapter: LoRAAdapter, model: LlamaModel, tierRanks: [Int]? = nil, preserveOrder: Bool? = nil) throws -> RankLadder {
         let c = model.config
         let a = try adapter.withRowOrder(c.ropeStyle, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
-        let ladder = try RankLadder(adapter: a, tierRanks: tierRanks, preserveOrder: preserveOrder)
+        let built = try RankLadder(adapter: a, tierRanks: tierRanks, preserveOrder: preserveOrder)
+        // Identified by the adapter as loaded (not by its row-permuted copy).
+        let ladder = RankLadder(modules: built.modules, tierRanks: built.tierRanks, qkRowOrder: built.qkRowOrder,
+                                adapterHash: adapter.contentHash, ordered: built.ordered)
         try ladder.check(model: model)
         return ladder
     }

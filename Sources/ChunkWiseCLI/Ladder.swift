@@ -39,6 +39,8 @@ struct Ladder: AsyncParsableCommand {
     var noBOS = false
     @Option(name: .long, help: "Policies to evaluate, comma-separated (base, static, static:K, balanced, aggressive, quality, or a .yaml/.json config).")
     var policies: String = "base,static,static:2,static:4,static:8,balanced,aggressive,quality"
+    @Flag(name: .customLong("token-by-token"), help: "Evaluate as decode: one forward per token (the entropy signal is then available for every token).")
+    var tokenByToken = false
     @Option(name: .long, help: "Worker threads.")
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount
 
@@ -95,7 +97,14 @@ struct Ladder: AsyncParsableCommand {
                     let logits: [Float]
                     if let delta {
                         delta.beginSequence()
-                        logits = try delta.forward(ids, cache: cache, options: opts)
+                        if tokenByToken {
+                            var rows: [Float] = []
+                            rows.reserveCapacity(ids.count * loaded.model.config.vocabSize)
+                            for id in ids { rows += try delta.forward([id], cache: cache, options: opts) }
+                            logits = rows
+                        } else {
+                            logits = try delta.forward(ids, cache: cache, options: opts)
+                        }
                         let s = delta.statistics
                         rankSum += s.averageRank * Double(s.tokens)
                         chunkRankSum += s.averageChunkRank * Double(s.tokens)
@@ -117,7 +126,7 @@ struct Ladder: AsyncParsableCommand {
                                   seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
                 rows.append(row)
                 if !json {
-                    print(String(format: "%-22@ PPL %10.4f  avg rank %6.3f (chunk %6.3f)  estimator %7.0f ns/tok  %6.1f s  %@", name as NSString, row.ppl,
+                    print(name.padding(toLength: 26, withPad: " ", startingAt: 0) + String(format: "PPL %10.4f  avg rank %6.3f (chunk %6.3f)  estimator %7.0f ns/tok  %6.1f s  %@", row.ppl,
                                  row.average_rank, row.average_chunk_rank, row.estimator_ns_per_token, row.seconds,
                                  row.tokens_per_rank.sorted { (Int($0.key) ?? 0) < (Int($1.key) ?? 0) }.map { "r\($0.key):\($0.value)" }.joined(separator: " ") as NSString))
                 }

@@ -90,7 +90,7 @@ func runChunker(_ c: SchedulerConfig, _ d: [Double]) -> (Chunker, [TokenPlan]) {
             let c = try SchedulerConfig.preset(name, maxRank: 16)
             try c.validate()
         }
-        #expect(try SchedulerConfig.preset("balanced", maxRank: 16).tiers == [0, 4, 8, 16])
+        #expect(try SchedulerConfig.preset("balanced", maxRank: 16).tiers == [4, 6, 8, 12])
         #expect(try SchedulerConfig.preset("static:4").mode == .staticRank)
         #expect(throws: SchedulerError.self) { try SchedulerConfig.preset("nope") }
         let yaml = "tiers: [0, 2, 16]\nthresholds: [0.3, 0.6]\nminChunk: 4\nweights:\n  novelty: 0\n"
