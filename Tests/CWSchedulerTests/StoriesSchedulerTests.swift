@@ -114,4 +114,22 @@ final class StoriesSchedulerTests: XCTestCase {
         XCTAssertLessThanOrEqual(Compare.maxAbsDiff(all[...], rows[...]), 1e-4)
         print("[adaptive] chunks \(d1.statistics.chunks.map { "\($0.start)-\($0.end):r\($0.rank)" }) avg rank \(d1.statistics.averageRank) estimator \(d1.statistics.estimatorNanosecondsPerToken) ns/token")
     }
+
+    /// A ladder written to disk and loaded back gives the same logits as a freshly built one, and a
+    /// ladder of another adapter is refused.
+    func testLadderFileThroughDelta() throws {
+        let (model, adapter) = try load()
+        let ladder = try RankLadder.build(adapter: adapter, model: model)
+        XCTAssertEqual(ladder.adapterHash, adapter.contentHash)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("stories-\(UUID().uuidString).cwl").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try ladder.write(to: path)
+        let cfg = try SchedulerConfig.preset("static:4", maxRank: 8)
+        let (_, ids, _) = try prompts()[1]
+        let a = try logits(model, ids, ChunkWiseDelta(model: model, adapter: adapter, config: cfg))
+        let b = try logits(model, ids, ChunkWiseDelta(model: model, adapter: adapter, config: cfg, ladder: RankLadder.load(from: path)))
+        XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern))
+        let other = try LoRAAdapter.load(path: TestPaths.sharedFile("adapters/stories260K-shakespeare-r16"))
+        XCTAssertThrowsError(try ChunkWiseDelta(model: model, adapter: other, config: cfg, ladder: ladder))
+    }
 }
