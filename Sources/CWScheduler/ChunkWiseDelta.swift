@@ -1,0 +1,302 @@
+/// # CWScheduler — ChunkWise LoRA: the adapter's rank chosen per chunk of tokens at run time
+///
+/// Pipeline (per forward call of the engine):
+/// 1. `RankLadder` (once per adapter, cacheable on disk): every module's `s·B·A` re-factored as
+///    `U·S·Vᵀ` from the small problem only (QR of B and Aᵀ, Jacobi SVD of the r×r core, in Double),
+///    directions sorted by σ so the first k are the best rank-k approximation (Eckart–Young), stored
+///    in tier blocks (contiguous `out×w` U·S and `w×in` Vᵀ) so rank k costs rank k.
+/// 2. `DifficultyEstimator`: a causal score in [0, 1] per token from entropy of the previous
+///    prediction (decode), n-gram novelty, layer-0 attention entropy, a position prior and the
+///    adapter's response energy. Computed in `prepare(tokens:)` *before* the forward pass, because
+///    every layer's rank has to be known before layer 0 runs.
+/// 3. `Chunker`: smoothed difficulty → chunks in [minChunk, maxChunk] cut where the running mean
+///    shifts, with hysteresis and a top-tier budget that holds at every prefix. Causal: decisions
+///    are made token by token and never revised.
+/// 4. Policy (`SchedulerConfig`, presets `static`, `static:K`, `base`, `balanced`, `aggressive`,
+///    `quality`, or a YAML/JSON file): chunk → tier (ladder rank, 0 = base) and scale α.
+/// 5. `CrossFade`: over w tokens after each edge the per-direction weights ramp linearly from the
+///    outgoing to the incoming configuration.
+/// 6. `ChunkWiseDelta` (a `ProjectionDelta`): in prefill token rows are grouped by the rank they
+///    need and each group runs only its blocks; in decode the single token runs its slice.
+///
+/// Design decisions:
+/// - `static` does not go through the ladder at all: it delegates to `LoRAStack` (A then B), so it
+///   is bit-identical to plain LoRA. `static:K` and adaptive policies use the ladder.
+/// - Causality over lookahead: the estimator, chunker and fade use only past and current tokens, so
+///   prefill in one call, prefill in pieces and token-by-token decode make the same decisions, and a
+///   KV cache never holds keys computed under a rank that would later be revised.
+/// - Merged floor (`mergedFloor = k₀`): the first k₀ directions are merged into fp32 copies of the
+///   touched base matrices (`MergedFloor`); the delta adds only directions ≥ k₀ on chunks whose rank
+///   is above k₀. Every token then gets at least rank k₀ at zero per-token cost; α does not apply to
+///   the merged part.
+/// - Tier ranks should be ladder block boundaries (the default ladder cuts at powers of two); a rank
+///   inside a block computes the whole block and zeroes the extra directions.
+///
+/// Thread safety: a `ChunkWiseDelta` holds per-sequence state (plan, estimator). Use one per
+/// sequence from one task at a time (the engine actor); it is `@unchecked Sendable` for that reason.
+import CWFormats
+import CWKernels
+import CWLoRA
+import CWTransformer
+import Foundation
+
+/// Running statistics of a sequence.
+public struct SchedulerStatistics: Codable, Sendable, Equatable {
+    /// Tokens per ladder rank (the rank of the token's chunk).
+    public var tokensPerRank: [Int: Int] = [:]
+    /// Σ computed rank (incl. the merged floor; fade tokens count max(k_in, k_out)) / tokens.
+    public var averageRank: Double = 0
+    /// Σ nominal chunk rank / tokens.
+    public var averageChunkRank: Double = 0
+    public var tokens: Int = 0
+    public var chunks: [Chunk] = []
+    /// Estimator cost.
+    public var estimatorNanosecondsPerToken: Double = 0
+}
+
+/// The ChunkWise scheduler as a `ProjectionDelta`.
+///
+/// Engine API (one sequence at a time):
+/// ```
+/// let delta = try ChunkWiseDelta(model: model, adapter: adapter, config: .preset("balanced"))
+/// let runModel = delta.forwardModel          // the merged-floor model, or `model`
+/// delta.beginSequence()                      // with every fresh KV cache
+/// delta.prepare(tokens: prompt)              // plans the rank of these positions
+/// var logits = try runModel.forward(prompt, cache: cache, options: opts, delta: delta)
+/// delta.observe(logits: lastRow)             // next-token distribution → entropy signal
+/// loop: delta.prepare(tokens: [next]); logits = forward([next]); delta.observe(logits: logits)
+/// ```
+/// or `try delta.forward(tokens, cache:, options:)`, which does prepare + forward + observe.
+/// `statistics` and `explain(...)` report what was decided.
+public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
+    public let model: LlamaModel
+    public let ladder: RankLadder
+    public let config: SchedulerConfig
+    /// Plain LoRA for the `static` policy (delegated to, bit for bit).
+    public let staticStack: LoRAStack?
+    /// The merged-floor model when `config.mergedFloor > 0`.
+    public let mergedFloor: MergedFloor?
+    public let estimator: DifficultyEstimator
+    public private(set) var chunker: Chunker
+    public private(set) var plans: [TokenPlan] = []
+    public private(set) var difficulties: [Double] = []
+    public private(set) var signals: [DifficultySignals] = []
+    let window: Int
+    let floorRank: Int
+    let estimatorPool = ThreadPool(threads: 1)
+
+    /// Binds `adapter` to `model` under `config`. `ladder` may be a cached one (checked against the
+    /// adapter's content hash and the model's shapes); otherwise it is built.
+    public init(model: LlamaModel, adapter: LoRAAdapter, config: SchedulerConfig, ladder: RankLadder? = nil) throws {
+        try config.validate()
+        self.model = model
+        self.config = config
+        let c = model.config
+        var lad: RankLadder
+        if let l = ladder {
+            guard l.adapterHash == adapter.contentHash else {
+                throw SchedulerError("the ladder was built from another adapter (hash \(l.adapterHash), adapter \(adapter.contentHash))")
+            }
+            lad = try l.withRowOrder(c.ropeStyle, heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim)
+            try lad.check(model: model)
+        } else {
+            let needed = config.tiers + [config.staticRank, config.mergedFloor]
+            let maxRank = adapter.modules.map(\.rank).max() ?? 0
+            let tiers = Array(Set(RankLadder.defaultTiers(maxRank: maxRank) + needed.filter { $0 > 0 && $0 <= maxRank })).sorted()
+            lad = try RankLadder.build(adapter: adapter, model: model, tierRanks: tiers)
+        }
+        self.ladder = lad
+        staticStack = config.mode == .static ? try LoRAStack(model: model, adapter: adapter) : nil
+        if config.mode != .static, config.mergedFloor > 0 {
+            mergedFloor = try MergedFloor(model: model, ladder: lad, rank: config.mergedFloor)
+        } else {
+            mergedFloor = nil
+        }
+        floorRank = mergedFloor?.rank ?? 0
+        estimator = DifficultyEstimator(model: model, ladder: lad, config: config)
+        chunker = Chunker(config: config)
+        window = CrossFade.window(config)
+    }
+
+    /// From a policy name (or config file) as the CLI gives them.
+    public convenience init(model: LlamaModel, adapter: LoRAAdapter, policy: String?, configFile: String?, ladderFile: String? = nil) throws {
+        let maxRank = adapter.modules.map(\.rank).max() ?? 0
+        let cfg = try SchedulerConfig.resolve(policy: policy, configFile: configFile, maxRank: maxRank)
+        let lad = try ladderFile.map { try RankLadder.load(from: $0) }
+        try self.init(model: model, adapter: adapter, config: cfg, ladder: lad)
+    }
+
+    /// The model the forward pass must run: the merged-floor copy, or `model`.
+    public var forwardModel: LlamaModel { mergedFloor?.model ?? model }
+
+    /// Starts a new sequence (a fresh KV cache): forgets the plan and the estimator's history.
+    public func beginSequence() {
+        chunker = Chunker(config: config)
+        plans = []
+        difficulties = []
+        signals = []
+        estimator.reset()
+    }
+
+    /// Plans the next `tokens.count` positions (call before each forward with exactly its tokens).
+    public func prepare(tokens: [Int]) {
+        guard !tokens.isEmpty else { return }
+        switch config.mode {
+        case .static:
+            for _ in tokens { plans.append(TokenPlan(inRank: ladder.maxRank, inAlpha: 1)); difficulties.append(0); signals.append(DifficultySignals()) }
+            return
+        case .staticRank:
+            for _ in tokens { plans.append(TokenPlan(inRank: config.staticRank, inAlpha: Float(config.staticAlpha))); difficulties.append(0); signals.append(DifficultySignals()) }
+            return
+        case .adaptive:
+            break
+        }
+        let scored = estimator.score(tokens: tokens, pool: estimatorPool)
+        for (d, s) in scored {
+            let t = plans.count
+            let ci = chunker.push(d)
+            plans.append(CrossFade.plan(token: t, chunkIndex: ci, chunks: chunker.chunks, window: window))
+            difficulties.append(d)
+            signals.append(s)
+        }
+    }
+
+    /// Feeds the logits of the last position run (for the entropy signal of the next token).
+    public func observe(logits: [Float]) {
+        let v = model.config.vocabSize
+        guard logits.count >= v else { return }
+        logits.withUnsafeBufferPointer { b in
+            estimator.observe(logits: UnsafeBufferPointer(rebasing: b[(logits.count - v)...]))
+        }
+    }
+
+    /// prepare + forward (on `forwardModel`) + observe.
+    public func forward(_ tokens: [Int], cache: KVCache, options: ForwardOptions) throws -> [Float] {
+        prepare(tokens: tokens)
+        let out = try forwardModel.forward(tokens, cache: cache, options: options, delta: self)
+        if !out.isEmpty { observe(logits: out) }
+        return out
+    }
+
+    /// What has been decided so far.
+    public var statistics: SchedulerStatistics {
+        var s = SchedulerStatistics()
+        s.tokens = plans.count
+        var sumRank = 0, sumChunk = 0
+        for p in plans {
+            let nominal = config.mode == .adaptive ? chunker.chunks[p.chunk].rank : p.inRank
+            s.tokensPerRank[nominal, default: 0] += 1
+            sumRank += max(p.effectiveRank, floorRank)
+            sumChunk += nominal
+        }
+        if config.mode == .static { sumRank = plans.count * ladder.maxRank }
+        s.averageRank = plans.isEmpty ? 0 : Double(sumRank) / Double(plans.count)
+        s.averageChunkRank = plans.isEmpty ? 0 : Double(sumChunk) / Double(plans.count)
+        s.chunks = config.mode == .adaptive ? chunker.chunks
+            : (plans.isEmpty ? [] : [Chunk(start: 0, end: plans.count, tier: 0, rank: plans[0].inRank, alpha: 1, meanDifficulty: 0)])
+        s.estimatorNanosecondsPerToken = estimator.tokensScored > 0 ? Double(estimator.nanoseconds) / Double(estimator.tokensScored) : 0
+        return s
+    }
+
+    // MARK: ProjectionDelta
+
+    public func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens n: Int,
+                      positions: Range<Int>, y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+        if let s = staticStack {
+            s.apply(layer: layer, projection: projection, x: x, tokens: n, positions: positions, y: y, pool: pool)
+            return
+        }
+        guard n > 0, let m = ladder.module(layer: layer, projection: projection) else { return }
+        // Positions never prepared (engine did not call prepare): full rank, α = 1.
+        let fallback = TokenPlan(inRank: m.rank, inAlpha: 1)
+        let tokenPlans = (0..<n).map { t -> TokenPlan in
+            let p = positions.lowerBound + t
+            return p >= 0 && p < plans.count ? plans[p] : fallback
+        }
+        // Group rows by the rank they need (above the merged floor).
+        var groups: [Int: [Int]] = [:]
+        for (t, p) in tokenPlans.enumerated() {
+            let k = min(p.effectiveRank, m.rank)
+            if k > floorRank { groups[k, default: []].append(t) }
+        }
+        for (k, rows) in groups.sorted(by: { $0.key < $1.key }) {
+            applyGroup(m, rank: k, rows: rows, plans: tokenPlans, x: x, allTokens: n, y: y, pool: pool)
+        }
+    }
+
+    /// Runs blocks [floor, k) of module m for the given token rows.
+    func applyGroup(_ m: LadderModule, rank k: Int, rows: [Int], plans tp: [TokenPlan], x: UnsafePointer<Float>, allTokens n: Int,
+                    y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+        let g = rows.count, inF = m.inFeatures, out = m.outFeatures
+        let contiguous = g == n  // rows == 0..<n
+        let xg: UnsafePointer<Float>
+        var gathered: UnsafeMutablePointer<Float>?
+        if contiguous {
+            xg = x
+        } else {
+            let buf = UnsafeMutablePointer<Float>.allocate(capacity: g * inF)
+            for (j, t) in rows.enumerated() { (buf + j * inF).update(from: x + t * inF, count: inF) }
+            gathered = buf
+            xg = UnsafePointer(buf)
+        }
+        defer { gathered?.deallocate() }
+        let v = UnsafeMutablePointer<Float>.allocate(capacity: g * out)
+        defer { v.deallocate() }
+        for b in m.blocks where b.start < k && b.end > floorRank {
+            let w = b.width
+            let u = UnsafeMutablePointer<Float>.allocate(capacity: g * w)
+            defer { u.deallocate() }
+            Kernels.matmul(b.vt, xg, tokens: g, u, precision: .exact, pool: pool)
+            for (j, t) in rows.enumerated() {
+                let p = tp[t]
+                for i in 0..<w {
+                    let dir = b.start + i
+                    u[j * w + i] *= (dir < floorRank || dir >= k) ? 0 : p.weight(dir)
+                }
+            }
+            Kernels.matmul(b.us, UnsafePointer(u), tokens: g, v, precision: .exact, pool: pool)
+            for (j, t) in rows.enumerated() {
+                VectorOps.add(y + t * out, v + j * out, n: out)
+            }
+        }
+    }
+}
+
+/// The first `rank` ladder directions merged into fp32 copies of the touched base matrices.
+public struct MergedFloor: Sendable {
+    public let model: LlamaModel
+    public let rank: Int
+    /// Bytes of the fp32 copies.
+    public let extraBytes: Int
+
+    public init(model base: LlamaModel, ladder: RankLadder, rank k0: Int) throws {
+        var w = base.weights
+        var extra = 0
+        for m in ladder.modules {
+            let orig = base.weights.layers[m.layer].matrix(m.projection)
+            let rows = orig.rows, cols = orig.cols
+            let st = LadderStorage(count: rows * cols)
+            let kk = min(k0, m.rank)
+            for o in 0..<rows {
+                let row = st.pointer + o * cols
+                orig.dequantizeRow(o, into: row)
+                for b in m.blocks where b.start < kk {
+                    let us = b.us.base.assumingMemoryBound(to: Float.self), vt = b.vt.base.assumingMemoryBound(to: Float.self)
+                    for j in 0..<(min(b.end, kk) - b.start) {
+                        let u = us[o * b.width + j]
+                        if u == 0 { continue }
+                        let v = vt + j * cols
+                        for c in 0..<cols { row[c] += u * v[c] }
+                    }
+                }
+            }
+            w.layers[m.layer].setMatrix(m.projection, try WeightMatrix(type: .f32, rows: rows, cols: cols, base: UnsafeRawPointer(st.pointer), owner: st))
+            extra += 4 * rows * cols
+        }
+        var factors: [Float]? = nil
+        if case .gguf(let g) = base.source, g.tensor("rope_freqs.weight") != nil { factors = try? g.floats("rope_freqs.weight") }
+        model = LlamaModel(config: base.config, weights: w, source: base.source, ropeFrequencyFactors: factors)
+        rank = k0
+        extraBytes = extra
+    }
+}

@@ -1,1 +1,0 @@
-// CWScheduler — the ChunkWise scheduler (placeholder)

@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderScheduler: XCTestCase { func testNothing() {} }
