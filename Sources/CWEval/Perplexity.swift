@@ -130,6 +130,7 @@ public enum Perplexity {
                                 logits: (_ tokens: [Int]) async throws -> [Float],
                                 progress: ((_ done: Int, _ total: Int) -> Void)? = nil) async throws -> Result {
         let plans = try plan(streamCount: stream.count, config: config)
+        guard !plans.isEmpty else { throw EvalError.invalidInput("the text has \(stream.count) tokens: nothing to score") }
         if config.bos && bosID == nil { throw EvalError.invalidInput("--bos given but the tokenizer has no BOS token") }
         var windows: [Window] = []
         var total = 0.0, count = 0
