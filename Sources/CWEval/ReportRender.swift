@@ -24,7 +24,7 @@ public enum ReportRenderer {
     }
 
     static func cells(_ row: PolicyRow, depths: [Int]) -> [String] {
-        [row.policy, row.status, Cell.num(row.perplexity, 4), Cell.num(row.squad_exact, 2), Cell.num(row.squad_f1, 2),
+        [row.policy, row.ran ? "ok" : String(row.status.prefix { $0 != ":" }), Cell.num(row.perplexity, 4), Cell.num(row.squad_exact, 2), Cell.num(row.squad_f1, 2),
          Cell.num(row.bleu_vs_reference, 2), Cell.num(row.prefill_tok_s, 1)]
             + depths.map { d in Cell.num(row.decode.first { $0.depth == d }?.decode_ms_per_token, 2) }
             + [Cell.num(row.ttft_ms, 1), Cell.mib(row.peak_rss_bytes), Cell.mib(row.kv_bytes), Cell.mib(row.adapter_bytes),
@@ -56,6 +56,7 @@ public enum ReportRenderer {
         s += "|" + columns(r).map { _ in "---" }.joined(separator: "|") + "|\n"
         for row in r.rows { s += "| " + cells(row, depths: depths).map(esc).joined(separator: " | ") + " |\n" }
         s += "\n"
+        for row in r.rows where !row.ran { s += "- \(esc(row.policy)): \(esc(row.status))\n" }
         for n in notes { s += "- \(n)\n" }
         s += "\n"
         for c in charts { s += "![\(c)](\(c))\n\n" }
@@ -75,7 +76,7 @@ public enum ReportRenderer {
         for row in r.rows {
             s += "<tr>" + cells(row, depths: depths).map { $0 == "n/a" ? "<td class=\"na\">n/a</td>" : "<td>\(xml($0))</td>" }.joined() + "</tr>\n"
         }
-        s += "</tbody></table><ul>" + notes.map { "<li>\(xml($0))</li>" }.joined() + "</ul>\n"
+        s += "</tbody></table><ul>" + r.rows.filter { !$0.ran }.map { "<li>\(xml($0.policy)): \(xml($0.status))</li>" }.joined() + notes.map { "<li>\(xml($0))</li>" }.joined() + "</ul>\n"
         for (name, svg) in charts {
             // Inline the SVG (without its XML declaration) and link the file.
             let body = svg.hasPrefix("<?xml") ? String(svg.drop { $0 != "\n" }.dropFirst()) : svg
