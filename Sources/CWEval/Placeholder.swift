@@ -1,1 +1,0 @@
-// CWEval — evaluation (placeholder)

@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderEval: XCTestCase { func testNothing() {} }
