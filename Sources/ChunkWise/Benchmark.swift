@@ -143,18 +143,20 @@ extension Engine {
             let warmup = rep == 0
             let cache = model.makeCache(maxContext: contextLength, initialCapacity: needed)
             let t0 = DispatchTime.now().uptimeNanoseconds
-            var logits = try model.forward(warmup ? Array(prompt.prefix(32)) : prompt, cache: cache, options: fwd, delta: delta)
+            beginSequence()
+            var logits = try step(warmup ? Array(prompt.prefix(32)) : prompt, cache: cache, options: fwd)
             var next = Sampler.argmax(logits)
             let t1 = DispatchTime.now().uptimeNanoseconds
             if depth != cache.count {
                 // Decode from a given depth: refill the cache with `depth` random tokens (untimed).
                 cache.truncate(to: 0)
-                if depth > 0 { _ = try model.forward(randomTokens(depth), cache: cache, options: ForwardOptions(precision: options.precision, pool: pool, logits: .none), delta: delta) }
+                beginSequence()
+                if depth > 0 { _ = try step(randomTokens(depth), cache: cache, options: ForwardOptions(precision: options.precision, pool: pool, logits: .none)) }
             }
             let steps = warmup ? 4 : cfg.genTokens
             let t2 = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<steps {
-                logits = try model.forward([next], cache: cache, options: fwd, delta: delta)
+                logits = try step([next], cache: cache, options: fwd)
                 next = Sampler.argmax(logits)
             }
             let t3 = DispatchTime.now().uptimeNanoseconds

@@ -1,5 +1,6 @@
 import CWKernels
 import CWLoRA
+import CWScheduler
 import CWTokenizers
 import CWTransformer
 import Foundation
@@ -20,9 +21,21 @@ public struct EngineOptions: Sendable {
     /// Merge the adapters into (fp32 copies of) the touched base matrices instead of applying
     /// them unmerged.
     public var mergeAdapters = false
+    /// The ChunkWise policy: nil or `static` = the adapters at full rank (plain LoRA), `base` =
+    /// no adapter, `merged` = merged adapters, `static:K`, `balanced`, `aggressive`, `quality`
+    /// = the scheduler (rank ladder, chunker, per-chunk rank and scale).
+    public var policy: String? = nil
+    /// A scheduler config file (YAML or JSON) with every knob; overrides the preset's values.
+    public var policyConfig: String? = nil
+    /// A cached rank ladder (`chunkwise ladder --out`) to skip the SVD at load time.
+    public var ladderFile: String? = nil
 
     public init(precision: Precision = .fast, threads: Int = ProcessInfo.processInfo.activeProcessorCount, contextLength: Int? = nil,
-                adapters: [AdapterSpec] = [], adapterScale: Float = 1, allowPartialAdapter: Bool = false, mergeAdapters: Bool = false) {
+                adapters: [AdapterSpec] = [], adapterScale: Float = 1, allowPartialAdapter: Bool = false, mergeAdapters: Bool = false,
+                policy: String? = nil, policyConfig: String? = nil, ladderFile: String? = nil) {
+        self.policy = policy
+        self.policyConfig = policyConfig
+        self.ladderFile = ladderFile
         self.precision = precision
         self.threads = threads
         self.contextLength = contextLength
@@ -40,8 +53,10 @@ public actor Engine {
     public let options: EngineOptions
     let pool: ThreadPool
     let logger = Logger(label: "chunkwise.engine")
-    /// What is added to the base projections (LoRA adapters, the ChunkWise scheduler), if anything.
+    /// What is added to the base projections (LoRA adapters), if anything.
     let delta: ProjectionDelta?
+    /// The ChunkWise scheduler, when the policy is adaptive or a ladder truncation.
+    let scheduler: ChunkWiseDelta?
     /// Names of the active adapters, for reports.
     public nonisolated let adapterNames: [String]
     /// Bytes held by the active adapters.
@@ -52,18 +67,40 @@ public actor Engine {
     public init(model: LoadedModel, options: EngineOptions = EngineOptions()) throws {
         self.options = options
         self.pool = ThreadPool(threads: options.threads)
-        self.adapterNames = options.adapters.map { spec in
+        self.adapterNames = options.policy == "base" ? [] : options.adapters.map { spec in
             let name = (spec.path as NSString).lastPathComponent
             return spec.weight == 1 ? name : "\(name):\(spec.weight)"
         }
-        if options.adapters.isEmpty {
+        let policy = options.policy ?? "static"
+        if options.adapters.isEmpty || policy == "base" {
+            if options.adapters.isEmpty && !["static", "base"].contains(policy) {
+                throw EngineError.invalidParameter("policy \(policy) needs an adapter (--adapter)")
+            }
             self.loaded = model
             self.delta = nil
+            self.scheduler = nil
             self.adapterByteCount = 0
             return
         }
         let bindings = try options.adapters.map { try $0.load() }
-        if options.mergeAdapters {
+        if policy != "static" && policy != "merged" || options.policyConfig != nil {
+            guard bindings.count == 1, let only = bindings.first else {
+                throw EngineError.invalidParameter("policy \(policy) schedules one adapter; \(bindings.count) were given")
+            }
+            guard only.weight == 1, options.adapterScale == 1 else {
+                throw EngineError.invalidParameter("policy \(policy) sets the adapter scale per chunk; drop the :WEIGHT and --adapter-scale")
+            }
+            let s = try ChunkWiseDelta(model: model.model, adapter: only.adapter, policy: options.policy,
+                                       configFile: options.policyConfig, ladderFile: options.ladderFile)
+            self.loaded = LoadedModel(model: s.forwardModel, tokenizer: model.tokenizer, name: model.name, chatTemplate: model.chatTemplate)
+            self.delta = s
+            self.scheduler = s
+            self.adapterByteCount = s.ladder.modules.reduce(0) { $0 + $1.blocks.reduce(0) { $0 + $1.us.byteCount + $1.vt.byteCount } }
+                + (s.mergedFloor?.extraBytes ?? 0)
+            return
+        }
+        self.scheduler = nil
+        if options.mergeAdapters || policy == "merged" {
             let merged = try LoRAStack.merged(model: model.model, adapters: bindings, scale: options.adapterScale,
                                               allowPartial: options.allowPartialAdapter)
             self.loaded = LoadedModel(model: merged.model, tokenizer: model.tokenizer, name: model.name, chatTemplate: model.chatTemplate)
@@ -109,8 +146,48 @@ public actor Engine {
     public func logits(tokens: [Int], mode: LogitsMode = .last, precision: Precision? = nil) throws -> [Float] {
         guard tokens.count <= contextLength else { throw InferenceError.contextOverflow(needed: tokens.count, limit: contextLength) }
         let cache = loaded.model.makeCache(maxContext: contextLength, initialCapacity: tokens.count)
-        return try loaded.model.forward(tokens, cache: cache, options: ForwardOptions(precision: precision ?? options.precision, pool: pool, logits: mode), delta: delta)
+        beginSequence()
+        return try step(tokens, cache: cache, options: ForwardOptions(precision: precision ?? options.precision, pool: pool, logits: mode))
     }
+
+    /// One forward pass of the engine's model, through the scheduler when there is one (it plans
+    /// the positions before the pass and reads the logits after it).
+    func step(_ tokens: [Int], cache: KVCache, options fwd: ForwardOptions) throws -> [Float] {
+        if let s = scheduler { return try s.forward(tokens, cache: cache, options: fwd) }
+        return try loaded.model.forward(tokens, cache: cache, options: fwd, delta: delta)
+    }
+
+    /// What the scheduler decided for the last sequence (nil without a scheduler).
+    public func schedulerStatistics() -> SchedulerStatistics? { scheduler?.statistics }
+
+    /// Rank decisions summed over every sequence this engine has run (nil without a scheduler).
+    public func cumulativeSchedulerStatistics() -> (averageRank: Double, tokensPerRank: [Int: Int])? {
+        guard let s = scheduler else { return nil }
+        var tokens = finishedTokensPerRank
+        var rankSum = finishedRankSum, count = finishedTokens
+        let last = s.statistics
+        for (r, n) in last.tokensPerRank { tokens[r, default: 0] += n }
+        rankSum += last.averageRank * Double(last.tokens)
+        count += last.tokens
+        return (count > 0 ? rankSum / Double(count) : 0, tokens)
+    }
+
+    private var finishedTokensPerRank: [Int: Int] = [:]
+    private var finishedRankSum = 0.0
+    private var finishedTokens = 0
+
+    /// Starts a new sequence in the scheduler, folding the previous one into the totals.
+    func beginSequence() {
+        guard let s = scheduler else { return }
+        let last = s.statistics
+        for (r, n) in last.tokensPerRank { finishedTokensPerRank[r, default: 0] += n }
+        finishedRankSum += last.averageRank * Double(last.tokens)
+        finishedTokens += last.tokens
+        s.beginSequence()
+    }
+
+    /// The scheduler's decisions for the last sequence, for `explain`.
+    public func withScheduler<T>(_ body: (ChunkWiseDelta?) throws -> T) rethrows -> T { try body(scheduler) }
 
     /// Streams a generation. Cancelling the consuming task stops it between tokens.
     public nonisolated func generate(_ request: GenerationRequest) -> AsyncThrowingStream<GenerationEvent, Error> {
@@ -157,7 +234,8 @@ public actor Engine {
         let fwd = ForwardOptions(precision: options.precision, pool: pool, logits: .last)
 
         let t0 = Date()
-        var logits = try model.forward(prompt, cache: cache, options: fwd, delta: delta)
+        beginSequence()
+        var logits = try step(prompt, cache: cache, options: fwd)
         stats.prefillSeconds = Date().timeIntervalSince(t0)
         let tDecode = Date()
         var reason = FinishReason.length
@@ -175,7 +253,7 @@ public actor Engine {
             if stopped { reason = .stop; break }
             if generated.count == request.maxTokens { break }
             if cache.count + 1 > limit { reason = .length; break }
-            logits = try model.forward([next], cache: cache, options: fwd, delta: delta)
+            logits = try step([next], cache: cache, options: fwd)
         }
         if reason != .stop {
             let (release, stopped) = stop.append(decoder.flush())

@@ -4,3 +4,4 @@
 @_exported import CWTokenizers
 @_exported import CWTransformer
 @_exported import CWLoRA
+@_exported import CWScheduler

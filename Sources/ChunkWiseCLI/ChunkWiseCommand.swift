@@ -8,7 +8,7 @@ struct ChunkWiseCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chunkwise",
         abstract: "Run LoRA-adapted language models on the CPU, with the LoRA rank chosen per chunk of tokens.",
-        subcommands: [Generate.self, Tokenize.self, Logits.self, Inspect.self, Bench.self, Merge.self]
+        subcommands: [Generate.self, Tokenize.self, Logits.self, Inspect.self, Bench.self, Merge.self, Ladder.self, Explain.self, Eval.self, Report.self]
     )
 }
 
@@ -41,6 +41,15 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .customLong("merge-adapters"), help: "Merge adapters into fp32 copies of the touched weights instead of applying them unmerged.")
     var mergeAdapters = false
 
+    @Option(name: .long, help: "ChunkWise policy: static (plain LoRA), static:K, balanced, aggressive, quality, base, merged.")
+    var policy: String?
+
+    @Option(name: .customLong("policy-config"), help: "A scheduler config file (YAML or JSON) with every knob.")
+    var policyConfig: String?
+
+    @Option(name: .long, help: "A cached rank ladder written by `chunkwise ladder --out`.")
+    var ladder: String?
+
     func validate() throws {
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let context, context < 1 { throw ValidationError("--context must be at least 1") }
@@ -50,7 +59,8 @@ struct ModelOptions: ParsableArguments {
     func engineOptions() throws -> EngineOptions {
         EngineOptions(precision: precision.value, threads: threads, contextLength: context,
                       adapters: try adapters.map(AdapterSpec.parse), adapterScale: adapterScale,
-                      allowPartialAdapter: allowPartialAdapter, mergeAdapters: mergeAdapters)
+                      allowPartialAdapter: allowPartialAdapter, mergeAdapters: mergeAdapters,
+                      policy: policy, policyConfig: policyConfig, ladderFile: ladder)
     }
 
     func makeEngine() throws -> Engine {

@@ -4,11 +4,29 @@ import CWEval
 import CWLoRA
 import Foundation
 
-/// How `--policy` strings become engines. Today: `base`, `static`, `merged`; when the scheduler
-/// is wired into `EngineOptions`, replace `configure` (and `statistics`) here.
+/// How `--policy` strings become engines: `base`, `static` and `merged` as plain engine settings,
+/// every other policy through the ChunkWise scheduler (`EngineOptions.policy`).
 enum CLIPolicyHooks {
-    static let configure: EnginePolicyRunner.Configure = EnginePolicyRunner.configureWithoutScheduler
-    static let statistics: EnginePolicyRunner.Statistics = EnginePolicyRunner.fixedRankStatistics
+    static let configure: EnginePolicyRunner.Configure = { policy, base in
+        switch policy {
+        case "base", "static", "merged":
+            var o = try EnginePolicyRunner.configureWithoutScheduler(policy, base)
+            o.policy = policy == "base" ? "base" : nil
+            return o
+        default:
+            guard !base.adapters.isEmpty else { throw EvalError.invalidInput("policy \(policy) needs --adapter") }
+            var o = base
+            o.mergeAdapters = false
+            o.policy = policy
+            return o
+        }
+    }
+    static let statistics: EnginePolicyRunner.Statistics = { policy, engine in
+        if let s = await engine.cumulativeSchedulerStatistics() {
+            return PolicyStatistics(averageRank: s.averageRank, tokensPerRank: s.tokensPerRank)
+        }
+        return await EnginePolicyRunner.fixedRankStatistics(policy, engine)
+    }
 
     static func runner(policy: String?, model: LoadedModel, options: EngineOptions) -> EnginePolicyRunner {
         let p = policy ?? (options.adapters.isEmpty ? "base" : "static")
