@@ -37,7 +37,6 @@ struct OpenAIHandlers: Sendable {
     }
 
     func metricsText() async throws -> Response {
-        _ = await state.scheduler.snapshot()
         return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(string: state.metrics.render())))
     }

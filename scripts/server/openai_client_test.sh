@@ -8,13 +8,15 @@
 #
 #   scripts/server/openai_client_test.sh            # stories260K (+ SmolLM2 chat if present)
 #   SKIP_BUILD=1 scripts/server/openai_client_test.sh
+#   SWIFT_BUILD_FLAGS="-Xswiftc -enable-testing" scripts/server/openai_client_test.sh   # reuse a test build
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 SHARED="${CHUNKWISE_SHARED:-$ROOT/../shared}"
 cd "$ROOT"
 export PATH="/opt/swift/usr/bin:$PATH"
-if [[ -z "${SKIP_BUILD:-}" ]]; then swift build -c release --product chunkwise; fi
-BIN="$(swift build -c release --show-bin-path)/chunkwise"
+# shellcheck disable=SC2086
+if [[ -z "${SKIP_BUILD:-}" ]]; then swift build -c release ${SWIFT_BUILD_FLAGS:-} --product chunkwise; fi
+BIN="$(swift build -c release ${SWIFT_BUILD_FLAGS:-} --show-bin-path)/chunkwise"
 
 WORK="$(mktemp -d)"
 SERVER_PID=""
