@@ -37,6 +37,9 @@ struct OpenAIHandlers: Sendable {
     }
 
     func metricsText() async throws -> Response {
+        // A turn on the scheduler actor: bookkeeping of a step that just ended (gauges updated
+        // after the last events were sent) is complete before the registry is read.
+        _ = await state.scheduler.snapshot()
         return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(string: state.metrics.render())))
     }

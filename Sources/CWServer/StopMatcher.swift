@@ -14,7 +14,9 @@ struct ServerStopMatcher: Sendable {
     mutating func append(_ piece: String) -> (release: String, stopped: Bool) {
         text += piece
         if let cut = earliestStop() {
-            let out = String(text[text.index(text.startIndex, offsetBy: emitted)..<cut])
+            // Never slice backwards, whatever the stop strings (they come from requests).
+            let start = text.index(text.startIndex, offsetBy: min(emitted, text.count))
+            let out = start <= cut ? String(text[start..<cut]) : ""
             text = String(text[..<cut])
             emitted = text.count
             return (out, true)

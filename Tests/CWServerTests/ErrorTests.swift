@@ -67,6 +67,19 @@ final class ErrorTests: XCTestCase {
         }
     }
 
+    /// Odd stop strings (combining marks, emoji, whitespace, long) never break a request.
+    func testOddStopStringsAreSafe() async throws {
+        let state = try await Fixture.state()
+        try await Fixture.app(state).test(.router) { client in
+            for stops in [["\u{301}"], ["e\u{301}", "é"], ["👩‍👩‍👧", " "], ["\n\n", "\n"], [String(repeating: "the ", count: 50)], ["", "a"], ["ce", "e"]] {
+                let list = "[" + stops.map(jsonString).joined(separator: ",") + "]"
+                let r = try await client.post("/v1/completions", #"{"prompt": "Once upon a time", "max_tokens": 40, "stop": \#(list)}"#)
+                XCTAssertEqual(r.status, .ok, "\(stops): \(r.text)")
+                for s in stops where !s.isEmpty { XCTAssertFalse(try r.choiceText().contains(s), "\(stops)") }
+            }
+        }
+    }
+
     func testAPIKey() async throws {
         let state = try await Fixture.state { $0.apiKey = "sekret" }
         try await Fixture.app(state).test(.router) { client in
