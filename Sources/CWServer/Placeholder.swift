@@ -1,1 +1,0 @@
-// CWServer — the OpenAI-compatible server (placeholder)

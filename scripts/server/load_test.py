@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Bounded load test of `chunkwise serve` (loopback only, standard library only).
+
+Starts the server itself on a free 127.0.0.1 port (so it can read its peak RSS from
+/proc/PID/status VmHWM), then runs phases of N concurrent streaming clients, each for a fixed
+time, with requests spread over the base model and the adapters. Reports per phase: requests ok,
+errors by HTTP status, generated tokens per second, mean/p50/p95 time to first token; and the
+server's peak RSS. Stops the server at the end (SIGTERM) whatever happens.
+
+  python3 scripts/server/load_test.py --phases 1,8,32 --seconds 20
+"""
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SHARED = os.environ.get("CHUNKWISE_SHARED", os.path.join(ROOT, "..", "shared"))
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--binary", default=os.path.join(ROOT, ".build", "release", "chunkwise"))
+ap.add_argument("--model", default=os.path.join(SHARED, "models", "stories260K", "stories260K.bin"))
+ap.add_argument("--adapter", action="append", default=None, help="NAME=PATH (repeatable)")
+ap.add_argument("--phases", default="1,8,32", help="concurrent clients per phase")
+ap.add_argument("--seconds", type=float, default=20, help="duration of each phase")
+ap.add_argument("--max-tokens", type=int, default=64)
+ap.add_argument("--max-concurrent", type=int, default=8, help="server --max-concurrent")
+ap.add_argument("--max-queue", type=int, default=64, help="server --max-queue")
+ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--extra", default="", help="extra server arguments")
+args = ap.parse_args()
+if args.adapter is None:
+    args.adapter = [f"shakespeare={SHARED}/adapters/stories260K-shakespeare-r16", f"rnd={SHARED}/adapters/stories260K-random-r8"]
+names = [a.split("=", 1)[0] for a in args.adapter]
+
+HOST = "127.0.0.1"  # loopback only, by construction
+s = socket.socket(); s.bind((HOST, 0)); PORT = s.getsockname()[1]; s.close()
+cmd = [args.binary, "serve", "--model", args.model, "--host", HOST, "--port", str(PORT), "--served-model-name", "base",
+       "--threads", str(args.threads), "--max-concurrent", str(args.max_concurrent), "--max-queue", str(args.max_queue),
+       "--log-level", "warning"] + [x for a in args.adapter for x in ("--adapter", a)] + args.extra.split()
+server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open("/tmp/chunkwise-load-test-server.log", "w"))
+
+
+def stop_server():
+    if server.poll() is None:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def peak_rss_kib():
+    try:
+        with open(f"/proc/{server.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+
+
+PROMPTS = ["Once upon a time", "The little dog", "Lily and Tom went to the park", "One day, a big bird", "Sam had a red ball"]
+
+
+def one_request(i):
+    """One streaming completion; returns (status, tokens, ttft_seconds or None)."""
+    model = (["base"] + names)[i % (len(names) + 1)]
+    body = json.dumps({"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens, "stream": True,
+                       "stream_options": {"include_usage": True}, "temperature": 0.8, "seed": i, "ignore_eos": True})
+    conn = http.client.HTTPConnection(HOST, PORT, timeout=120)
+    t0 = time.monotonic()
+    ttft = None
+    tokens = 0
+    try:
+        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        if r.status != 200:
+            r.read()
+            return r.status, 0, None
+        done = False
+        for raw in r:
+            line = raw.decode().strip()
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                done = True
+                break
+            o = json.loads(data)
+            if o.get("choices") and ttft is None:
+                ttft = time.monotonic() - t0
+            if o.get("usage"):
+                tokens = o["usage"]["completion_tokens"]
+        return (200 if done else -1), tokens, ttft
+    except Exception:
+        return -2, 0, None
+    finally:
+        conn.close()
+
+
+def phase(n):
+    deadline = time.monotonic() + args.seconds
+    lock = threading.Lock()
+    stats = {"ok": 0, "errors": {}, "tokens": 0, "ttft": []}
+    counter = [0]
+
+    def worker():
+        while time.monotonic() < deadline:
+            with lock:
+                i = counter[0]; counter[0] += 1
+            status, toks, ttft = one_request(i)
+            with lock:
+                if status == 200:
+                    stats["ok"] += 1
+                    stats["tokens"] += toks
+                    if ttft is not None:
+                        stats["ttft"].append(ttft)
+                else:
+                    stats["errors"][status] = stats["errors"].get(status, 0) + 1
+            if status == 429:
+                time.sleep(0.05)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    elapsed = time.monotonic() - t0
+    tt = sorted(stats["ttft"])
+    return {"clients": n, "seconds": round(elapsed, 1), "requests_ok": stats["ok"], "errors_by_status": stats["errors"],
+            "tokens": stats["tokens"], "tokens_per_second": round(stats["tokens"] / elapsed, 1),
+            "ttft_mean_ms": round(1000 * statistics.mean(tt), 1) if tt else None,
+            "ttft_p50_ms": round(1000 * tt[len(tt) // 2], 1) if tt else None,
+            "ttft_p95_ms": round(1000 * tt[int(len(tt) * 0.95)], 1) if tt else None}
+
+
+rc = 0
+try:
+    for _ in range(300):
+        try:
+            c = http.client.HTTPConnection(HOST, PORT, timeout=2); c.request("GET", "/health")
+            if c.getresponse().status == 200: break
+        except OSError:
+            pass
+        if server.poll() is not None:
+            sys.exit("server exited; see /tmp/chunkwise-load-test-server.log")
+        time.sleep(0.1)
+    print(f"server pid {server.pid} on {HOST}:{PORT}; load average {os.getloadavg()}", flush=True)
+    results = []
+    for n in [int(x) for x in args.phases.split(",")]:
+        r = phase(n)
+        r["load_average_1m"] = round(os.getloadavg()[0], 2)
+        results.append(r)
+        print(json.dumps(r), flush=True)
+    c = http.client.HTTPConnection(HOST, PORT, timeout=5); c.request("GET", "/metrics")
+    metrics = c.getresponse().read().decode()
+    running = [l for l in metrics.splitlines() if l.startswith("vllm:num_requests_running")]
+    report = {"phases": results, "server_peak_rss_mib": round((peak_rss_kib() or 0) / 1024, 1), "metrics_after": running,
+              "server": " ".join(cmd[1:])}
+    print(json.dumps(report, indent=1))
+    if server.poll() is not None:
+        print("server died during the test", file=sys.stderr); rc = 1
+finally:
+    stop_server()
+sys.exit(rc)
