@@ -1,5 +1,7 @@
 import ChunkWise
+import CWScheduler
 import Foundation
+import Metrics
 import Logging
 import Metrics
 
@@ -291,9 +293,11 @@ public actor BatchScheduler {
                 s.pending = s.pending.dropFirst(n)
                 prefillBudget -= n
                 let last = s.pending.isEmpty
+                (s.request.delta?.delta as? ChunkWiseDelta)?.prepare(tokens: chunk)
                 items.append(.init(tokens: chunk, cache: cache, delta: s.request.delta?.delta, logits: last ? .last : .none))
                 members.append((s, last))
             } else {
+                (s.request.delta?.delta as? ChunkWiseDelta)?.prepare(tokens: [s.lastToken])
                 items.append(.init(tokens: [s.lastToken], cache: cache, delta: s.request.delta?.delta, logits: .last))
                 members.append((s, true))
             }
@@ -315,7 +319,14 @@ public actor BatchScheduler {
         let now = ContinuousClock.now
         var finishedIDs = Set<Int>()
         for (i, m) in members.enumerated() where m.sample && !m.seq.cancelled {
-            if advance(m.seq, logits: logits[i], now: now) { finishedIDs.insert(m.seq.id) }
+            // The ChunkWise scheduler reads the last row's distribution (entropy signal).
+            (m.seq.request.delta?.delta as? ChunkWiseDelta)?.observe(logits: logits[i])
+            if advance(m.seq, logits: logits[i], now: now) {
+                finishedIDs.insert(m.seq.id)
+                if let cw = m.seq.request.delta?.delta as? ChunkWiseDelta {
+                    for chunk in cw.statistics.chunks { metrics.chunkRank.record(chunk.rank) }
+                }
+            }
         }
         if !finishedIDs.isEmpty {
             running.removeAll { s in

@@ -1,3 +1,6 @@
+import CWLoRA
+import CWScheduler
+import CWTransformer
 import Foundation
 
 /// A ChunkWise rank policy named in a request (`"chunkwise": {"policy": "balanced"}`).
@@ -41,13 +44,64 @@ public enum ChunkWisePolicy: Sendable, Equatable, CustomStringConvertible {
 public typealias PolicyResolver = @Sendable (_ policy: ChunkWisePolicy, _ delta: BoundDelta?) throws(APIError) -> BoundDelta?
 
 public enum PolicyResolvers {
-    /// The resolver used until the scheduler lands.
-    public static let current: PolicyResolver = { (policy: ChunkWisePolicy, delta: BoundDelta?) throws(APIError) -> BoundDelta? in
+    /// The ChunkWise scheduler per request: `static` keeps the bound `LoRAStack`; every other
+    /// preset gets a fresh `ChunkWiseDelta` (its own plan and estimator state) over a rank
+    /// ladder built once per adapter version (content hash) and shared between requests.
+    /// Merged-floor configs are refused: a batch shares one set of base weights.
+    public static let current: PolicyResolver = scheduler()
+
+    public static func scheduler() -> PolicyResolver {
+        let ladders = LadderCache()
+        return { (policy: ChunkWisePolicy, delta: BoundDelta?) throws(APIError) -> BoundDelta? in
+            if case .staticFull = policy { return delta }
+            guard let delta, let stack = delta.delta as? LoRAStack, stack.bindings.count == 1, let binding = stack.bindings.first else {
+                throw APIError.badRequest("chunkwise policy '\(policy)' schedules exactly one adapter: name it in 'model' (or one 'lora' entry)",
+                                          param: "chunkwise.policy", code: "policy_needs_one_adapter")
+            }
+            guard binding.weight == 1, stack.scale == 1 else {
+                throw APIError.badRequest("chunkwise policy '\(policy)' sets the adapter scale per chunk; drop the lora scale",
+                                          param: "lora", code: "policy_with_scale")
+            }
+            do {
+                let adapter = binding.adapter
+                let maxRank = adapter.modules.map(\.rank).max() ?? 0
+                let config = try SchedulerConfig.resolve(policy: policy.description, configFile: nil, maxRank: maxRank)
+                guard config.mergedFloor == 0 else {
+                    throw SchedulerError("merged-floor policies are not served (a batch shares one set of base weights)")
+                }
+                let ladder = try ladders.ladder(for: adapter, model: stack.model)
+                let cw = try ChunkWiseDelta(model: stack.model, adapter: adapter, config: config, ladder: ladder)
+                return BoundDelta(delta: cw, adapterNames: delta.adapterNames)
+            } catch {
+                throw APIError.badRequest("chunkwise policy '\(policy)': \(error)", param: "chunkwise.policy", code: "policy_failed")
+            }
+        }
+    }
+
+    /// Only `static`, as before the scheduler was wired (kept for tests of the plain path).
+    public static let staticOnly: PolicyResolver = { (policy: ChunkWisePolicy, delta: BoundDelta?) throws(APIError) -> BoundDelta? in
         switch policy {
         case .staticFull: return delta
         case .staticRank, .balanced, .aggressive, .quality:
             throw APIError.badRequest("chunkwise policy '\(policy)' is not available yet (only 'static' is)", param: "chunkwise.policy",
                                       code: "policy_not_available")
         }
+    }
+}
+
+
+/// Rank ladders by adapter content hash: the SVD runs once per adapter version.
+final class LadderCache: @unchecked Sendable {
+    private let lock = NSLock()
+    private var ladders: [String: RankLadder] = [:]
+
+    func ladder(for adapter: LoRAAdapter, model: LlamaModel) throws -> RankLadder {
+        lock.lock()
+        defer { lock.unlock() }
+        if let l = ladders[adapter.contentHash] { return l }
+        let maxRank = adapter.modules.map(\.rank).max() ?? 0
+        let l = try RankLadder.build(adapter: adapter, model: model, tierRanks: RankLadder.defaultTiers(maxRank: maxRank))
+        ladders[adapter.contentHash] = l
+        return l
     }
 }

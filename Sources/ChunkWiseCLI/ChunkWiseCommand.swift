@@ -8,7 +8,7 @@ struct ChunkWiseCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "chunkwise",
         abstract: "Run LoRA-adapted language models on the CPU, with the LoRA rank chosen per chunk of tokens.",
-        subcommands: [Generate.self, Tokenize.self, Logits.self, Inspect.self, Bench.self, Merge.self, Ladder.self, Explain.self, Eval.self, Report.self]
+        subcommands: [Generate.self, Tokenize.self, Logits.self, Inspect.self, Bench.self, Merge.self, Ladder.self, Explain.self, Eval.self, Report.self, Serve.self]
     )
 }
 

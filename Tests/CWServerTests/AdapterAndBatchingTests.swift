@@ -32,6 +32,36 @@ final class AdapterAndBatchingTests: XCTestCase {
         }
     }
 
+    /// ChunkWise policies per request: the server's greedy output equals the engine's with the
+    /// same policy, also when requests with different policies share decode steps.
+    func testChunkWisePoliciesPerRequestEqualEngine() async throws {
+        let shakes = try Fixture.adapterPath("stories260K-shakespeare-r16")
+        var collected: [String: String] = [:]
+        for p in ["balanced", "static:4", "static"] {
+            let e = try Engine(modelPath: try Fixture.storiesPath(),
+                               options: EngineOptions(precision: .exact, threads: 2, adapters: [AdapterSpec(path: shakes)], policy: p))
+            collected[p] = try await e.complete(GenerationRequest(prompt: .text("ROMEO:"), maxTokens: 24)).text
+        }
+        let expected = collected
+        XCTAssertNotEqual(expected["static:4"], expected["static"], "rank 4 should change the greedy text")
+        let state = try await Fixture.state { $0.adapters = [(name: "shakespeare", path: shakes)] }
+        try await Fixture.app(state).test(.router) { client in
+            try await withThrowingTaskGroup(of: (String, String).self) { group in
+                for p in ["balanced", "static:4", "static"] {
+                    group.addTask {
+                        let r = try await client.post("/v1/completions",
+                            #"{"model": "shakespeare", "prompt": "ROMEO:", "max_tokens": 24, "chunkwise": {"policy": "\#(p)"}}"#)
+                        XCTAssertEqual(r.status, .ok, r.text)
+                        return (p, try r.choiceText())
+                    }
+                }
+                for try await (p, text) in group { XCTAssertEqual(text, expected[p], "policy \(p)") }
+            }
+            let metrics = try await client.execute(uri: "/metrics", method: .get)
+            XCTAssertTrue(metrics.text.contains("chunkwise:chunk_rank"), "the chunk-rank histogram is exported")
+        }
+    }
+
     /// A temporary adapter directory holding a copy of the random adapter and a symlink that
     /// points outside it.
     func makeAdapterDir() throws -> URL {

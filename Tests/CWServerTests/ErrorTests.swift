@@ -58,7 +58,7 @@ final class ErrorTests: XCTestCase {
             try assertError(try await client.post(c, #"{"prompt": "Once", "chunkwise": {"policy": "fastest"}}"#), .badRequest, code: "unknown_policy")
             for p in ["balanced", "aggressive", "quality", "static:4"] {
                 try assertError(try await client.post(c, #"{"prompt": "Once", "chunkwise": {"policy": "\#(p)"}}"#), .badRequest,
-                                     code: "policy_not_available", param: "chunkwise.policy")
+                                     code: "policy_needs_one_adapter", param: "chunkwise.policy")
             }
             try assertError(try await client.execute(uri: "/v1/nothing", method: .get), .notFound, code: "not_found")
             // Still serving, and the static policy is accepted.
