@@ -8,3 +8,5 @@ cd "$root"
 bash scripts/fetch-model.sh
 swift build -c release -Xswiftc -enable-testing --build-tests
 swift test -c release -Xswiftc -enable-testing --skip-build "$@"
+# The server against the official `openai` Python client (throwaway venv, loopback only).
+SWIFT_BUILD_FLAGS="-Xswiftc -enable-testing" SKIP_BUILD=1 bash scripts/server/openai_client_test.sh

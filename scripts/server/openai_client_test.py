@@ -71,11 +71,15 @@ mix = client.completions.create(model=args.model, prompt="Once upon a time", max
                                 extra_body={"lora": [{"name": args.adapter, "scale": 0.5}], "chunkwise": {"policy": "static"}})
 check(mix.choices[0].text, "weighted lora via extra_body")
 
+cw = client.completions.create(model=args.adapter, prompt="Once upon a time", max_tokens=16,
+                               extra_body={"chunkwise": {"policy": "balanced"}})
+check(cw.choices[0].text, "ChunkWise balanced policy via extra_body")
+
 try:
     client.completions.create(model=args.model, prompt="Once", max_tokens=4, extra_body={"chunkwise": {"policy": "balanced"}})
-    check(False, "balanced policy should be refused for now")
+    check(False, "a policy without an adapter should be refused")
 except openai.BadRequestError as e:
-    check("not available yet" in str(e), "balanced → 400 policy not available yet")
+    check("exactly one adapter" in str(e), "policy without adapter → 400")
 
 try:
     client.completions.create(model="no-such-model", prompt="Once", max_tokens=4)
