@@ -8,7 +8,7 @@ typedef struct {
     const float *q;
     float *out;
     int64_t tokens, base, blocks;
-    int heads, kv_heads, head_dim;
+    int heads, kv_heads, head_dim, sub;
     const kv_slab *slabs;
     float scale;
     float *mass;
@@ -64,9 +64,17 @@ int kv_attention(const float *q, float *out, int64_t tokens, int64_t base, int h
     default: break;
     }
 #endif
+    // Query heads per item: the whole group, unless that leaves threads idle (decode).
+    const int group = heads / kv_heads, threads = pool ? cw_pool_threads(pool) : 1;
+    a.sub = group;
+    while (tokens * kv_heads * (group / a.sub) < 2 * threads && a.sub > 1) {
+        int s = a.sub - 1;
+        while (s > 1 && group % s) s--;
+        a.sub = s;
+    }
     kv_attn_ctx c = {fn, &a};
-    // With `mass`, one thread owns all tokens of a KV head (so its rows of `mass` have one writer).
-    cw_pool_parallel_for(pool, tokens * kv_heads, mass ? tokens : 1, kv_attn_task, &c);
+    // With `mass`, one thread owns all tokens of a (KV head, subgroup), so its rows of `mass` have one writer.
+    cw_pool_parallel_for(pool, tokens * kv_heads * (group / a.sub), mass ? tokens : 1, kv_attn_task, &c);
     return 0;
 }
 

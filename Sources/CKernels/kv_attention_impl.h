@@ -69,17 +69,20 @@ KV_INLINE void KFN(widen_row)(int fmt, const void *src, int hd, float rs, float 
     }
 }
 
-// One item = (kv head, token): the `group` query heads sharing that KV head, so each cached row
-// is read from memory once per group. Items are kv-head-major (item = kvh·tokens + t).
+// One item = (kv head, subgroup, token): `sub` of the query heads sharing that KV head (normally
+// all of them, so each cached row is read from memory once per group; fewer when there are too few
+// items to keep every thread busy, e.g. one decode token). Items are ordered kv head, subgroup,
+// token: item = (kvh·nsub + sg)·tokens + t.
 static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
-    const int hd = a->head_dim, group = a->heads / a->kv_heads;
+    const int hd = a->head_dim, group = a->sub, nsub = a->heads / a->kv_heads / a->sub;
     const int64_t qstride = (int64_t)a->heads * hd, total = a->base + a->tokens;
     // Scratch: scores [group][total], widened row [hd], scaled queries [group][hd].
     float *sc = (float *)cw_tls_scratch(CW_TLS_SCORES, (size_t)(group * total + hd + group * hd + 64) * sizeof(float));
     if (!sc) return;
     float *row = sc + group * total, *qk = row + hd;
     for (int64_t item = i0; item < i1; item++) {
-        const int kvh = (int)(item / a->tokens);
+        const int kvsg = (int)(item / a->tokens);
+        const int kvh = kvsg / nsub, q0 = kvh * nsub * group + (kvsg % nsub) * group;
         const int64_t t = item % a->tokens;
         const int64_t n = a->base + t + 1;
         float m[64], sum[64];
@@ -94,7 +97,7 @@ static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
                 const float *kb = (const float *)s->k;
                 for (int64_t j = 0; j < cnt; j++)
                     for (int g = 0; g < G; g++) {
-                        const float *qr = a->q + t * qstride + (int64_t)(kvh * group + g) * hd;
+                        const float *qr = a->q + t * qstride + (int64_t)(q0 + g) * hd;
                         const float v = KFN(dot)(qr, kb + j * hd, hd) * a->scale;
                         sc[g * total + j0 + j] = v;
                         m[g] = v > m[g] ? v : m[g];
@@ -104,7 +107,7 @@ static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
                 for (int64_t j = 0; j < cnt; j++) {
                     KFN(widen_row)(KV_FMT_F16, kb + j * hd, hd, 1, row);
                     for (int g = 0; g < G; g++) {
-                        const float *qr = a->q + t * qstride + (int64_t)(kvh * group + g) * hd;
+                        const float *qr = a->q + t * qstride + (int64_t)(q0 + g) * hd;
                         const float v = KFN(dot)(qr, row, hd) * a->scale;
                         sc[g * total + j0 + j] = v;
                         m[g] = v > m[g] ? v : m[g];
@@ -114,7 +117,7 @@ static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
                 // int8 keys, per-channel scales: q·k = Σ_d (q[d]·scale[d])·k8[d].
                 const int8_t *kb = (const int8_t *)s->k;
                 for (int g = 0; g < G; g++) {
-                    const float *qr = a->q + t * qstride + (int64_t)(kvh * group + g) * hd;
+                    const float *qr = a->q + t * qstride + (int64_t)(q0 + g) * hd;
                     for (int d = 0; d < hd; d++) qk[g * hd + d] = qr[d] * s->k_scale[d];
                 }
                 for (int64_t j = 0; j < cnt; j++) {
@@ -134,7 +137,7 @@ static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
             float s = 0;
             for (int64_t j = 0; j < n; j++) { const float e = expf(sg[j] - m[g]); sg[j] = e; s += e; }
             sum[g] = 1.0f / s;
-            float *o = a->out + t * qstride + (int64_t)(kvh * group + g) * hd;
+            float *o = a->out + t * qstride + (int64_t)(q0 + g) * hd;
             for (int d = 0; d < hd; d++) o[d] = 0;
         }
         // Weighted sum of values.
@@ -155,14 +158,14 @@ static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
                 }
                 for (int g = 0; g < G; g++) {
                     const float p = sc[g * total + j0 + j] * sum[g];
-                    KFN(axpy)(a->out + t * qstride + (int64_t)(kvh * group + g) * hd, p, vr, hd);
+                    KFN(axpy)(a->out + t * qstride + (int64_t)(q0 + g) * hd, p, vr, hd);
                 }
             }
             j0 += cnt;
         }
         if (a->mass) {
             for (int g = 0; g < G; g++) {
-                float *mrow = a->mass + (int64_t)(kvh * group + g) * total;
+                float *mrow = a->mass + (int64_t)(q0 + g) * total;
                 const float *sg = sc + g * total;
                 for (int64_t j = 0; j < n; j++) mrow[j] += sg[j] * sum[g];
             }
