@@ -58,7 +58,7 @@ final class KVCacheTests: XCTestCase {
 
     func testHalfAndInt8StayWithinStatedBounds() throws {
         // Keys and values uniform in [-1, 1], head size 64, 300 positions. Measured on Zen 4:
-        // fp16 max |err| ≈ 3e-4, int8 ≈ 1e-2; bounds asserted: 2e-3 and 4e-2.
+        // fp16 max |err| 3.1e-4, int8 7.4e-3 (int8 on head 1 only: 5.3e-3); asserted: 2e-3 and 4e-2.
         for (policy, bound) in [(KVPolicy.half, Float(2e-3)), (.int8(), 4e-2), (.int8(heads: [1]), 4e-2)] {
             let cache = KVCache(layers: 1, kvDim: 192, maxCapacity: 4096, kvHeads: 3, blockSize: 32)
             cache.setPolicy(policy, forPositionsFrom: 0)

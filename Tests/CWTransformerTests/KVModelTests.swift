@@ -60,8 +60,8 @@ final class KVModelTests: XCTestCase {
         let m = try Self.model()
         let ids = Array(try Self.wikiIds().prefix(512))
         let ref = try Self.run(m, ids, cache: Self.cache(m), chunk: 256, decode: 4)
-        // Measured (Zen 4, 512 wiki tokens, last 4 decode steps): see the printout; asserted bounds
-        // are ~3× the measurement: fp16 rel L2 ≤ 3e-3, int8 rel L2 ≤ 6e-2, same argmax.
+        // Measured (Zen 4, 512 wiki tokens, last 4 decode steps): fp16 max |diff| 8.5e-3, rel L2
+        // 8.8e-4; int8 max |diff| 0.145, rel L2 1.5e-2. Asserted: fp16 rel L2 ≤ 3e-3, int8 ≤ 6e-2, same argmax.
         for (policy, relBound) in [(KVPolicy.half, 3e-3), (.int8(), 6e-2)] {
             let got = try Self.run(m, ids, cache: Self.cache(m, policy: policy), chunk: 256, decode: 4)
             var worstRel = 0.0, worstAbs: Float = 0
@@ -87,6 +87,30 @@ final class KVBenchTests: XCTestCase {
         let policies: [(String, KVPolicy)] = [("full", .full), ("half", .half), ("int8", .int8()),
                                               ("window(4,512)", .window(sinks: 4, recent: 512)),
                                               ("h2o(516,256)", .h2o(budget: 516, recent: 256))]
+        // Attention alone, one decode query per step over 4,096 random entries of one layer
+        // (SmolLM2 shape: 9 heads, 3 KV heads × 64): old contiguous fp32 kernel vs paged formats.
+        do {
+            let ctx = 4096, kvDim = 192, qDim = 576, reps = 300
+            var rng = KVCacheTests.RNG(s: 11)
+            let k = rng.array(ctx * kvDim), v = rng.array(ctx * kvDim), q = rng.array(qDim)
+            var out = [Float](repeating: 0, count: qDim)
+            let t0 = Date()
+            for _ in 0..<reps {
+                Attention.causal(q: q, k: k, v: v, out: &out, tokens: 1, startPos: ctx - 1, heads: 9, kvHeads: 3, headDim: 64,
+                                 kvStride: kvDim, scale: 0.125, pool: pool)
+            }
+            print(String(format: "KVATTN ctx=4096 contiguous-fp32 (cw_attention) us/layer=%.1f", Date().timeIntervalSince(t0) * 1e6 / Double(reps)))
+            for (name, p) in [("full", KVPolicy.full), ("half", .half), ("int8", .int8())] {
+                let c = KVCache(layers: 1, kvDim: kvDim, maxCapacity: 8192, kvHeads: 3, blockSize: 32)
+                c.setPolicy(p, forPositionsFrom: 0)
+                try c.append(layer: 0, keys: k, values: v, rows: ctx - 1)
+                c.advance(to: ctx - 1)
+                try c.append(layer: 0, keys: Array(k[0..<kvDim]), values: Array(v[0..<kvDim]), rows: 1)
+                let t1 = Date()
+                for _ in 0..<reps { try c.attention(layer: 0, q: q, out: &out, tokens: 1, heads: 9, scale: 0.125, pool: pool) }
+                print(String(format: "KVATTN ctx=4096 paged-%@ us/layer=%.1f kv_bytes=%d", name, Date().timeIntervalSince(t1) * 1e6 / Double(reps), c.byteCount))
+            }
+        }
         let only = ProcessInfo.processInfo.environment["CHUNKWISE_KV_BENCH_CTX"].flatMap { Int($0) }
         for ctx in [2048, 4096] where only == nil || only == ctx {
             let prompt = Array((wiki + wiki).prefix(ctx))
