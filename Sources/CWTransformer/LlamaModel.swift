@@ -81,7 +81,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// A fresh KV cache for this model.
     public func makeCache(maxContext: Int? = nil, initialCapacity: Int = 256) -> KVCache {
         KVCache(layers: config.layers, kvDim: config.kvDim, maxCapacity: min(maxContext ?? config.maxContext, config.maxContext),
-                initialCapacity: initialCapacity)
+                initialCapacity: initialCapacity, kvHeads: config.kvHeads)
     }
 
     /// Runs `tokens` at positions `cache.count ..< cache.count + tokens.count`, appends their keys
@@ -229,12 +229,10 @@ public final class LlamaModel: @unchecked Sendable {
             applyRope(s.k, heads: c.kvHeads, n: n, cos: cosT, sin: sinT)
             for (i, it) in items.enumerated() {
                 let r = rowStart[i], len = it.tokens.count
-                let kc = it.cache.keys(layer: l), vc = it.cache.values(layer: l)
-                (kc + pos0[i] * c.kvDim).update(from: s.k + r * c.kvDim, count: len * c.kvDim)
-                (vc + pos0[i] * c.kvDim).update(from: s.v + r * c.kvDim, count: len * c.kvDim)
-                Attention.causal(q: s.q + r * c.qDim, k: kc, v: vc, out: s.att + r * c.qDim, tokens: len, startPos: pos0[i],
-                                 heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, kvStride: c.kvDim,
-                                 scale: 1 / Float(c.headDim).squareRoot(), pool: pool)
+                try it.cache.append(layer: l, keys: s.k + r * c.kvDim, values: s.v + r * c.kvDim, rows: len,
+                                    tokens: l == 0 ? it.tokens : nil)
+                try it.cache.attention(layer: l, q: s.q + r * c.qDim, out: s.att + r * c.qDim, tokens: len, heads: c.heads,
+                                       scale: 1 / Float(c.headDim).squareRoot(), pool: pool)
             }
             linear(l, .o, lw.wo, s.att, s.xb)
             VectorOps.add(s.x, s.xb, n: n * d)

@@ -1,0 +1,123 @@
+// Paged KV attention and KV format conversions (see include/kv_kernels.h).
+#include "cw_internal.h"
+#include "include/kv_kernels.h"
+#include <math.h>
+#include <stdlib.h>
+
+typedef struct {
+    const float *q;
+    float *out;
+    int64_t tokens, base, blocks;
+    int heads, kv_heads, head_dim, sub;
+    const kv_slab *slabs;
+    float scale;
+    float *mass;
+} kv_attn_args;
+
+#define KV_ISA portable
+#define KV_VL 4
+#define KV_X86 0
+#include "kv_attention_impl.h"
+#undef KV_ISA
+#undef KV_VL
+#undef KV_X86
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#define KV_ISA avx2
+#define KV_VL 8
+#define KV_X86 1
+#include "kv_attention_impl.h"
+#undef KV_ISA
+#undef KV_VL
+#undef KV_X86
+#pragma clang attribute pop
+
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), apply_to = function)
+#define KV_ISA avx512
+#define KV_VL 16
+#define KV_X86 1
+#include "kv_attention_impl.h"
+#undef KV_ISA
+#undef KV_VL
+#undef KV_X86
+#pragma clang attribute pop
+#endif
+
+typedef void (*kv_attn_fn)(const kv_attn_args *, int64_t, int64_t);
+typedef struct { kv_attn_fn fn; const kv_attn_args *a; } kv_attn_ctx;
+static void kv_attn_task(void *c, int64_t s, int64_t e) { kv_attn_ctx *x = (kv_attn_ctx *)c; x->fn(x->a, s, e); }
+
+int kv_attention(const float *q, float *out, int64_t tokens, int64_t base, int heads, int kv_heads,
+                 int head_dim, const kv_slab *slabs, int64_t blocks, float scale, float *mass,
+                 cw_pool *pool) {
+    if (tokens <= 0) return 0;
+    if (heads <= 0 || kv_heads <= 0 || head_dim <= 0 || heads % kv_heads || heads / kv_heads > 64 || base < 0) return -1;
+    kv_attn_args a = {.q = q, .out = out, .tokens = tokens, .base = base, .blocks = blocks, .heads = heads,
+                      .kv_heads = kv_heads, .head_dim = head_dim, .slabs = slabs, .scale = scale, .mass = mass};
+    kv_attn_fn fn = kv_attn_portable;
+#if defined(__x86_64__) || defined(_M_X64)
+    switch (cw_kernel_path()) {
+    case CW_PATH_AVX2: fn = kv_attn_avx2; break;
+    case CW_PATH_AVX512: fn = kv_attn_avx512; break;
+    default: break;
+    }
+#endif
+    // Query heads per item: the whole group, unless that leaves threads idle (decode).
+    const int group = heads / kv_heads, threads = pool ? cw_pool_threads(pool) : 1;
+    a.sub = group;
+    while (tokens * kv_heads * (group / a.sub) < 2 * threads && a.sub > 1) {
+        int s = a.sub - 1;
+        while (s > 1 && group % s) s--;
+        a.sub = s;
+    }
+    kv_attn_ctx c = {fn, &a};
+    // With `mass`, one thread owns all tokens of a (KV head, subgroup), so its rows of `mass` have one writer.
+    cw_pool_parallel_for(pool, tokens * kv_heads * (group / a.sub), mass ? tokens : 1, kv_attn_task, &c);
+    return 0;
+}
+
+void kv_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = cw_fp32_to_fp16(src[i]);
+}
+
+void kv_f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = cw_h2f_portable(src[i]);
+}
+
+static inline int8_t kv_q8(float x, float inv) {
+    float r = roundf(x * inv);
+    r = r > 127 ? 127 : (r < -127 ? -127 : r);
+    return (int8_t)r;
+}
+
+void kv_quantize_per_channel(const float *src, int64_t n, int head_dim, int8_t *dst, float *scale) {
+    for (int d = 0; d < head_dim; d++) {
+        float amax = 0;
+        for (int64_t j = 0; j < n; j++) { const float v = fabsf(src[j * head_dim + d]); amax = v > amax ? v : amax; }
+        const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0;
+        scale[d] = s;
+        for (int64_t j = 0; j < n; j++) dst[j * head_dim + d] = kv_q8(src[j * head_dim + d], inv);
+    }
+}
+
+void kv_quantize_per_row(const float *src, int64_t n, int head_dim, int8_t *dst, float *scale) {
+    for (int64_t j = 0; j < n; j++) {
+        float amax = 0;
+        for (int d = 0; d < head_dim; d++) { const float v = fabsf(src[j * head_dim + d]); amax = v > amax ? v : amax; }
+        const float inv = amax > 0 ? 127.0f / amax : 0;
+        scale[j] = amax / 127.0f;
+        for (int d = 0; d < head_dim; d++) dst[j * head_dim + d] = kv_q8(src[j * head_dim + d], inv);
+    }
+}
+
+void kv_widen(int fmt, int per_channel, const void *src, const float *scale, int64_t n, int head_dim, float *dst) {
+    const int64_t total = n * head_dim;
+    if (fmt == KV_FMT_F32) { memcpy(dst, src, (size_t)total * sizeof(float)); return; }
+    if (fmt == KV_FMT_F16) { kv_f16_to_f32((const uint16_t *)src, dst, total); return; }
+    const int8_t *p = (const int8_t *)src;
+    for (int64_t j = 0; j < n; j++)
+        for (int d = 0; d < head_dim; d++)
+            dst[j * head_dim + d] = (float)p[j * head_dim + d] * (per_channel ? scale[d] : scale[j]);
+}

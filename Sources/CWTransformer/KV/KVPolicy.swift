@@ -1,0 +1,159 @@
+/// Storage formats of cached keys and values.
+public enum KVFormat: Int32, Sendable, CaseIterable, CustomStringConvertible {
+    /// 4 bytes per element; exact.
+    case fp32 = 0
+    /// 2 bytes per element (IEEE half, round to nearest even).
+    case fp16 = 1
+    /// 1 byte per element plus fp32 scales: keys per channel within a block (`headDim` scales per
+    /// head per block), values per token (one scale per head per entry). Symmetric, ±127.
+    case int8 = 2
+
+    public var bytesPerElement: Int {
+        switch self {
+        case .fp32: return 4
+        case .fp16: return 2
+        case .int8: return 1
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .fp32: return "fp32"
+        case .fp16: return "fp16"
+        case .int8: return "int8"
+        }
+    }
+}
+
+/// How the KV entries of a range of positions are stored and which of them are kept.
+///
+/// A policy is chosen per chunk of positions (`KVCache.setPolicy(_:forPositionsFrom:)`): every
+/// block holds positions of one policy only (a policy change closes the current block).
+/// `storage` says the format a block takes once it is sealed (full, or closed by a policy or
+/// provenance change); until then the block being filled is fp32. `retention` says which entries
+/// survive; it is applied after every forward pass (`KVCache.advance(to:)`), so the queries of a
+/// chunk always see every entry that was retained before the chunk plus the whole chunk.
+///
+/// "Hard" chunks should use `.full` (the default): exact fp32, never evicted, never degraded by
+/// the memory budget. Every other policy is "easy": its sealed blocks may be degraded
+/// (fp32 → fp16 → int8) and, when retention allows eviction, shrunk further, when `kvBudget`
+/// would otherwise be exceeded.
+public struct KVPolicy: Hashable, Sendable, CustomStringConvertible {
+    public enum Storage: Hashable, Sendable {
+        case fp32
+        case fp16
+        /// int8 for the listed KV heads (nil: all heads); the other heads stay fp32.
+        case int8(heads: [Int]?)
+    }
+
+    public enum Retention: Hashable, Sendable {
+        /// Keep every entry.
+        case all
+        /// Attention sinks + sliding window (StreamingLLM): keep positions `< sinks` and the last
+        /// `recent` positions of the sequence; evict the others. RoPE positions stay absolute
+        /// (keys were rotated at their original positions and are not re-rotated).
+        case window(sinks: Int, recent: Int)
+        /// Heavy hitters (H2O): per layer, among this policy's entries keep at most `budget`:
+        /// the last `recent` positions plus the entries with the largest attention mass
+        /// accumulated over all query heads and all queries since they were cached.
+        case heavyHitters(budget: Int, recent: Int)
+        /// Merge an entry into its predecessor in the same block when their keys (all KV heads of
+        /// the layer, as one vector) have cosine similarity ≥ `threshold`. The surviving entry keeps
+        /// the earlier key and position; its value becomes the mean of the merged values weighted
+        /// by how many original positions each already stands for (so a run of m near-duplicates
+        /// ends as their plain average). The merged entry gets one softmax slot (no log m bias).
+        case dedupe(threshold: Float)
+    }
+
+    public var storage: Storage
+    public var retention: Retention
+
+    public init(storage: Storage, retention: Retention = .all) {
+        self.storage = storage
+        self.retention = retention
+    }
+
+    /// Exact fp32, every entry kept: bit-identical to a plain fp32 cache.
+    public static let full = KVPolicy(storage: .fp32)
+    /// fp16 storage, every entry kept.
+    public static let half = KVPolicy(storage: .fp16)
+    /// int8 storage for all KV heads (nil) or the listed ones.
+    public static func int8(heads: [Int]? = nil) -> KVPolicy { KVPolicy(storage: .int8(heads: heads)) }
+    /// Sinks + recent window, stored as `storage`.
+    public static func window(sinks: Int, recent: Int, storage: Storage = .fp32) -> KVPolicy {
+        KVPolicy(storage: storage, retention: .window(sinks: max(0, sinks), recent: max(1, recent)))
+    }
+    /// Heavy hitters within `budget` entries per layer, the last `recent` always kept.
+    public static func h2o(budget: Int, recent: Int, storage: Storage = .fp32) -> KVPolicy {
+        let b = max(1, budget)
+        return KVPolicy(storage: storage, retention: .heavyHitters(budget: b, recent: min(max(0, recent), b)))
+    }
+    /// Near-duplicate keys merged (cosine ≥ threshold).
+    public static func dedupe(threshold: Float, storage: Storage = .fp32) -> KVPolicy {
+        KVPolicy(storage: storage, retention: .dedupe(threshold: threshold))
+    }
+
+    /// Whether the memory budget may degrade blocks of this policy.
+    public var isDegradable: Bool { self != .full }
+
+    /// Format of KV head `head` once a block is sealed.
+    func format(head: Int) -> KVFormat {
+        switch storage {
+        case .fp32: return .fp32
+        case .fp16: return .fp16
+        case .int8(let heads): return heads.map { $0.contains(head) } ?? true ? .int8 : .fp32
+        }
+    }
+
+    public var description: String {
+        let s: String
+        switch storage {
+        case .fp32: s = "fp32"
+        case .fp16: s = "fp16"
+        case .int8(let h): s = h.map { "int8\($0)" } ?? "int8"
+        }
+        switch retention {
+        case .all: return s
+        case .window(let a, let b): return "\(s)+window(\(a),\(b))"
+        case .heavyHitters(let a, let b): return "\(s)+h2o(\(a),\(b))"
+        case .dedupe(let t): return "\(s)+dedupe(\(t))"
+        }
+    }
+}
+
+/// Which weights produced a range of cached keys and values: the adapter (identity + version),
+/// its rank and scale. Blocks record it so that a cached prefix is reused only by a request whose
+/// positions would have been computed by the same weights (`KVCache.reusablePrefix`).
+public struct Provenance: Hashable, Sendable {
+    /// Adapter identity ("" for the base model alone).
+    public var adapter: String
+    public var version: Int
+    public var rank: Int
+    public var scale: Float
+
+    public init(adapter: String, version: Int, rank: Int, scale: Float) {
+        self.adapter = adapter
+        self.version = version
+        self.rank = rank
+        self.scale = scale
+    }
+
+    /// The base model, no adapter.
+    public static let base = Provenance(adapter: "", version: 0, rank: 0, scale: 0)
+}
+
+/// Errors from the KV cache.
+public enum KVCacheError: Error, CustomStringConvertible, Equatable {
+    /// Appending would exceed `kvBudget` even after degrading and evicting every easy block.
+    case overBudget(neededBytes: Int, budgetBytes: Int)
+    /// A shape the cache or kernel does not support.
+    case unsupportedShape(String)
+
+    public var description: String {
+        switch self {
+        case .overBudget(let n, let b):
+            return "the KV cache needs \(n) bytes but its budget is \(b) bytes, even after degrading and evicting every non-full block (raise kvBudget, shorten the context, or mark fewer chunks full)"
+        case .unsupportedShape(let s): return "unsupported KV cache shape: \(s)"
+        }
+    }
+}
