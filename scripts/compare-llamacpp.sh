@@ -3,8 +3,8 @@
 #
 # llama.cpp is not part of this repository: build it yourself from a local checkout and point
 # LLAMA_CPP_DIR at it (we used a Feb-2025 snapshot, built with
-#   cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON && cmake --build build --target llama-bench llama-quantize).
-# The Q8_0 and F16 files are made from the Q4_1 GGUF with llama-quantize --allow-requantize, so
+#   cmake -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON && cmake --build build --target llama-bench).
+# The Q8_0 and F16 files are made from the Q4_1 GGUF by scripts/requantize.py (PyPI `gguf`), so
 # all three hold the same network (the F16/Q8_0 copies carry Q4_1's rounding, which is fine for speed).
 #
 # Usage: LLAMA_CPP_DIR=/path/to/llama.cpp bash scripts/compare-llamacpp.sh [threads] [repetitions]
@@ -15,14 +15,13 @@ threads="${1:-2}"
 reps="${2:-5}"
 : "${LLAMA_CPP_DIR:?set LLAMA_CPP_DIR to a llama.cpp checkout with build/bin/llama-bench}"
 bench="$LLAMA_CPP_DIR/build/bin/llama-bench"
-quant="$LLAMA_CPP_DIR/build/bin/llama-quantize"
 bash scripts/fetch-model.sh
 swift build -c release --product chunkwise >&2
 models=".cache/models"
 q41="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
 for t in Q8_0 F16; do
   f="$models/SmolLM2-135M-Instruct.$t.gguf"
-  [ -f "$f" ] || "$quant" --allow-requantize "$q41" "$f" "$t" >/dev/null 2>&1
+  [ -f "$f" ] || python3 scripts/requantize.py "$q41" "$f" "$t"
 done
 printf '| model | engine | pp512 tok/s | tg128 tok/s |\n|---|---|---|---|\n'
 for t in Q4_1 Q8_0 F16; do
