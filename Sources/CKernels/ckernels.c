@@ -342,6 +342,53 @@ float cw_dot_f32(const float *a, const float *b, int64_t n) { return cw_ops_curr
 enum { CW_FAST_MAX_TOKENS = 2 };  // int8 dots only for single-token (decode) products; see below
 
 typedef struct { const cw_ops *ops; cw_mm *a; } cw_mm_ctx;
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+// Single-token F16 matvec: decode is memory-bound, so stream each row once, converting 16 halves
+// per instruction (F16C) straight into FMAs — no tile buffer, no token blocking. fp32 accurate.
+__attribute__((target("avx512f,avx512vl,f16c,fma")))
+static void cw_f16_mv_avx512(void *c, int64_t r0, int64_t r1) {
+    const cw_mm *a = ((cw_mm_ctx *)c)->a;
+    const int64_t n = a->cols;
+    const float *x = a->x;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *w = (const uint16_t *)(a->w + r * a->row_bytes);
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+        int64_t i = 0;
+        for (; i + 32 <= n; i += 32) {
+            acc0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i))), _mm512_loadu_ps(x + i), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + i + 16))), _mm512_loadu_ps(x + i + 16), acc1);
+        }
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        for (; i < n; i++) s += cw_fp16_to_fp32(w[i]) * x[i];
+        a->y[r] = s;
+    }
+}
+
+__attribute__((target("avx2,f16c,fma")))
+static void cw_f16_mv_avx2(void *c, int64_t r0, int64_t r1) {
+    const cw_mm *a = ((cw_mm_ctx *)c)->a;
+    const int64_t n = a->cols;
+    const float *x = a->x;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint16_t *w = (const uint16_t *)(a->w + r * a->row_bytes);
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            acc0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i))), _mm256_loadu_ps(x + i), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i + 8))), _mm256_loadu_ps(x + i + 8), acc1);
+        }
+        __m256 t = _mm256_add_ps(acc0, acc1);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        float s = _mm_cvtss_f32(h);
+        for (; i < n; i++) s += cw_fp16_to_fp32(w[i]) * x[i];
+        a->y[r] = s;
+    }
+}
+#endif
 static void cw_mm_exact_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->exact_rows(m->a, s, e); }
 static void cw_mm_fast_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->fast_rows(m->a, s, e); }
 static void cw_mm_quant_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->quantize(m->a, s, e); }
@@ -358,6 +405,12 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
     // Fast mode takes the integer path for decode and small batches; for prefill-sized batches
     // the fp32 GEMM (dequantize a tile once, register-blocked FMAs) is faster than per-pair
     // integer dots here, and exact, so it serves both precisions.
+#if defined(__x86_64__)
+    if (type == CW_TYPE_F16 && tokens == 1 && cw_kernel_path() != CW_PATH_PORTABLE) {
+        cw_pool_parallel_for(pool, rows, 16, cw_kernel_path() == CW_PATH_AVX512 ? cw_f16_mv_avx512 : cw_f16_mv_avx2, &c);
+        return 0;
+    }
+#endif
     if (precision == CW_PRECISION_FAST && be > 1 && tokens < CW_FAST_MAX_TOKENS) {
         const int64_t nb = cols / be;
         a.xq_row_bytes = be == 256 ? nb * (int64_t)sizeof(cw_q8k) : nb * (int64_t)sizeof(cw_q8b);
