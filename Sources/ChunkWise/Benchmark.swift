@@ -141,7 +141,7 @@ extension Engine {
         var pp: [Double] = [], tg: [Double] = [], ttft: [Double] = [], mem: [MemoryBreakdown] = []
         for rep in 0...cfg.repetitions {
             let warmup = rep == 0
-            let cache = model.makeCache(maxContext: contextLength, initialCapacity: needed)
+            let cache = makeCache(initialCapacity: needed)
             let t0 = DispatchTime.now().uptimeNanoseconds
             beginSequence()
             var logits = try step(warmup ? Array(prompt.prefix(32)) : prompt, cache: cache, options: fwd)

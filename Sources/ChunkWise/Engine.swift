@@ -29,6 +29,11 @@ public struct EngineOptions: Sendable {
     public var policyConfig: String? = nil
     /// A cached rank ladder (`chunkwise ladder --out`) to skip the SVD at load time.
     public var ladderFile: String? = nil
+    /// How the KV cache stores and keeps positions (default `full`: fp32, everything).
+    public var kvPolicy: KVPolicy = .full
+    /// A cap on KV-cache bytes per sequence: degradable blocks are degraded first, then the
+    /// request is refused with an error naming the bytes needed.
+    public var kvBudget: Int? = nil
 
     public init(precision: Precision = .fast, threads: Int = ProcessInfo.processInfo.activeProcessorCount, contextLength: Int? = nil,
                 adapters: [AdapterSpec] = [], adapterScale: Float = 1, allowPartialAdapter: Bool = false, mergeAdapters: Bool = false,
@@ -145,9 +150,17 @@ public actor Engine {
     /// Logits of every requested position for a token sequence, from a fresh context.
     public func logits(tokens: [Int], mode: LogitsMode = .last, precision: Precision? = nil) throws -> [Float] {
         guard tokens.count <= contextLength else { throw InferenceError.contextOverflow(needed: tokens.count, limit: contextLength) }
-        let cache = loaded.model.makeCache(maxContext: contextLength, initialCapacity: tokens.count)
+        let cache = makeCache(initialCapacity: tokens.count)
         beginSequence()
         return try step(tokens, cache: cache, options: ForwardOptions(precision: precision ?? options.precision, pool: pool, logits: mode))
+    }
+
+    /// A KV cache with this engine's policy and budget.
+    public func makeCache(initialCapacity: Int) -> KVCache {
+        let cache = loaded.model.makeCache(maxContext: contextLength, initialCapacity: initialCapacity)
+        if options.kvPolicy != .full { cache.setPolicy(options.kvPolicy, forPositionsFrom: 0) }
+        cache.kvBudget = options.kvBudget
+        return cache
     }
 
     /// One forward pass of the engine's model, through the scheduler when there is one (it plans
@@ -221,7 +234,7 @@ public actor Engine {
         let prompt = try promptTokens(request.prompt, addSpecial: request.addSpecialTokens, parseSpecial: request.parseSpecialTokens)
         let model = loaded.model
         let limit = contextLength
-        let cache = model.makeCache(maxContext: limit, initialCapacity: min(limit, prompt.count + request.maxTokens))
+        let cache = makeCache(initialCapacity: min(limit, prompt.count + request.maxTokens))
         var sampler = Sampler(request.sampling)
         var stats = GenerationStats()
         stats.promptTokens = prompt.count
@@ -265,6 +278,7 @@ public actor Engine {
         stats.decodeSeconds = Date().timeIntervalSince(tDecode)
         stats.generatedTokens = generated.count
         stats.finishReason = reason
+        stats.memory = memoryBreakdown(cache: cache, tokens: prompt.count)
         emit(.finished(text: fullText, tokens: generated, stats: stats))
     }
 }

@@ -47,6 +47,8 @@ public struct GenerationStats: Sendable, Codable, Equatable {
     public var decodeSeconds: Double = 0
     public var timeToFirstTokenSeconds: Double = 0
     public var finishReason: FinishReason = .length
+    /// Bytes held while this sequence ran (weights, adapters, KV cache, scratch).
+    public var memory: MemoryBreakdown? = nil
 
     public var prefillTokensPerSecond: Double { prefillSeconds > 0 ? Double(promptTokens) / prefillSeconds : 0 }
     /// Tokens per second over the decode steps (the first generated token comes from prefill).

@@ -50,13 +50,28 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "A cached rank ladder written by `chunkwise ladder --out`.")
     var ladder: String?
 
+    @Option(name: .customLong("kv-policy"), help: "KV cache: full, half, int8, window:SINKS:RECENT, h2o:BUDGET:RECENT, dedupe:COSINE (retention ones may end in :half or :int8).")
+    var kvPolicy: String = "full"
+
+    @Option(name: .customLong("kv-budget"), help: "Most KV-cache bytes per sequence (easy blocks are degraded first; beyond that the request is refused).")
+    var kvBudget: Int?
+
     func validate() throws {
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let context, context < 1 { throw ValidationError("--context must be at least 1") }
         for a in adapters { _ = try AdapterSpec.parse(a) }
+        if KVPolicy(parsing: kvPolicy) == nil { throw ValidationError("--kv-policy: unknown policy '\(kvPolicy)'") }
+        if let kvBudget, kvBudget < 1 { throw ValidationError("--kv-budget must be positive") }
     }
 
     func engineOptions() throws -> EngineOptions {
+        var o = try baseEngineOptions()
+        o.kvPolicy = KVPolicy(parsing: kvPolicy) ?? .full
+        o.kvBudget = kvBudget
+        return o
+    }
+
+    func baseEngineOptions() throws -> EngineOptions {
         EngineOptions(precision: precision.value, threads: threads, contextLength: context,
                       adapters: try adapters.map(AdapterSpec.parse), adapterScale: adapterScale,
                       allowPartialAdapter: allowPartialAdapter, mergeAdapters: mergeAdapters,

@@ -72,8 +72,12 @@ struct StatsOutput: Encodable {
     var prefill_seconds: Double
     var decode_seconds: Double
     var finish_reason: String
+    var memory: MemoryBreakdown?
+    var peak_rss_bytes: Int
 
     init(_ s: GenerationStats) {
+        memory = s.memory
+        peak_rss_bytes = ProcessMemory.peakRSS()
         prompt_tokens = s.promptTokens
         generated_tokens = s.generatedTokens
         prefill_tok_s = s.prefillTokensPerSecond

@@ -157,3 +157,31 @@ public enum KVCacheError: Error, CustomStringConvertible, Equatable {
         }
     }
 }
+
+extension KVPolicy {
+    /// Parses the CLI/config spelling: `full`, `half`, `int8`, `window:SINKS:RECENT`,
+    /// `h2o:BUDGET:RECENT`, `dedupe:THRESHOLD`; retention policies may end in `:half` or `:int8`
+    /// for their storage. Nil for anything else.
+    public init?(parsing s: String) {
+        let p = s.split(separator: ":").map(String.init)
+        func storage(_ i: Int) -> Storage? {
+            guard p.count > i else { return .fp32 }
+            switch p[i] { case "full", "fp32": return .fp32; case "half", "fp16": return .fp16; case "int8": return .int8(heads: nil); default: return nil }
+        }
+        switch p.first {
+        case "full": guard p.count == 1 else { return nil }; self = .full
+        case "half": guard p.count == 1 else { return nil }; self = .half
+        case "int8": guard p.count == 1 else { return nil }; self = .int8()
+        case "window":
+            guard p.count >= 3, p.count <= 4, let a = Int(p[1]), let b = Int(p[2]), a >= 0, b >= 1, let st = storage(3) else { return nil }
+            self = .window(sinks: a, recent: b, storage: st)
+        case "h2o":
+            guard p.count >= 3, p.count <= 4, let a = Int(p[1]), let b = Int(p[2]), a >= 1, b >= 0, let st = storage(3) else { return nil }
+            self = .h2o(budget: a, recent: b, storage: st)
+        case "dedupe":
+            guard p.count >= 2, p.count <= 3, let t = Float(p[1]), t > 0, t <= 1, let st = storage(2) else { return nil }
+            self = .dedupe(threshold: t, storage: st)
+        default: return nil
+        }
+    }
+}
