@@ -234,7 +234,9 @@ public enum RowOrder {
     /// HF → GGUF (`toInterleaved`): `reshape(n_head, 2, hd/2, width).swapaxes(1, 2)`;
     /// GGUF → HF is the inverse.
     public static func permute(_ v: [Float], width: Int, heads: Int, headDim: Int, toInterleaved: Bool) -> [Float] {
-        precondition(v.count == heads * headDim * width)
+        // Callers bind shapes against the model first; a mismatch here would be a bug, never a
+        // trap on file data: leave such an array as it is.
+        guard width > 0, v.count == heads * headDim * width else { return v }
         var out = [Float](repeating: 0, count: v.count)
         let half = headDim / 2
         for h in 0..<heads {
