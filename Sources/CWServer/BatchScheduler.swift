@@ -109,7 +109,7 @@ public actor BatchScheduler {
         var history: [Int]
         var generated: [Int] = []
         var decoder: StreamingDecoder
-        var stop: ServerStopMatcher
+        var stop: StopMatcher
         var fullText = ""
         var stats = GenerationStats()
         var started: ContinuousClock.Instant? = nil
@@ -127,7 +127,7 @@ public actor BatchScheduler {
             self.sampler = Sampler(request.sampling)
             self.history = request.prompt
             self.decoder = StreamingDecoder(tokenizer: tokenizer, skipSpecialTokens: true)
-            self.stop = ServerStopMatcher(stops: request.stopStrings)
+            self.stop = StopMatcher(stops: request.stopStrings)
             self.stats.promptTokens = request.prompt.count
         }
 

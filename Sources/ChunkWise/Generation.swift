@@ -79,24 +79,25 @@ public struct GenerationResult: Sendable {
 }
 
 /// Holds back text that might be the start of a stop string, and finds stop strings that
-/// straddle token boundaries.
-struct StopMatcher {
-    let stops: [String]
-    private(set) var text = ""
+/// straddle token boundaries. Shared by the engine and the server, so both release the same text.
+public struct StopMatcher: Sendable {
+    public let stops: [String]
+    public private(set) var text = ""
     private var emitted = 0 // characters of `text` already released
 
-    init(stops: [String]) { self.stops = stops.filter { !$0.isEmpty } }
+    public init(stops: [String]) { self.stops = stops.filter { !$0.isEmpty } }
 
     /// Adds text; returns what can be released and whether a stop string was found.
-    mutating func append(_ piece: String) -> (release: String, stopped: Bool) {
+    public mutating func append(_ piece: String) -> (release: String, stopped: Bool) {
         text += piece
         if let cut = earliestStop() {
-            let out = String(text[text.index(text.startIndex, offsetBy: emitted)..<cut])
+            // Never slice backwards, whatever the stop strings (they come from requests).
+            let start = text.index(text.startIndex, offsetBy: min(emitted, text.count))
+            let out = start <= cut ? String(text[start..<cut]) : ""
             text = String(text[..<cut])
             emitted = text.count
             return (out, true)
         }
-        // Keep back the longest suffix that is a proper prefix of some stop string.
         var hold = 0
         for s in stops {
             var k = min(s.count - 1, text.count)
@@ -112,8 +113,8 @@ struct StopMatcher {
         return (String(text[a..<b]), false)
     }
 
-    /// Everything not yet released (at the end of generation).
-    mutating func flush() -> String {
+    /// Everything not yet released.
+    public mutating func flush() -> String {
         let out = String(text.dropFirst(emitted))
         emitted = text.count
         return out
@@ -122,7 +123,9 @@ struct StopMatcher {
     private func earliestStop() -> String.Index? {
         var best: String.Index? = nil
         for s in stops {
-            if let r = text.range(of: s), best == nil || r.lowerBound < best! { best = r.lowerBound }
+            if let r = text.range(of: s) {
+                if let b = best { if r.lowerBound < b { best = r.lowerBound } } else { best = r.lowerBound }
+            }
         }
         return best
     }
