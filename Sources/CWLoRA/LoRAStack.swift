@@ -39,12 +39,13 @@ final class FloatStorage: @unchecked Sendable {
     }
 }
 
-/// One adapter module ready to run against one model: fp32 A and B matrices in the model's row order.
+/// One adapter module ready to run against one model: A (`rank × in`) and Bᵀ (`rank × out`) in
+/// the model's row order, fp32 or fp16 (`LowRankFactor`), run by the low-rank kernels.
 final class BoundModule: @unchecked Sendable {
     let module: LoRAModule
     let adapterIndex: Int
-    let a: WeightMatrix
-    let b: WeightMatrix
+    let a: LowRankFactor
+    let bt: LowRankFactor
     /// weight × s.
     let scale: Float
     /// weight × s × lora_B.bias.
@@ -54,12 +55,11 @@ final class BoundModule: @unchecked Sendable {
     /// DoRA: m / ‖W + s·B·A‖ per output row.
     let doraFactor: [Float]?
 
-    init(module: LoRAModule, adapterIndex: Int, weight: Double, model: LlamaModel) throws {
+    init(module: LoRAModule, adapterIndex: Int, weight: Double, model: LlamaModel, storage: LowRankFactor.Storage) throws {
         self.module = module
         self.adapterIndex = adapterIndex
-        let sa = FloatStorage(module.a), sb = FloatStorage(module.b)
-        a = try sa.matrix(rows: module.rank, cols: module.inFeatures)
-        b = try sb.matrix(rows: module.outFeatures, cols: module.rank)
+        a = LowRankFactor(rows: module.rank, cols: module.inFeatures, storage: storage, values: module.a)
+        bt = LowRankFactor(transposing: module.b, rows: module.outFeatures, cols: module.rank, storage: storage)
         let s = Float(weight * module.scale)
         scale = s
         biasDelta = module.bias.map { $0.map { $0 * s } }
@@ -86,6 +86,9 @@ final class BoundModule: @unchecked Sendable {
             doraFactor = nil
         }
     }
+
+    /// Bytes of the stored factors.
+    var bytes: Int { a.bytes + bt.bytes }
 
     static func modelBias(_ model: LlamaModel, _ layer: Int, _ p: Projection) -> [Float]? {
         let l = model.weights.layers[layer]
@@ -116,22 +119,30 @@ final class BoundModule: @unchecked Sendable {
         for c in 0..<cols { row[c] += sign * (acc[c] * s) }
     }
 
-    @inline(__always)
+    /// `y += s · B (A x)` for `tokens` rows (plus the bias terms; DoRA rescales the rows).
     func apply(x: UnsafePointer<Float>, tokens: Int, y: UnsafeMutablePointer<Float>, callScale: Float, pool: ThreadPool) {
         let r = module.rank, out = module.outFeatures
-        let u = UnsafeMutablePointer<Float>.allocate(capacity: tokens * r)
-        let v = UnsafeMutablePointer<Float>.allocate(capacity: tokens * out)
-        defer { u.deallocate(); v.deallocate() }
-        Kernels.matmul(a, x, tokens: tokens, u, precision: .exact, pool: pool)
-        Kernels.matmul(b, UnsafePointer(u), tokens: tokens, v, precision: .exact, pool: pool)
         let s = scale * callScale
-        for t in 0..<tokens {
-            let yr = y + t * out, vr = v + t * out
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * r)) { ub in
+            guard let u = ub.baseAddress else { return }
+            LowRank.down(a, rows: 0..<r, x: x, ldx: module.inFeatures, tokens: tokens, u: u, ldu: r, pool: pool)
+            for i in 0..<(tokens * r) { u[i] *= s }
             if let f = doraFactor {
-                for o in 0..<out { yr[o] = f[o] * (yr[o] + vr[o] * s) }
+                let v = UnsafeMutablePointer<Float>.allocate(capacity: tokens * out)
+                defer { v.deallocate() }
+                v.initialize(repeating: 0, count: tokens * out)
+                LowRank.up(bt, rows: 0..<r, u: u, ldu: r, tokens: tokens, y: v, ldy: out, pool: pool)
+                for t in 0..<tokens {
+                    let yr = y + t * out, vr = v + t * out
+                    for o in 0..<out { yr[o] = f[o] * (yr[o] + vr[o]) }
+                }
             } else {
-                for o in 0..<out { yr[o] += vr[o] * s }
+                LowRank.up(bt, rows: 0..<r, u: u, ldu: r, tokens: tokens, y: y, ldy: out, pool: pool)
             }
+        }
+        if biasDelta == nil && replacedBiasDelta == nil { return }
+        for t in 0..<tokens {
+            let yr = y + t * out
             if let bd = biasDelta { for o in 0..<out { yr[o] += bd[o] * callScale } }
             if let rb = replacedBiasDelta { for o in 0..<out { yr[o] += rb[o] } }
         }
@@ -151,20 +162,29 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
     public let scale: Float
     /// Modules left out under `allowPartial` ("tensor: reason").
     public let skipped: [String]
+    /// Element type of the bound factors.
+    public let storage: LowRankFactor.Storage
     let table: [[[BoundModule]]]
     let savedModules: [(SavedModule, Double)]
 
     /// Binds adapters to `model`, checking every module against the model's shapes.
-    public convenience init(model: LlamaModel, adapters: [AdapterBinding], scale: Float = 1, allowPartial: Bool = false) throws {
-        try self.init(model: model, adapters: adapters, scale: scale, allowPartial: allowPartial, allowSaved: false)
+    /// Binds adapters to `model`, checking every module against the model's shapes. `storage` is
+    /// the element type of the bound A/B factors: `.f32` (exact, the default) or `.f16` (half the
+    /// bytes read per token; the engine uses it with `--precision fast`).
+    public convenience init(model: LlamaModel, adapters: [AdapterBinding], scale: Float = 1, allowPartial: Bool = false,
+                            storage: LowRankFactor.Storage = .f32) throws {
+        try self.init(model: model, adapters: adapters, scale: scale, allowPartial: allowPartial, allowSaved: false, storage: storage)
     }
 
-    public convenience init(model: LlamaModel, adapter: LoRAAdapter, weight: Double = 1, scale: Float = 1, allowPartial: Bool = false) throws {
-        try self.init(model: model, adapters: [AdapterBinding(adapter, weight: weight)], scale: scale, allowPartial: allowPartial)
+    public convenience init(model: LlamaModel, adapter: LoRAAdapter, weight: Double = 1, scale: Float = 1, allowPartial: Bool = false,
+                            storage: LowRankFactor.Storage = .f32) throws {
+        try self.init(model: model, adapters: [AdapterBinding(adapter, weight: weight)], scale: scale, allowPartial: allowPartial, storage: storage)
     }
 
-    init(model: LlamaModel, adapters: [AdapterBinding], scale: Float, allowPartial: Bool, allowSaved: Bool) throws {
+    init(model: LlamaModel, adapters: [AdapterBinding], scale: Float, allowPartial: Bool, allowSaved: Bool,
+         storage: LowRankFactor.Storage = .f32) throws {
         self.model = model
+        self.storage = storage
         self.bindings = adapters
         self.scale = scale
         var table = [[[BoundModule]]](repeating: [[BoundModule]](repeating: [], count: 7), count: model.config.layers)
@@ -175,7 +195,7 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
             skipped += checked.skipped
             saved += binding.adapter.savedModules.map { ($0, binding.weight) }
             for m in checked.adapter.modules {
-                table[m.layer][m.projection.order].append(try BoundModule(module: m, adapterIndex: idx, weight: binding.weight, model: model))
+                table[m.layer][m.projection.order].append(try BoundModule(module: m, adapterIndex: idx, weight: binding.weight, model: model, storage: storage))
             }
         }
         self.table = table
@@ -187,6 +207,7 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
         model = other.model
         bindings = other.bindings
         self.scale = scale
+        storage = other.storage
         skipped = other.skipped
         table = other.table
         savedModules = other.savedModules
@@ -194,6 +215,9 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
 
     /// The same binding with another per-call scale (shares the bound matrices).
     public func scaled(_ s: Float) -> LoRAStack { LoRAStack(copying: self, scale: s) }
+
+    /// Bytes of the bound A/B factors (what the unmerged adapter costs in memory).
+    public var boundBytes: Int { table.reduce(0) { $0 + $1.reduce(0) { $0 + $1.reduce(0) { $0 + $1.bytes } } } }
 
     /// Number of bound modules.
     public var moduleCount: Int { table.reduce(0) { $0 + $1.reduce(0) { $0 + $1.count } } }

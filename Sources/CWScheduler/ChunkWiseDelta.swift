@@ -87,7 +87,11 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
 
     /// Binds `adapter` to `model` under `config`. `ladder` may be a cached one (checked against the
     /// adapter's content hash and the model's shapes); otherwise it is built.
-    public init(model: LlamaModel, adapter: LoRAAdapter, config: SchedulerConfig, ladder: RankLadder? = nil) throws {
+    ///
+    /// `storage` is the element type of the factors applied per token (`.f16` halves the bytes read;
+    /// the engine uses it with `--precision fast`); the merged floor is always built from fp32.
+    public init(model: LlamaModel, adapter: LoRAAdapter, config: SchedulerConfig, ladder: RankLadder? = nil,
+                storage: LowRankFactor.Storage = .f32) throws {
         try config.validate()
         self.model = model
         self.config = config
@@ -105,25 +109,31 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
             let tiers = Array(Set(RankLadder.defaultTiers(maxRank: maxRank) + needed.filter { $0 > 0 && $0 <= maxRank })).sorted()
             lad = try RankLadder.build(adapter: adapter, model: model, tierRanks: tiers)
         }
-        self.ladder = lad
-        staticStack = config.mode == .static ? try LoRAStack(model: model, adapter: adapter) : nil
+        staticStack = config.mode == .static ? try LoRAStack(model: model, adapter: adapter, storage: storage) : nil
         if config.mode != .static, config.mergedFloor > 0 {
             mergedFloor = try MergedFloor(model: model, ladder: lad, rank: config.mergedFloor)
         } else {
             mergedFloor = nil
         }
+        self.ladder = try lad.converted(to: storage)
         floorRank = mergedFloor?.rank ?? 0
-        estimator = DifficultyEstimator(model: model, ladder: lad, config: config)
+        estimator = DifficultyEstimator(model: model, ladder: self.ladder, config: config)
         chunker = Chunker(config: config)
         window = CrossFade.window(config)
     }
 
     /// From a policy name (or config file) as the CLI gives them.
-    public convenience init(model: LlamaModel, adapter: LoRAAdapter, policy: String?, configFile: String?, ladderFile: String? = nil) throws {
+    public convenience init(model: LlamaModel, adapter: LoRAAdapter, policy: String?, configFile: String?, ladderFile: String? = nil,
+                            storage: LowRankFactor.Storage = .f32) throws {
         let maxRank = adapter.modules.map(\.rank).max() ?? 0
         let cfg = try SchedulerConfig.resolve(policy: policy, configFile: configFile, maxRank: maxRank)
         let lad = try ladderFile.map { try RankLadder.load(from: $0) }
-        try self.init(model: model, adapter: adapter, config: cfg, ladder: lad)
+        try self.init(model: model, adapter: adapter, config: cfg, ladder: lad, storage: storage)
+    }
+
+    /// Bytes held for the adapter: the ladder's factors (or the static stack's), plus the merged floor's copies.
+    public var adapterByteCount: Int {
+        (staticStack?.boundBytes ?? ladder.byteCount) + (mergedFloor?.extraBytes ?? 0)
     }
 
     /// The model the forward pass must run: the merged-floor copy, or `model`.
@@ -224,39 +234,30 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         }
     }
 
-    /// Runs blocks [floor, k) of module m for the given token rows.
+    /// Runs directions [floor, k) of module m for the given token rows: one down product with
+    /// rows [floor, k) of Vᵀ, the per-token direction weights (α, cross-fade), one up product with
+    /// rows [floor, k) of (U·S)ᵀ added straight into y's rows.
     func applyGroup(_ m: LadderModule, rank k: Int, rows: [Int], plans tp: [TokenPlan], x: UnsafePointer<Float>, allTokens n: Int,
                     y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
-        let g = rows.count, inF = m.inFeatures, out = m.outFeatures
-        let contiguous = g == n  // rows == 0..<n
-        let xg: UnsafePointer<Float>
-        var gathered: UnsafeMutablePointer<Float>?
-        if contiguous {
-            xg = x
-        } else {
-            let buf = UnsafeMutablePointer<Float>.allocate(capacity: g * inF)
-            for (j, t) in rows.enumerated() { (buf + j * inF).update(from: x + t * inF, count: inF) }
-            gathered = buf
-            xg = UnsafePointer(buf)
-        }
-        defer { gathered?.deallocate() }
-        let v = UnsafeMutablePointer<Float>.allocate(capacity: g * out)
-        defer { v.deallocate() }
-        for b in m.blocks where b.start < k && b.end > floorRank {
-            let w = b.width
-            let u = UnsafeMutablePointer<Float>.allocate(capacity: g * w)
-            defer { u.deallocate() }
-            Kernels.matmul(b.vt, xg, tokens: g, u, precision: .exact, pool: pool)
-            for (j, t) in rows.enumerated() {
-                let p = tp[t]
-                for i in 0..<w {
-                    let dir = b.start + i
-                    u[j * w + i] *= (dir < floorRank || dir >= k) ? 0 : p.weight(dir)
+        let g = rows.count, lo = floorRank, w = k - lo
+        guard g > 0, w > 0 else { return }
+        let identity = g == n  // rows == 0..<n
+        let rowIndex = identity ? [] : rows.map { Int32($0) }
+        rowIndex.withUnsafeBufferPointer { ri in
+            let map = identity ? nil : ri.baseAddress
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: g * w) { ub in
+                guard let u = ub.baseAddress else { return }
+                LowRank.down(m.vtFactor, rows: lo..<k, x: x, ldx: m.inFeatures, xRows: map, tokens: g, u: u, ldu: w, pool: pool)
+                for (j, t) in rows.enumerated() {
+                    let p = tp[t]
+                    if p.isUniform {
+                        let a = p.inAlpha
+                        if a != 1 { for i in 0..<w { u[j * w + i] *= a } }
+                    } else {
+                        for i in 0..<w { u[j * w + i] *= p.weight(lo + i) }
+                    }
                 }
-            }
-            Kernels.matmul(b.us, UnsafePointer(u), tokens: g, v, precision: .exact, pool: pool)
-            for (j, t) in rows.enumerated() {
-                VectorOps.add(y + t * out, v + j * out, n: out)
+                LowRank.up(m.usFactor, rows: lo..<k, u: u, ldu: w, tokens: g, y: y, ldy: m.outFeatures, yRows: map, pool: pool)
             }
         }
     }
@@ -275,19 +276,16 @@ public struct MergedFloor: Sendable {
         for m in ladder.modules {
             let orig = base.weights.layers[m.layer].matrix(m.projection)
             let rows = orig.rows, cols = orig.cols
-            let st = LadderStorage(count: rows * cols)
+            let st = MergedStorage(count: rows * cols)
             let kk = min(k0, m.rank)
+            let us = m.usMatrix(), vt = m.vtMatrix(), r = m.rank
             for o in 0..<rows {
                 let row = st.pointer + o * cols
                 orig.dequantizeRow(o, into: row)
-                for b in m.blocks where b.start < kk {
-                    let us = b.us.base.assumingMemoryBound(to: Float.self), vt = b.vt.base.assumingMemoryBound(to: Float.self)
-                    for j in 0..<(min(b.end, kk) - b.start) {
-                        let u = us[o * b.width + j]
-                        if u == 0 { continue }
-                        let v = vt + j * cols
-                        for c in 0..<cols { row[c] += u * v[c] }
-                    }
+                for j in 0..<kk {
+                    let u = us[o * r + j]
+                    if u == 0 { continue }
+                    for c in 0..<cols { row[c] += u * vt[j * cols + c] }
                 }
             }
             w.layers[m.layer].setMatrix(m.projection, try WeightMatrix(type: .f32, rows: rows, cols: cols, base: UnsafeRawPointer(st.pointer), owner: st))
@@ -299,4 +297,14 @@ public struct MergedFloor: Sendable {
         rank = k0
         extraBytes = extra
     }
+}
+
+/// fp32 storage of a merged-floor matrix (owned by its `WeightMatrix`).
+final class MergedStorage: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Float>
+    init(count: Int) {
+        pointer = .allocate(capacity: max(1, count))
+        pointer.initialize(repeating: 0, count: max(1, count))
+    }
+    deinit { pointer.deallocate() }
 }

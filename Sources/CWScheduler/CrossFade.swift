@@ -31,6 +31,9 @@ public struct TokenPlan: Codable, Sendable, Equatable {
         (i < inRank ? lambda * inAlpha : 0) + (i < outRank && lambda < 1 ? (1 - lambda) * outAlpha : 0)
     }
 
+    /// True outside a fade window: every direction below `inRank` gets `inAlpha`.
+    public var isUniform: Bool { lambda >= 1 }
+
     /// The number of ladder directions this token needs computed.
     public var effectiveRank: Int {
         let a = lambda > 0 && inAlpha != 0 ? inRank : 0

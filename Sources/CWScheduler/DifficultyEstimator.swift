@@ -235,15 +235,14 @@ public final class DifficultyEstimator: @unchecked Sendable {
     func response(_ m: LadderModule, _ xb: UnsafeMutablePointer<Float>, n: Int, into out: inout [Double?], pool: ThreadPool) {
         guard m.inFeatures == model.config.hiddenSize, let smax = m.singularValues.first, smax > 0 else { return }
         var acc = [Double](repeating: 0, count: n)
-        for b in m.blocks {
-            let u = UnsafeMutablePointer<Float>.allocate(capacity: n * b.width)
-            defer { u.deallocate() }
-            Kernels.matmul(b.vt, xb, tokens: n, u, precision: .exact, pool: pool)
-            for t in 0..<n {
-                for j in 0..<b.width {
-                    let v = Double(u[t * b.width + j]) * m.singularValues[b.start + j]
-                    acc[t] += v * v
-                }
+        let r = m.rank
+        let u = UnsafeMutablePointer<Float>.allocate(capacity: n * r)
+        defer { u.deallocate() }
+        LowRank.down(m.vtFactor, rows: 0..<r, x: xb, ldx: m.inFeatures, tokens: n, u: u, ldu: r, pool: pool)
+        for t in 0..<n {
+            for j in 0..<r {
+                let v = Double(u[t * r + j]) * m.singularValues[j]
+                acc[t] += v * v
             }
         }
         for t in 0..<n {

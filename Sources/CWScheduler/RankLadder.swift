@@ -10,34 +10,19 @@ public struct SchedulerError: Error, CustomStringConvertible, Equatable {
     public var description: String { message }
 }
 
-/// fp32 storage owned by the ladder's `WeightMatrix` blocks.
-final class LadderStorage: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<Float>
-    let count: Int
-
-    init(count: Int) {
-        self.count = count
-        pointer = .allocate(capacity: max(1, count))
-        pointer.initialize(repeating: 0, count: max(1, count))
-    }
-
-    deinit { pointer.deallocate() }
-}
-
-/// One tier block of a module's ladder: directions `[start, end)`, stored as two contiguous
-/// row-major fp32 matrices so that applying it is two `Kernels.matmul` calls of width `end - start`.
-public struct LadderBlock: @unchecked Sendable {
+/// One tier block of a module's ladder: directions `[start, end)` (what a policy's tier covers).
+public struct LadderBlock: Sendable, Equatable {
     public let start: Int
     public let end: Int
-    /// `U·S` columns `[start, end)`: `out × w`, row-major.
-    public let us: WeightMatrix
-    /// `Vᵀ` rows `[start, end)`: `w × in`, row-major.
-    public let vt: WeightMatrix
     public var width: Int { end - start }
 }
 
 /// The ladder of one adapted projection: `s·B·A = U·S·Vᵀ`, directions ordered by singular value
-/// (or in the adapter's own order when `ordered`), cut into tier blocks.
+/// (or in the adapter's own order when `ordered`).
+///
+/// Stored as two row factors (`LowRankFactor`): `Vᵀ` (`rank × in`) and `(U·S)ᵀ` (`rank × out`), so
+/// that the rank-k slice — or any direction range `[lo, hi)` — is a prefix/range of rows: applying
+/// rank k is one down and one up product of width k, whatever tier boundaries the ladder has.
 public final class LadderModule: @unchecked Sendable {
     public let layer: Int
     public let projection: Projection
@@ -46,41 +31,55 @@ public final class LadderModule: @unchecked Sendable {
     public let rank: Int
     /// σ_i of `s·B·A` (descending), or for an order-preserving ladder ‖s·B_i‖·‖A_i‖ (a proxy).
     public let singularValues: [Double]
-    /// Block ends (ascending, last == rank).
+    /// Tier block ends (ascending, last == rank).
     public let boundaries: [Int]
     public let blocks: [LadderBlock]
-    let storage: LadderStorage
+    /// `Vᵀ`: direction i is row i (`rank × in`).
+    public let vtFactor: LowRankFactor
+    /// `(U·S)ᵀ`: direction i is row i (`rank × out`).
+    public let usFactor: LowRankFactor
 
-    /// Floats of the storage: for each block, `out × w` (US) then `w × in` (Vt).
-    var floatCount: Int { rank * (inFeatures + outFeatures) }
-
+    /// `us`: `U·S`, row-major `out × rank`; `vt`: `Vᵀ`, row-major `rank × in`.
     init(layer: Int, projection: Projection, inFeatures: Int, outFeatures: Int, singularValues: [Double],
-         boundaries: [Int], storage: LadderStorage) throws {
+         boundaries: [Int], us: [Float], vt: [Float], storage: LowRankFactor.Storage = .f32) throws {
+        let r = singularValues.count
+        guard us.count == outFeatures * r, vt.count == r * inFeatures else {
+            throw SchedulerError("ladder of \(projection.hfModuleName(layer: layer)): U·S has \(us.count) values, Vᵀ \(vt.count); rank \(r) needs \(outFeatures * r) and \(r * inFeatures)")
+        }
+        guard boundaries.last == r, zip(boundaries, [0] + boundaries).allSatisfy({ $0 > $1 }) else {
+            throw SchedulerError("ladder of \(projection.hfModuleName(layer: layer)): tier boundaries \(boundaries) do not cut rank \(r)")
+        }
         self.layer = layer
         self.projection = projection
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
-        self.rank = singularValues.count
+        self.rank = r
         self.singularValues = singularValues
         self.boundaries = boundaries
-        self.storage = storage
-        var blocks: [LadderBlock] = []
-        var offset = 0
-        var start = 0
-        for end in boundaries {
-            let w = end - start
-            let us = try WeightMatrix(type: .f32, rows: outFeatures, cols: w, base: UnsafeRawPointer(storage.pointer + offset), owner: storage)
-            offset += outFeatures * w
-            let vt = try WeightMatrix(type: .f32, rows: w, cols: inFeatures, base: UnsafeRawPointer(storage.pointer + offset), owner: storage)
-            offset += w * inFeatures
-            blocks.append(LadderBlock(start: start, end: end, us: us, vt: vt))
-            start = end
-        }
-        self.blocks = blocks
-        guard offset == storage.count || (offset == 0 && storage.count == 1) else {
-            throw SchedulerError("ladder storage of \(projection.hfModuleName(layer: layer)) holds \(storage.count) floats, the blocks need \(offset)")
-        }
+        blocks = zip([0] + boundaries, boundaries).map { LadderBlock(start: $0, end: $1) }
+        usFactor = LowRankFactor(transposing: us, rows: outFeatures, cols: r, storage: storage)
+        vtFactor = LowRankFactor(rows: r, cols: inFeatures, storage: storage, values: vt)
     }
+
+    /// `U·S` as row-major `out × rank` fp32.
+    public func usMatrix() -> [Float] {
+        var m = [Float](repeating: 0, count: outFeatures * rank)
+        for i in 0..<rank { for o in 0..<outFeatures { m[o * rank + i] = usFactor.value(i, o) } }
+        return m
+    }
+
+    /// `Vᵀ` as row-major `rank × in` fp32.
+    public func vtMatrix() -> [Float] { vtFactor.floats() }
+
+    /// The same module with its factors stored as `storage`.
+    public func converted(to storage: LowRankFactor.Storage) throws -> LadderModule {
+        if storage == vtFactor.storage { return self }
+        return try LadderModule(layer: layer, projection: projection, inFeatures: inFeatures, outFeatures: outFeatures,
+                                singularValues: singularValues, boundaries: boundaries, us: usMatrix(), vt: vtMatrix(), storage: storage)
+    }
+
+    /// Bytes of the stored factors.
+    public var byteCount: Int { vtFactor.bytes + usFactor.bytes }
 
     public var moduleName: String { projection.hfModuleName(layer: layer) }
 
@@ -93,14 +92,14 @@ public final class LadderModule: @unchecked Sendable {
 
     /// Element `(o, i)` of `U·S` (test/diagnostic access).
     public func us(_ o: Int, _ i: Int) -> Float {
-        guard let b = blocks.first(where: { i >= $0.start && i < $0.end }) else { return 0 }
-        return b.us.base.assumingMemoryBound(to: Float.self)[o * b.width + (i - b.start)]
+        guard i >= 0, i < rank, o >= 0, o < outFeatures else { return 0 }
+        return usFactor.value(i, o)
     }
 
     /// Element `(i, c)` of `Vᵀ`.
     public func vt(_ i: Int, _ c: Int) -> Float {
-        guard let b = blocks.first(where: { i >= $0.start && i < $0.end }) else { return 0 }
-        return b.vt.base.assumingMemoryBound(to: Float.self)[(i - b.start) * inFeatures + c]
+        guard i >= 0, i < rank, c >= 0, c < inFeatures else { return 0 }
+        return vtFactor.value(i, c)
     }
 
     /// The rank-k approximation `Σ_{i<k} US_i Vt_i` as a dense `out × in` Double matrix (diagnostics, tests,
@@ -257,10 +256,9 @@ public enum SmallLinearAlgebra {
 
 /// Per-module SVD rank ladders for a whole adapter, in one model's q/k row order.
 ///
-/// Rank-k application of a module costs rank k: the blocks with `start < k` are applied (two
-/// matmuls each); when k falls inside a block (k not one of `boundaries`), that block's extra
-/// directions are zeroed between the two matmuls, so boundaries at every rank a policy uses
-/// (the default: powers of two up to r) keep the waste at zero.
+/// Rank-k application of a module costs rank k: one down product with the first k rows of Vᵀ and
+/// one up product with the first k rows of (U·S)ᵀ (`LowRank`), for any k. The tier boundaries only
+/// say which ranks policies use and how the cache file groups directions.
 public final class RankLadder: @unchecked Sendable {
     public let modules: [LadderModule]
     public let maxRank: Int
@@ -329,19 +327,8 @@ public final class RankLadder: @unchecked Sendable {
                 (us, vt, s) = SmallLinearAlgebra.lowRankSVD(b: m.b, a: m.a, out: out, inFeatures: inF, rank: r, scale: m.scale)
             }
             let bounds = Array(Set(tiers.map { min($0, r) } + [r])).sorted()
-            let storage = LadderStorage(count: r * (out + inF))
-            var off = 0
-            var start = 0
-            for end in bounds {
-                let w = end - start
-                for o in 0..<out { for j in 0..<w { storage.pointer[off + o * w + j] = Float(us[o * r + start + j]) } }
-                off += out * w
-                for j in 0..<w { for c in 0..<inF { storage.pointer[off + j * inF + c] = Float(vt[(start + j) * inF + c]) } }
-                off += w * inF
-                start = end
-            }
             mods.append(try LadderModule(layer: m.layer, projection: m.projection, inFeatures: inF, outFeatures: out,
-                                         singularValues: s, boundaries: bounds, storage: storage))
+                                         singularValues: s, boundaries: bounds, us: us.map { Float($0) }, vt: vt.map { Float($0) }))
         }
         self.init(modules: mods, tierRanks: tiers, qkRowOrder: adapter.qkRowOrder, adapterHash: adapter.contentHash, ordered: ordered)
     }
@@ -376,21 +363,23 @@ public final class RankLadder: @unchecked Sendable {
             guard m.projection == .q || m.projection == .k else { return m }
             let nHead = m.projection == .q ? heads : kvHeads
             guard nHead * headDim == m.outFeatures else { throw SchedulerError("\(m.moduleName) has \(m.outFeatures) rows; \(nHead)×\(headDim) expected") }
-            let st = LadderStorage(count: m.storage.count)
-            st.pointer.update(from: m.storage.pointer, count: m.storage.count)
-            var off = 0
-            for b in m.blocks {
-                let w = b.width
-                let block = Array(UnsafeBufferPointer(start: m.storage.pointer + off, count: m.outFeatures * w))
-                let p = RowOrder.permute(block, width: w, heads: nHead, headDim: headDim, toInterleaved: order == .interleaved)
-                for i in 0..<p.count { st.pointer[off + i] = p[i] }
-                off += m.outFeatures * w + w * m.inFeatures
-            }
+            let p = RowOrder.permute(m.usMatrix(), width: m.rank, heads: nHead, headDim: headDim, toInterleaved: order == .interleaved)
             return try LadderModule(layer: m.layer, projection: m.projection, inFeatures: m.inFeatures, outFeatures: m.outFeatures,
-                                    singularValues: m.singularValues, boundaries: m.boundaries, storage: st)
+                                    singularValues: m.singularValues, boundaries: m.boundaries, us: p, vt: m.vtMatrix(),
+                                    storage: m.vtFactor.storage)
         }
         return RankLadder(modules: mods, tierRanks: tierRanks, qkRowOrder: order, adapterHash: adapterHash, ordered: ordered)
     }
+
+    /// The same ladder with every module's factors stored as `storage` (fp16 halves the bytes read
+    /// per token; the engine uses it with `--precision fast`).
+    public func converted(to storage: LowRankFactor.Storage) throws -> RankLadder {
+        RankLadder(modules: try modules.map { try $0.converted(to: storage) }, tierRanks: tierRanks, qkRowOrder: qkRowOrder,
+                   adapterHash: adapterHash, ordered: ordered)
+    }
+
+    /// Bytes of all modules' factors.
+    public var byteCount: Int { modules.reduce(0) { $0 + $1.byteCount } }
 
     /// Energy kept per module at each rank in `ranks`.
     public func energyReport(ranks: [Int]) -> [(module: String, energy: [Double])] {
@@ -435,8 +424,8 @@ public final class RankLadder: @unchecked Sendable {
         var headers: [ModuleHeader] = []
         for m in modules {
             headers.append(ModuleHeader(layer: m.layer, projection: m.projection.rawValue, inFeatures: m.inFeatures, outFeatures: m.outFeatures,
-                                        boundaries: m.boundaries, singularValues: m.singularValues, offset: offset, count: m.floatCount))
-            offset += m.floatCount
+                                        boundaries: m.boundaries, singularValues: m.singularValues, offset: offset, count: m.rank * (m.inFeatures + m.outFeatures)))
+            offset += m.rank * (m.inFeatures + m.outFeatures)
         }
         let header = FileHeader(format: "chunkwise-rank-ladder", version: 1, qkRowOrder: qkRowOrder.rawValue, adapterHash: adapterHash,
                                 ordered: ordered, tierRanks: tierRanks, modules: headers)
@@ -448,10 +437,19 @@ public final class RankLadder: @unchecked Sendable {
         d.append(Data(bytes: &len, count: 4))
         d.append(h)
         d.reserveCapacity(d.count + 4 * offset + 8)
+        // Per module, per tier block: U·S columns [start, end) (`out × w`), then Vᵀ rows [start, end).
         for m in modules {
-            for i in 0..<m.floatCount {
-                var b = m.storage.pointer[i].bitPattern.littleEndian
-                d.append(Data(bytes: &b, count: 4))
+            var vals: [Float] = []
+            vals.reserveCapacity(m.rank * (m.inFeatures + m.outFeatures))
+            for b in m.blocks {
+                for o in 0..<m.outFeatures { for j in b.start..<b.end { vals.append(m.us(o, j)) } }
+                for j in b.start..<b.end { for c in 0..<m.inFeatures { vals.append(m.vt(j, c)) } }
+            }
+            vals.withUnsafeBufferPointer { vb in
+                for v in vb {
+                    var bits = v.bitPattern.littleEndian
+                    d.append(Data(bytes: &bits, count: 4))
+                }
             }
         }
         var sum = RankLadder.fnv(d).littleEndian
@@ -494,12 +492,19 @@ public final class RankLadder: @unchecked Sendable {
                       mh.offset >= 0, mh.offset + mh.count <= nFloats,
                       let last = mh.boundaries.last, last == r, zip(mh.boundaries, [0] + mh.boundaries).allSatisfy({ $0 > $1 })
                 else { throw bad("module \(p.hfModuleName(layer: mh.layer)): inconsistent sizes") }
-                let st = LadderStorage(count: mh.count)
-                for i in 0..<mh.count {
-                    st.pointer[i] = Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: dataStart + 4 * (mh.offset + i), as: UInt32.self)))
+                let out = mh.outFeatures, inF = mh.inFeatures
+                var us = [Float](repeating: 0, count: out * r), vt = [Float](repeating: 0, count: r * inF)
+                func at(_ i: Int) -> Float {
+                    Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: dataStart + 4 * (mh.offset + i), as: UInt32.self)))
                 }
-                mods.append(try LadderModule(layer: mh.layer, projection: p, inFeatures: mh.inFeatures, outFeatures: mh.outFeatures,
-                                             singularValues: mh.singularValues, boundaries: mh.boundaries, storage: st))
+                var i = 0, start = 0
+                for end in mh.boundaries {
+                    for o in 0..<out { for j in start..<end { us[o * r + j] = at(i); i += 1 } }
+                    for j in start..<end { for c in 0..<inF { vt[j * inF + c] = at(i); i += 1 } }
+                    start = end
+                }
+                mods.append(try LadderModule(layer: mh.layer, projection: p, inFeatures: inF, outFeatures: out,
+                                             singularValues: mh.singularValues, boundaries: mh.boundaries, us: us, vt: vt))
             }
         }
         return RankLadder(modules: mods, tierRanks: header.tierRanks, qkRowOrder: order, adapterHash: header.adapterHash, ordered: header.ordered)

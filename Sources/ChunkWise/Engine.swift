@@ -88,6 +88,9 @@ public actor Engine {
             return
         }
         let bindings = try options.adapters.map { try $0.load() }
+        // Adapter factors follow the engine's precision: fp32 for exact (golden parity), fp16 for
+        // fast (half the bytes each token reads).
+        let factorStorage: LowRankFactor.Storage = options.precision == .exact ? .f32 : .f16
         if policy != "static" && policy != "merged" || options.policyConfig != nil {
             guard bindings.count == 1, let only = bindings.first else {
                 throw EngineError.invalidParameter("policy \(policy) schedules one adapter; \(bindings.count) were given")
@@ -96,12 +99,11 @@ public actor Engine {
                 throw EngineError.invalidParameter("policy \(policy) sets the adapter scale per chunk; drop the :WEIGHT and --adapter-scale")
             }
             let s = try ChunkWiseDelta(model: model.model, adapter: only.adapter, policy: options.policy,
-                                       configFile: options.policyConfig, ladderFile: options.ladderFile)
+                                       configFile: options.policyConfig, ladderFile: options.ladderFile, storage: factorStorage)
             self.loaded = LoadedModel(model: s.forwardModel, tokenizer: model.tokenizer, name: model.name, chatTemplate: model.chatTemplate)
             self.delta = s
             self.scheduler = s
-            self.adapterByteCount = s.ladder.modules.reduce(0) { $0 + $1.blocks.reduce(0) { $0 + $1.us.byteCount + $1.vt.byteCount } }
-                + (s.mergedFloor?.extraBytes ?? 0)
+            self.adapterByteCount = s.adapterByteCount
             return
         }
         self.scheduler = nil
@@ -113,10 +115,10 @@ public actor Engine {
             self.adapterByteCount = merged.extraBytes
         } else {
             let stack = try LoRAStack(model: model.model, adapters: bindings, scale: options.adapterScale,
-                                      allowPartial: options.allowPartialAdapter)
+                                      allowPartial: options.allowPartialAdapter, storage: factorStorage)
             self.loaded = model
             self.delta = stack
-            self.adapterByteCount = bindings.reduce(0) { $0 + $1.adapter.byteCount }
+            self.adapterByteCount = stack.boundBytes
         }
     }
 

@@ -101,5 +101,26 @@ final class SmolLM2LoRAGoldenTests: XCTestCase {
     }
 
     func testAdapterA() throws { try runAdapter("a") }
+
+    /// Adapter a was saved in float16, so fp16 factor storage (what `--precision fast` binds) loses
+    /// nothing: logits are bit-identical to fp32 storage, decode and prefill.
+    func testF16FactorStorageIsLosslessForAFloat16Adapter() throws {
+        let model = try Self.model()
+        let adapter = try LoRAAdapter.load(path: TestPaths.sharedFile(Self.adapterDirs["a"]!))
+        let s32 = try LoRAStack(model: model, adapter: adapter)
+        let s16 = try LoRAStack(model: model, adapter: adapter, storage: .f16)
+        XCTAssertEqual(s16.boundBytes * 2, s32.boundBytes)
+        let ids = [1, 504, 3458, 282, 4045, 314, 216, 1345, 28, 17]
+        for precision in [Precision.exact, .fast] {
+            let opts = ForwardOptions(precision: precision, pool: Self.pool, logits: .all)
+            let c32 = model.makeCache(maxContext: 64), c16 = model.makeCache(maxContext: 64)
+            var a = try model.forward(ids, cache: c32, options: opts, delta: s32)
+            var b = try model.forward(ids, cache: c16, options: opts, delta: s16)
+            XCTAssertEqual(a, b, "prefill \(precision)")
+            a = try model.forward([42], cache: c32, options: opts, delta: s32)
+            b = try model.forward([42], cache: c16, options: opts, delta: s16)
+            XCTAssertEqual(a, b, "decode \(precision)")
+        }
+    }
     func testAdapterB() throws { try runAdapter("b") }
 }

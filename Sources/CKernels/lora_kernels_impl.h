@@ -1,0 +1,138 @@
+// Body of the low-rank kernels, compiled once per instruction-set level (see lora_kernels.c).
+// The including file defines LK_ISA, LK_VL, LK_X86 and wraps the include in a target attribute.
+
+#define LK_CAT2(a, b) a##_##b
+#define LK_CAT(a, b) LK_CAT2(a, b)
+#define LFN(name) LK_CAT(name, LK_ISA)
+
+typedef float LFN(vf) __attribute__((ext_vector_type(LK_VL)));
+#define LVF LFN(vf)
+#define LK_INLINE static inline __attribute__((always_inline))
+
+LK_INLINE LVF LFN(vload)(const float *p) { LVF v; memcpy(&v, p, sizeof v); return v; }
+LK_INLINE void LFN(vstore)(float *p, LVF v) { memcpy(p, &v, sizeof v); }
+
+// LK_VL elements of a factor row: fp32, or fp16 widened exactly.
+LK_INLINE LVF LFN(fload)(const void *w, int64_t i, const int h) {
+    if (!h) return LFN(vload)((const float *)w + i);
+    const uint16_t *p = (const uint16_t *)w + i;
+#if LK_X86 && LK_VL == 16
+    return (LVF)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif LK_X86 && LK_VL == 8
+    return (LVF)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    LVF v;
+    for (int l = 0; l < LK_VL; l++) v[l] = cw_h2f_portable(p[l]);
+    return v;
+#endif
+}
+LK_INLINE float LFN(fat)(const void *w, int64_t i, const int h) {
+    return h ? cw_h2f_portable(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+LK_INLINE float LFN(hsum)(LVF v) {
+    float a[LK_VL];
+    memcpy(a, &v, sizeof v);
+    for (int w = LK_VL / 2; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++) a[i] += a[i + w];
+    return a[0];
+}
+
+// R factor rows × T tokens, `in` long, register-blocked (R, T ≤ 4).
+LK_INLINE void LFN(down_tile)(const int R, const int T, const int h, const cw_lora_args *g, int64_t i0, int64_t t0) {
+    LVF acc[4][4];
+    const float *xr[4];
+    for (int t = 0; t < T; t++) {
+        const int64_t row = g->xrows ? g->xrows[t0 + t] : t0 + t;
+        xr[t] = g->x + row * g->ldx;
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = 0;
+    const int64_t n = g->in;
+    const size_t esz = h ? 2 : 4;
+    const uint8_t *a = (const uint8_t *)g->f + (size_t)(i0 * g->ldf) * esz;
+    int64_t c = 0;
+    for (; c + LK_VL <= n; c += LK_VL) {
+        LVF xv[4];
+        for (int t = 0; t < T; t++) xv[t] = LFN(vload)(xr[t] + c);
+        for (int r = 0; r < R; r++) {
+            const LVF wv = LFN(fload)(a + (size_t)(r * g->ldf) * esz, c, h);
+            for (int t = 0; t < T; t++) acc[r][t] = wv * xv[t] + acc[r][t];
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) {
+            float s = LFN(hsum)(acc[r][t]);
+            for (int64_t cc = c; cc < n; cc++) s += LFN(fat)(a + (size_t)(r * g->ldf) * esz, cc, h) * xr[t][cc];
+            g->u[(t0 + t) * g->ku + i0 + r] = s;
+        }
+}
+
+static void LFN(down_tile_any)(int R, int T, int h, const cw_lora_args *g, int64_t i0, int64_t t0) {
+#define LK_CASE(HH, RR, TT) if (R == RR && T == TT) { LFN(down_tile)(RR, TT, HH, g, i0, t0); return; }
+#define LK_ROW(HH, RR) LK_CASE(HH, RR, 1) LK_CASE(HH, RR, 2) LK_CASE(HH, RR, 3) LK_CASE(HH, RR, 4)
+    if (h) { LK_ROW(1, 1) LK_ROW(1, 2) LK_ROW(1, 3) LK_ROW(1, 4) }
+    else { LK_ROW(0, 1) LK_ROW(0, 2) LK_ROW(0, 3) LK_ROW(0, 4) }
+#undef LK_ROW
+#undef LK_CASE
+}
+
+// u for factor rows [i0, i1) and tokens [t0, t1).
+static void LFN(down)(const cw_lora_args *g, int64_t i0, int64_t i1, int64_t t0, int64_t t1) {
+    const int h = g->type == CW_LORA_F16;
+    for (int64_t t = t0; t < t1; t += 4) {
+        const int nt = (int)(t1 - t < 4 ? t1 - t : 4);
+        for (int64_t i = i0; i < i1; i += 4) {
+            const int nr = (int)(i1 - i < 4 ? i1 - i : 4);
+            LFN(down_tile_any)(nr, nt, h, g, i, t);
+        }
+    }
+}
+
+// y columns [o0, o1) for every token: y[row(t)][o] += Σ_i u[t][i] · Bt[i][o], 4 vectors at a time
+// so a 4·LK_VL-column strip of Bt (k rows) stays in L1 across the tokens.
+static void LFN(up)(const cw_lora_args *g, int64_t o0, int64_t o1) {
+    const int h = g->type == CW_LORA_F16;
+    const int64_t k = g->k;
+    const size_t esz = h ? 2 : 4;
+    const uint8_t *bt = (const uint8_t *)g->f;
+    const int64_t strip = 4 * LK_VL;
+    for (int64_t s = o0; s < o1; s += strip) {
+        const int64_t se = o1 - s < strip ? o1 : s + strip;
+        for (int64_t t = 0; t < g->tokens; t++) {
+            const int64_t row = g->yrows ? g->yrows[t] : t;
+            float *y = g->y + row * g->ldy;
+            const float *u = g->u + t * g->ku;
+            int64_t o = s;
+            if (se - s == strip) {
+                LVF a0 = LFN(vload)(y + o), a1 = LFN(vload)(y + o + LK_VL);
+                LVF a2 = LFN(vload)(y + o + 2 * LK_VL), a3 = LFN(vload)(y + o + 3 * LK_VL);
+                for (int64_t i = 0; i < k; i++) {
+                    const LVF ui = u[i];
+                    const uint8_t *b = bt + (size_t)(i * g->ldf) * esz;
+                    a0 = ui * LFN(fload)(b, o, h) + a0;
+                    a1 = ui * LFN(fload)(b, o + LK_VL, h) + a1;
+                    a2 = ui * LFN(fload)(b, o + 2 * LK_VL, h) + a2;
+                    a3 = ui * LFN(fload)(b, o + 3 * LK_VL, h) + a3;
+                }
+                LFN(vstore)(y + o, a0); LFN(vstore)(y + o + LK_VL, a1);
+                LFN(vstore)(y + o + 2 * LK_VL, a2); LFN(vstore)(y + o + 3 * LK_VL, a3);
+                continue;
+            }
+            for (; o + LK_VL <= se; o += LK_VL) {
+                LVF a = LFN(vload)(y + o);
+                for (int64_t i = 0; i < k; i++) a = (LVF)u[i] * LFN(fload)(bt + (size_t)(i * g->ldf) * esz, o, h) + a;
+                LFN(vstore)(y + o, a);
+            }
+            for (; o < se; o++) {
+                float a = y[o];
+                for (int64_t i = 0; i < k; i++) a = u[i] * LFN(fat)(bt + (size_t)(i * g->ldf) * esz, o, h) + a;
+                y[o] = a;
+            }
+        }
+    }
+}
+
+static const cw_lora_ops LFN(lora_ops) = {LFN(down), LFN(up)};
+
+#undef LVF
+#undef LFN

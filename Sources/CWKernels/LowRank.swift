@@ -1,0 +1,103 @@
+import CKernels
+
+/// One factor of a low-rank update, stored as `rows` rows of `cols` elements (fp32 or fp16) so that
+/// a rank-k slice of an ordered factorization is its first k rows (see `lora_kernels.h`):
+/// a LoRA `A` / ladder `Vᵀ` is `rank × in`; a LoRA `B` / ladder `U·S` is kept transposed, `rank × out`.
+public struct LowRankFactor: @unchecked Sendable {
+    /// Element type of the stored factor.
+    public enum Storage: String, Sendable, CaseIterable {
+        /// fp32: exact (golden parity runs use it).
+        case f32
+        /// fp16: half the bytes read per token (relative rounding ≤ 2⁻¹¹ of each element).
+        case f16
+    }
+
+    public let storage: Storage
+    public let rows: Int
+    public let cols: Int
+    let buffer: FactorBuffer
+
+    /// From row-major `rows × cols` fp32 values (missing values read as 0; callers check shapes).
+    public init(rows: Int, cols: Int, storage: Storage, values: UnsafeBufferPointer<Float>) {
+        self.rows = rows
+        self.cols = cols
+        self.storage = storage
+        buffer = FactorBuffer(bytes: rows * cols * (storage == .f16 ? 2 : 4))
+        let n = min(values.count, rows * cols)
+        guard let src = values.baseAddress, n > 0 else { return }
+        switch storage {
+        case .f32: buffer.raw.copyMemory(from: src, byteCount: n * 4)
+        case .f16: cw_f32_to_f16_row(src, buffer.raw.assumingMemoryBound(to: UInt16.self), Int64(n))
+        }
+    }
+
+    /// From row-major `rows × cols` fp32 values.
+    public init(rows: Int, cols: Int, storage: Storage, values: [Float]) {
+        self = values.withUnsafeBufferPointer { LowRankFactor(rows: rows, cols: cols, storage: storage, values: $0) }
+    }
+
+    /// The transpose of a row-major `rows × cols` matrix, i.e. a factor of `cols` rows × `rows`.
+    public init(transposing m: [Float], rows: Int, cols: Int, storage: Storage) {
+        var t = [Float](repeating: 0, count: rows * cols)
+        for r in 0..<rows { for c in 0..<cols { t[c * rows + r] = m[r * cols + c] } }
+        self.init(rows: cols, cols: rows, storage: storage, values: t)
+    }
+
+    /// Bytes held.
+    public var bytes: Int { buffer.bytes }
+
+    /// Element (r, c) as fp32.
+    public func value(_ r: Int, _ c: Int) -> Float {
+        let i = r * cols + c
+        switch storage {
+        case .f32: return buffer.raw.assumingMemoryBound(to: Float.self)[i]
+        case .f16: return cw_fp16_to_fp32(buffer.raw.assumingMemoryBound(to: UInt16.self)[i])
+        }
+    }
+
+    /// All elements, row-major, as fp32.
+    public func floats() -> [Float] {
+        let n = rows * cols
+        switch storage {
+        case .f32: return Array(UnsafeBufferPointer(start: buffer.raw.assumingMemoryBound(to: Float.self), count: n))
+        case .f16:
+            let h = buffer.raw.assumingMemoryBound(to: UInt16.self)
+            return (0..<n).map { cw_fp16_to_fp32(h[$0]) }
+        }
+    }
+
+    var cType: Int32 { storage == .f16 ? Int32(CW_LORA_F16.rawValue) : Int32(CW_LORA_F32.rawValue) }
+    func rowPointer(_ r: Int) -> UnsafeRawPointer { UnsafeRawPointer(buffer.raw + r * cols * (storage == .f16 ? 2 : 4)) }
+}
+
+/// Heap storage of a factor (64-byte aligned), freed with the last value that refers to it.
+final class FactorBuffer: @unchecked Sendable {
+    let raw: UnsafeMutableRawPointer
+    let bytes: Int
+    init(bytes: Int) {
+        self.bytes = bytes
+        raw = .allocate(byteCount: max(64, bytes), alignment: 64)
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: max(64, bytes))
+    }
+    deinit { raw.deallocate() }
+}
+
+/// The two thin products of a low-rank update `y += Bᵀᵀ·(A·x)` (LoRA, rank-ladder slices).
+public enum LowRank {
+    /// `u[t·ldu + j] = Σ_c A[rows.lowerBound + j][c] · x[row(t)·ldx + c]` for `j < rows.count`;
+    /// `row(t) = xRows?[t] ?? t`. Small products run on the calling thread.
+    public static func down(_ a: LowRankFactor, rows: Range<Int>, x: UnsafePointer<Float>, ldx: Int, xRows: UnsafePointer<Int32>? = nil,
+                            tokens: Int, u: UnsafeMutablePointer<Float>, ldu: Int, pool: ThreadPool) {
+        guard !rows.isEmpty, tokens > 0, rows.upperBound <= a.rows else { return }
+        _ = cw_lora_down(a.cType, a.rowPointer(rows.lowerBound), Int64(a.cols), Int64(rows.count), Int64(a.cols),
+                         x, Int64(ldx), xRows, Int64(tokens), u, Int64(ldu), pool.handle)
+    }
+
+    /// `y[row(t)·ldy + o] += Σ_j u[t·ldu + j] · Bt[rows.lowerBound + j][o]`; `row(t) = yRows?[t] ?? t`.
+    public static func up(_ bt: LowRankFactor, rows: Range<Int>, u: UnsafePointer<Float>, ldu: Int, tokens: Int,
+                          y: UnsafeMutablePointer<Float>, ldy: Int, yRows: UnsafePointer<Int32>? = nil, pool: ThreadPool) {
+        guard !rows.isEmpty, tokens > 0, rows.upperBound <= bt.rows else { return }
+        _ = cw_lora_up(bt.cType, bt.rowPointer(rows.lowerBound), Int64(bt.cols), Int64(rows.count), Int64(bt.cols),
+                       u, Int64(ldu), Int64(tokens), y, Int64(ldy), yRows, pool.handle)
+    }
+}

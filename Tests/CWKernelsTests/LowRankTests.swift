@@ -1,0 +1,115 @@
+import CWKernels
+import Foundation
+import XCTest
+
+/// The low-rank (LoRA / rank-ladder) kernels against a Double reference: fp32 and fp16 factors,
+/// ranges of rows (ladder slices), row maps (token groups), odd sizes, 1 and N threads, every path.
+final class LowRankTests: XCTestCase {
+    /// Reference `y[row(t)] += Bt[lo..<hi]ᵀ · (A[lo..<hi] · x[row(t)])` with the factors' stored values.
+    func reference(a: LowRankFactor, bt: LowRankFactor, rows: Range<Int>, x: [Float], rowMap: [Int], y: [Float]) -> (y: [Float], u: [Double], bound: [Double]) {
+        let inF = a.cols, out = bt.cols, k = rows.count
+        var y2 = y.map(Double.init)
+        var bound = y.map { abs(Double($0)) }
+        var uAll = [Double](repeating: 0, count: rowMap.count * k)
+        var uAbs = [Double](repeating: 0, count: k)
+        let af = a.floats(), bf = bt.floats()
+        for (t, r) in rowMap.enumerated() {
+            for j in 0..<k {
+                var s = 0.0, ab = 0.0
+                for c in 0..<inF {
+                    let term = Double(af[(rows.lowerBound + j) * inF + c]) * Double(x[r * inF + c])
+                    s += term
+                    ab += abs(term)
+                }
+                uAll[t * k + j] = s
+                uAbs[j] = ab
+            }
+            for o in 0..<out {
+                var s = 0.0, b = 0.0
+                for j in 0..<k {
+                    let bv = Double(bf[(rows.lowerBound + j) * out + o])
+                    s += uAll[t * k + j] * bv
+                    b += uAbs[j] * abs(bv)
+                }
+                y2[r * out + o] += s
+                bound[r * out + o] += b
+            }
+        }
+        return (y2.map { $0 }.map { Float($0) }, uAll, bound)
+    }
+
+    func testDownAndUpMatchReference() throws {
+        let shapes: [(rank: Int, inF: Int, out: Int)] = [(1, 5, 7), (3, 64, 33), (16, 576, 192), (17, 129, 1000), (16, 1536, 576)]
+        var rng = RNG(42)
+        for pool in [ThreadPool(threads: 1), ThreadPool(threads: 3)] {
+            try forEachPath { path in
+                for (si, sh) in shapes.enumerated() {
+                    for storage in LowRankFactor.Storage.allCases {
+                        let a = LowRankFactor(rows: sh.rank, cols: sh.inF, storage: storage, values: (0..<(sh.rank * sh.inF)).map { _ in rng.float() })
+                        let bt = LowRankFactor(rows: sh.rank, cols: sh.out, storage: storage, values: (0..<(sh.rank * sh.out)).map { _ in rng.float() })
+                        // slices: full rank, a prefix, a middle range (merged floor)
+                        let slices = Set([0..<sh.rank, 0..<max(1, sh.rank / 2), min(1, sh.rank - 1)..<sh.rank]).filter { !$0.isEmpty }
+                        for rows in slices {
+                            for (tokens, mapped) in [(1, false), (3, true), (9, false), (13, true)] {
+                                let total = mapped ? 2 * tokens + 1 : tokens
+                                let rowMap = mapped ? (0..<tokens).map { 2 * (tokens - 1 - $0) + 1 } : Array(0..<tokens)
+                                XCTAssertEqual(Set(rowMap).count, tokens)
+                                let x = (0..<(total * sh.inF)).map { _ in rng.float() }
+                                let y0 = (0..<(total * sh.out)).map { _ in rng.float() }
+                                let k = rows.count
+                                var u = [Float](repeating: .nan, count: tokens * k)
+                                var y = y0
+                                let map32 = rowMap.map { Int32($0) }
+                                x.withUnsafeBufferPointer { xb in
+                                    map32.withUnsafeBufferPointer { mb in
+                                        u.withUnsafeMutableBufferPointer { ub in
+                                            LowRank.down(a, rows: rows, x: xb.baseAddress!, ldx: sh.inF, xRows: mapped ? mb.baseAddress : nil,
+                                                         tokens: tokens, u: ub.baseAddress!, ldu: k, pool: pool)
+                                        }
+                                        u.withUnsafeBufferPointer { ub in
+                                            y.withUnsafeMutableBufferPointer { yb in
+                                                LowRank.up(bt, rows: rows, u: ub.baseAddress!, ldu: k, tokens: tokens, y: yb.baseAddress!, ldy: sh.out,
+                                                           yRows: mapped ? mb.baseAddress : nil, pool: pool)
+                                            }
+                                        }
+                                    }
+                                }
+                                let ref = reference(a: a, bt: bt, rows: rows, x: x, rowMap: rowMap, y: y0)
+                                let where_ = "\(path) threads \(pool.threads) shape \(si) \(storage) rows \(rows) tokens \(tokens) mapped \(mapped)"
+                                for i in 0..<u.count {
+                                    XCTAssertEqual(Double(u[i]), ref.u[i], accuracy: 1e-5 * Double(sh.inF), "u \(i) \(where_)")
+                                }
+                                var bad = 0
+                                for i in 0..<y.count {
+                                    let tol = 1e-5 * (ref.bound[i] + 1)
+                                    if abs(Double(y[i]) - Double(ref.y[i])) > tol { bad += 1 }
+                                    if !rowMap.contains(i / sh.out), y[i] != y0[i] { bad += 1 }  // rows outside the map untouched
+                                }
+                                XCTAssertEqual(bad, 0, where_)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testF16StorageRoundsEachElement() {
+        let v: [Float] = [1, -2.5, 1e-3, 65504, 0.1, -0.333333]
+        let f = LowRankFactor(rows: 2, cols: 3, storage: .f16, values: v)
+        XCTAssertEqual(f.bytes, 12)
+        for (i, x) in v.enumerated() {
+            XCTAssertEqual(f.value(i / 3, i % 3), Float(Float16(x)))
+        }
+        let t = LowRankFactor(transposing: v, rows: 2, cols: 3, storage: .f32)
+        XCTAssertEqual(t.rows, 3)
+        XCTAssertEqual(t.value(2, 1), v[1 * 3 + 2])
+        XCTAssertEqual(t.floats(), [v[0], v[3], v[1], v[4], v[2], v[5]])
+    }
+
+    func testShortValuesAreZeroFilledNotTrapped() {
+        let f = LowRankFactor(rows: 2, cols: 2, storage: .f32, values: [1, 2, 3])
+        XCTAssertEqual(f.floats(), [1, 2, 3, 0])
+    }
+}
+
