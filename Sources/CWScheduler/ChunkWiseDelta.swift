@@ -111,7 +111,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         }
         staticStack = config.mode == .static ? try LoRAStack(model: model, adapter: adapter, storage: storage) : nil
         if config.mode != .static, config.mergedFloor > 0 {
-            mergedFloor = try MergedFloor(model: model, ladder: lad, rank: config.mergedFloor)
+            mergedFloor = try MergedFloor(model: model, ladder: lad, rank: config.mergedFloor, format: storage == .f16 ? .f16 : .f32)
         } else {
             mergedFloor = nil
         }
@@ -263,33 +263,38 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
     }
 }
 
-/// The first `rank` ladder directions merged into fp32 copies of the touched base matrices.
+/// The first `rank` ladder directions merged into fp32 (or fp16) copies of the touched base matrices.
 public struct MergedFloor: Sendable {
     public let model: LlamaModel
     public let rank: Int
-    /// Bytes of the fp32 copies.
+    /// Bytes of the copies.
     public let extraBytes: Int
 
-    public init(model base: LlamaModel, ladder: RankLadder, rank k0: Int) throws {
+    public init(model base: LlamaModel, ladder: RankLadder, rank k0: Int, format: MergeFormat = .f32) throws {
         var w = base.weights
         var extra = 0
         for m in ladder.modules {
             let orig = base.weights.layers[m.layer].matrix(m.projection)
             let rows = orig.rows, cols = orig.cols
-            let st = MergedStorage(count: rows * cols)
+            let st = MergedStorage(count: format == .f32 ? rows * cols : (rows * cols + 1) / 2)
+            let half = UnsafeMutableRawPointer(st.pointer).assumingMemoryBound(to: UInt16.self)
+            let tmp = UnsafeMutablePointer<Float>.allocate(capacity: cols)
+            defer { tmp.deallocate() }
             let kk = min(k0, m.rank)
             let us = m.usMatrix(), vt = m.vtMatrix(), r = m.rank
             for o in 0..<rows {
-                let row = st.pointer + o * cols
+                let row = format == .f32 ? st.pointer + o * cols : tmp
                 orig.dequantizeRow(o, into: row)
                 for j in 0..<kk {
                     let u = us[o * r + j]
                     if u == 0 { continue }
                     for c in 0..<cols { row[c] += u * vt[j * cols + c] }
                 }
+                if format == .f16 { for c in 0..<cols { half[o * cols + c] = Float16(row[c]).bitPattern } }
             }
-            w.layers[m.layer].setMatrix(m.projection, try WeightMatrix(type: .f32, rows: rows, cols: cols, base: UnsafeRawPointer(st.pointer), owner: st))
-            extra += 4 * rows * cols
+            w.layers[m.layer].setMatrix(m.projection, try WeightMatrix(type: format == .f32 ? .f32 : .f16, rows: rows, cols: cols,
+                                                                     base: UnsafeRawPointer(st.pointer), owner: st))
+            extra += (format == .f32 ? 4 : 2) * rows * cols
         }
         var factors: [Float]? = nil
         if case .gguf(let g) = base.source, g.tensor("rope_freqs.weight") != nil { factors = try? g.floats("rope_freqs.weight") }

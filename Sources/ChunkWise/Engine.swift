@@ -68,7 +68,7 @@ public actor Engine {
     public nonisolated let adapterByteCount: Int
 
     /// Binds `options.adapters` (if any) to the model: unmerged as a `LoRAStack`, or merged into
-    /// fp32 copies of the touched matrices.
+    /// copies of the touched matrices (fp32 under exact precision, fp16 under fast).
     public init(model: LoadedModel, options: EngineOptions = EngineOptions()) throws {
         self.options = options
         self.pool = ThreadPool(threads: options.threads)
@@ -109,7 +109,7 @@ public actor Engine {
         self.scheduler = nil
         if options.mergeAdapters || policy == "merged" {
             let merged = try LoRAStack.merged(model: model.model, adapters: bindings, scale: options.adapterScale,
-                                              allowPartial: options.allowPartialAdapter)
+                                              allowPartial: options.allowPartialAdapter, format: factorStorage == .f16 ? .f16 : .f32)
             self.loaded = LoadedModel(model: merged.model, tokenizer: model.tokenizer, name: model.name, chatTemplate: model.chatTemplate)
             self.delta = nil
             self.adapterByteCount = merged.extraBytes

@@ -38,7 +38,7 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .customLong("allow-partial-adapter"), help: "Accept an adapter some of whose modules are not in the model.")
     var allowPartialAdapter = false
 
-    @Flag(name: .customLong("merge-adapters"), help: "Merge adapters into fp32 copies of the touched weights instead of applying them unmerged.")
+    @Flag(name: .customLong("merge-adapters"), help: "Merge adapters into copies of the touched weights (fp32 with --precision exact, fp16 with fast) instead of applying them unmerged.")
     var mergeAdapters = false
 
     @Option(name: .long, help: "ChunkWise policy: static (plain LoRA), static:K, balanced, aggressive, quality, base, merged.")

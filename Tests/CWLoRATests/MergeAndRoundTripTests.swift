@@ -37,6 +37,23 @@ final class MergeAndRoundTripTests: XCTestCase {
         }
     }
 
+    /// fp16 merged copies (the engine's choice under fast precision): half the bytes, logits within
+    /// the fp16 rounding of the merged weights of the fp32 merge.
+    func testF16MergeHalvesMemoryAndStaysClose() throws {
+        let adapter = try storiesAdapter()
+        let model = try Stories.hf()
+        let stack = try LoRAStack(model: model, adapter: adapter)
+        let m32 = try stack.merge(), m16 = try stack.merge(format: .f16)
+        XCTAssertEqual(m16.extraBytes * 2, m32.extraBytes)
+        XCTAssertEqual(m16.model.weights.layers[0].matrix(.q).type, .f16)
+        let a = try Stories.logits(m32.model, nil, pool: pool)
+        let b = try Stories.logits(m16.model, nil, pool: pool)
+        let rel = Compare.relativeL2(b[...], a[...])
+        print("[merge] f16 vs f32 merged: relative L2 \(rel), max|diff| \(Compare.maxAbsDiff(a[...], b[...]))")
+        XCTAssertLessThanOrEqual(rel, 2e-3)
+        XCTAssertEqual(Compare.argmax(a[...]), Compare.argmax(b[...]))
+    }
+
     /// In-place fp32: W' = W + fl(fl(BA)·s), W'' = W' − (same delta). Per element
     /// |W'' − W| ≤ 2⁻²⁴(|W'| + |W''|) (two round-to-nearest errors of half an ulp each).
     func testInPlaceFP32MergeUnmergeBound() throws {
