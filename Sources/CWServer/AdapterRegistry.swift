@@ -1,3 +1,4 @@
+import CWKernels
 import ChunkWise
 import CWLoRA
 import Foundation
@@ -55,8 +56,12 @@ public actor AdapterRegistry {
     private let comboCapacity = 16
     private let logger = Logger(label: "chunkwise.server.adapters")
 
-    public init(model: LlamaModel, baseModelID: String, adapterDir: String?) {
+    /// Element type of the bound adapter factors (fp16 when the server runs `--precision fast`).
+    let storage: LowRankFactor.Storage
+
+    public init(model: LlamaModel, baseModelID: String, adapterDir: String?, storage: LowRankFactor.Storage = .f32) {
         self.model = model
+        self.storage = storage
         self.baseModelID = baseModelID
         self.adapterDir = adapterDir.map { URL(fileURLWithPath: $0).standardizedFileURL.resolvingSymlinksInPath().path }
     }
@@ -129,7 +134,7 @@ public actor AdapterRegistry {
         }
         let stack: LoRAStack
         do {
-            stack = try LoRAStack(model: model, adapters: chosen.map { AdapterBinding($0.adapter, weight: scales[$0.name] ?? 1) })
+            stack = try LoRAStack(model: model, adapters: chosen.map { AdapterBinding($0.adapter, weight: scales[$0.name] ?? 1) }, storage: storage)
         } catch {
             throw .badRequest("cannot combine adapters \(chosen.map(\.name)): \(error)", param: "lora")
         }
@@ -147,7 +152,7 @@ public actor AdapterRegistry {
         let stack: LoRAStack
         do {
             adapter = try LoRAAdapter.load(path: path)
-            stack = try LoRAStack(model: model, adapter: adapter)
+            stack = try LoRAStack(model: model, adapter: adapter, storage: storage)
         } catch {
             throw .badRequest("cannot load adapter '\(name)' from \(path): \(error)", param: "lora_path", code: "invalid_adapter")
         }

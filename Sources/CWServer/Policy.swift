@@ -1,3 +1,4 @@
+import CWKernels
 import CWLoRA
 import CWScheduler
 import CWTransformer
@@ -69,8 +70,8 @@ public enum PolicyResolvers {
                 guard config.mergedFloor == 0 else {
                     throw SchedulerError("merged-floor policies are not served (a batch shares one set of base weights)")
                 }
-                let ladder = try ladders.ladder(for: adapter, model: stack.model)
-                let cw = try ChunkWiseDelta(model: stack.model, adapter: adapter, config: config, ladder: ladder)
+                let ladder = try ladders.ladder(for: adapter, model: stack.model, storage: stack.storage)
+                let cw = try ChunkWiseDelta(model: stack.model, adapter: adapter, config: config, ladder: ladder, storage: stack.storage)
                 return BoundDelta(delta: cw, adapterNames: delta.adapterNames)
             } catch {
                 throw APIError.badRequest("chunkwise policy '\(policy)': \(error)", param: "chunkwise.policy", code: "policy_failed")
@@ -95,13 +96,16 @@ final class LadderCache: @unchecked Sendable {
     private let lock = NSLock()
     private var ladders: [String: RankLadder] = [:]
 
-    func ladder(for adapter: LoRAAdapter, model: LlamaModel) throws -> RankLadder {
+    /// The ladder of `adapter` for `model`, with factors stored as `storage` (built and converted
+    /// once per adapter content and storage, then shared by every request).
+    func ladder(for adapter: LoRAAdapter, model: LlamaModel, storage: LowRankFactor.Storage = .f32) throws -> RankLadder {
         lock.lock()
         defer { lock.unlock() }
-        if let l = ladders[adapter.contentHash] { return l }
+        let key = "\(adapter.contentHash)/\(storage.rawValue)"
+        if let l = ladders[key] { return l }
         let maxRank = adapter.modules.map(\.rank).max() ?? 0
-        let l = try RankLadder.build(adapter: adapter, model: model, tierRanks: RankLadder.defaultTiers(maxRank: maxRank))
-        ladders[adapter.contentHash] = l
+        let l = try RankLadder.build(adapter: adapter, model: model, tierRanks: RankLadder.defaultTiers(maxRank: maxRank)).converted(to: storage)
+        ladders[key] = l
         return l
     }
 }

@@ -61,7 +61,8 @@ public final class ServerState: Sendable {
         self.modelID = config.servedModelName ?? loaded.name
         self.contextLength = min(config.contextLength ?? loaded.model.config.maxContext, loaded.model.config.maxContext)
         self.metrics = ServerMetrics()
-        self.registry = AdapterRegistry(model: loaded.model, baseModelID: modelID, adapterDir: config.adapterDir)
+        self.registry = AdapterRegistry(model: loaded.model, baseModelID: modelID, adapterDir: config.adapterDir,
+                                        storage: config.precision == .exact ? .f32 : .f16)
         let limits = SchedulerLimits(maxRunning: max(1, config.maxConcurrent), maxWaiting: max(0, config.maxQueue),
                                      kvBudgetBytes: config.kvBudgetBytes ?? (1 << 30), prefillTokensPerStep: max(1, config.prefillTokensPerStep))
         self.scheduler = BatchScheduler(model: loaded.model, tokenizer: loaded.tokenizer, contextLength: contextLength,

@@ -8,6 +8,14 @@ import Foundation
 public protocol ProjectionDelta: AnyObject {
     func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int,
                positions: Range<Int>, y: UnsafeMutablePointer<Float>, pool: ThreadPool)
+    /// True when `apply` ignores `positions` and treats rows independently (plain LoRA): a batch
+    /// then hands the rows of consecutive sequences sharing this delta to ONE call, so the
+    /// adapter's factors are read once per step for all of them.
+    var isPositionIndependent: Bool { get }
+}
+
+extension ProjectionDelta {
+    public var isPositionIndependent: Bool { false }
 }
 
 /// Which logits a forward pass returns.
@@ -203,14 +211,26 @@ public final class LlamaModel: @unchecked Sendable {
             }
         }
 
-        /// y = W·x for all rows, then each segment's delta on its own rows.
+        // Runs of consecutive segments sharing one position-independent delta: one call each.
+        var deltaRuns: [(delta: ProjectionDelta, first: Int, last: Int)] = []
+        for (i, it) in items.enumerated() {
+            guard let delta = it.delta else { continue }
+            if let prev = deltaRuns.last, prev.last == i - 1, prev.delta === delta, delta.isPositionIndependent {
+                deltaRuns[deltaRuns.count - 1].last = i
+            } else {
+                deltaRuns.append((delta, i, i))
+            }
+        }
+
+        /// y = W·x for all rows, then each segment's (or run of segments') delta on its own rows.
         func linear(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
             Kernels.matmul(m, x, tokens: n, y, precision: options.exactProjections.contains(p) ? .exact : prec, pool: pool)
-            for (i, it) in items.enumerated() {
-                guard let delta = it.delta else { continue }
-                let r = rowStart[i], len = it.tokens.count
-                delta.apply(layer: layer, projection: p, x: x + r * m.cols, tokens: len,
-                            positions: pos0[i]..<(pos0[i] + len), y: y + r * m.rows, pool: pool)
+            for run in deltaRuns {
+                let r = rowStart[run.first]
+                let len = rowStart[run.last] + items[run.last].tokens.count - r
+                let positions = run.first == run.last ? pos0[run.first]..<(pos0[run.first] + len) : 0..<len
+                run.delta.apply(layer: layer, projection: p, x: x + r * m.cols, tokens: len,
+                                positions: positions, y: y + r * m.rows, pool: pool)
             }
         }
 

@@ -35,6 +35,35 @@ final class BatchedForwardTests: XCTestCase {
         }
     }
 
+    /// A row-wise delta shared by several sequences is applied once per projection for all of
+    /// their rows (one adapter read per step), with the same logits as separate runs.
+    func testSharedPositionIndependentDeltaIsOneCallPerProjection() throws {
+        final class RowDelta: ProjectionDelta, @unchecked Sendable {
+            let model: LlamaModel
+            var calls = 0
+            init(_ m: LlamaModel) { model = m }
+            var isPositionIndependent: Bool { true }
+            func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int, positions: Range<Int>,
+                       y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+                calls += 1
+                let m = model.weights.layers[layer].matrix(projection)
+                // y[t][0] += 0.1 · x[t][0]: depends on the row only.
+                for t in 0..<tokens { y[t * m.rows] += 0.1 * x[t * m.cols] }
+            }
+        }
+        let model = try LlamaModel(llama2c: Llama2cFile(path: TestPaths.sharedFile("models/stories260K/stories260K.bin")))
+        let pool = ThreadPool(threads: 2)
+        let opts = ForwardOptions(precision: .exact, pool: pool, logits: .last)
+        let prompts = [[1, 403, 407, 261, 378], [1, 385, 328], [1, 300, 301]]
+        let delta = RowDelta(model)
+        let separate = try prompts.map { try model.forward($0, cache: model.makeCache(), options: opts, delta: delta) }
+        delta.calls = 0
+        let caches = prompts.map { _ in model.makeCache() }
+        let batched = try model.forward(batch: zip(prompts, caches).map { LlamaModel.BatchItem(tokens: $0, cache: $1, delta: delta) }, options: opts)
+        XCTAssertEqual(delta.calls, model.config.layers * 7, "one call per projection for the three sequences")
+        for i in prompts.indices { XCTAssertLessThanOrEqual(Compare.maxAbsDiff(batched[i][...], separate[i][...]), 1e-5) }
+    }
+
     func testBatchRejectsASharedCache() throws {
         let model = try LlamaModel(llama2c: Llama2cFile(path: TestPaths.sharedFile("models/stories260K/stories260K.bin")))
         let cache = model.makeCache()
