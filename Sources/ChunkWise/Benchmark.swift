@@ -63,8 +63,12 @@ public struct BenchmarkConfig: Sendable {
     /// (depth = promptTokens); 0 = a fresh context, like llama-bench's tg test.
     public var decodeDepth: Int? = nil
     public var seed: UInt64 = 1
+    /// Sequences decoding together (continuous batching): > 1 adds a batched decode test — that
+    /// many sequences, each at the decode depth, one `forward(batch:)` per step.
+    public var batch = 1
 
-    public init(promptTokens: Int = 512, genTokens: Int = 128, repetitions: Int = 5, decodeDepth: Int? = nil, seed: UInt64 = 1) {
+    public init(promptTokens: Int = 512, genTokens: Int = 128, repetitions: Int = 5, decodeDepth: Int? = nil, seed: UInt64 = 1, batch: Int = 1) {
+        self.batch = batch
         self.promptTokens = promptTokens
         self.genTokens = genTokens
         self.repetitions = repetitions
@@ -93,6 +97,11 @@ public struct BenchmarkReport: Sendable, Codable {
     public var peak_rss_bytes: Int
     public var memory: MemoryBreakdown
     public var memory_sd: MemoryBreakdown
+    /// Sequences in the batched decode test (absent when 1).
+    public var batch: Int?
+    /// Aggregate decode tokens/s of `batch` sequences stepping together (mean, sd).
+    public var batch_decode_tok_s: Double?
+    public var batch_decode_tok_s_sd: Double?
 }
 
 /// Resident-set figures of this process (Linux /proc; getrusage elsewhere).
@@ -138,7 +147,11 @@ extension Engine {
         let prompt = randomTokens(cfg.promptTokens)
         let fwd = ForwardOptions(precision: options.precision, pool: pool, logits: .last)
 
-        var pp: [Double] = [], tg: [Double] = [], ttft: [Double] = [], mem: [MemoryBreakdown] = []
+        guard cfg.batch >= 1 else { throw EngineError.invalidParameter("batch must be at least 1") }
+        if cfg.batch > 1, scheduler != nil {
+            throw EngineError.invalidParameter("the batched decode test runs one shared adapter binding (policies static, base, merged); a ChunkWise policy keeps state per sequence")
+        }
+        var pp: [Double] = [], tg: [Double] = [], ttft: [Double] = [], mem: [MemoryBreakdown] = [], btg: [Double] = []
         for rep in 0...cfg.repetitions {
             let warmup = rep == 0
             let cache = makeCache(initialCapacity: needed)
@@ -160,6 +173,24 @@ extension Engine {
                 next = Sampler.argmax(logits)
             }
             let t3 = DispatchTime.now().uptimeNanoseconds
+            if cfg.batch > 1 {
+                // The same decode, `batch` sequences at once (each filled to the depth, untimed).
+                let caches = (0..<cfg.batch).map { _ in makeCache(initialCapacity: depth + steps + 1) }
+                var last: [Int] = []
+                for c in caches {
+                    let fill = randomTokens(max(1, depth))
+                    _ = try loaded.model.forward(fill, cache: c, options: ForwardOptions(precision: options.precision, pool: pool, logits: .none), delta: delta)
+                    last.append(fill[fill.count - 1])
+                }
+                let b0 = DispatchTime.now().uptimeNanoseconds
+                for _ in 0..<steps {
+                    let items = zip(last, caches).map { LlamaModel.BatchItem(tokens: [$0], cache: $1, delta: delta, logits: .last) }
+                    let outs = try loaded.model.forward(batch: items, options: fwd)
+                    last = outs.map { Sampler.argmax($0) }
+                }
+                let b1 = DispatchTime.now().uptimeNanoseconds
+                if !warmup { btg.append(Double(steps * cfg.batch) / (Double(b1 - b0) / 1e9)) }
+            }
             if warmup { continue }
             pp.append(Double(cfg.promptTokens) / (Double(t1 - t0) / 1e9))
             ttft.append(Double(t1 - t0) / 1e6)
@@ -182,7 +213,9 @@ extension Engine {
             ttft_ms: Stat(ttft).mean, ttft_ms_sd: Stat(ttft).sd,
             peak_rss_bytes: ProcessMemory.peakRSS(),
             memory: MemoryBreakdown(weights_bytes: w.0, adapter_bytes: a.0, kv_bytes: k.0, scratch_bytes: s.0),
-            memory_sd: MemoryBreakdown(weights_bytes: w.1, adapter_bytes: a.1, kv_bytes: k.1, scratch_bytes: s.1))
+            memory_sd: MemoryBreakdown(weights_bytes: w.1, adapter_bytes: a.1, kv_bytes: k.1, scratch_bytes: s.1),
+            batch: cfg.batch > 1 ? cfg.batch : nil,
+            batch_decode_tok_s: cfg.batch > 1 ? Stat(btg).mean : nil, batch_decode_tok_s_sd: cfg.batch > 1 ? Stat(btg).sd : nil)
     }
 
     /// The bytes held while running a sequence in `cache` (prefill of `tokens` tokens).

@@ -15,6 +15,8 @@ struct Bench: AsyncParsableCommand {
     var repetitions: Int = 5
     @Option(help: "Tokens in the context when decoding starts (default: the prompt length; 0 = fresh context, as llama-bench's tg).")
     var depth: Int?
+    @Option(help: "Also measure decode with this many sequences stepping together (continuous batching; aggregate tok/s).")
+    var batch: Int = 1
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -23,6 +25,7 @@ struct Bench: AsyncParsableCommand {
             throw ValidationError("--prompt-tokens, --gen-tokens and --repetitions must each be at least 1")
         }
         if let depth, depth < 0 { throw ValidationError("--depth must be ≥ 0") }
+        if batch < 1 || batch > 256 { throw ValidationError("--batch must be between 1 and 256") }
     }
 
     func run() async throws {
@@ -31,9 +34,14 @@ struct Bench: AsyncParsableCommand {
         let engine = try mo.makeEngine()
         let quiet = json
         let report = try await engine.benchmark(
-            BenchmarkConfig(promptTokens: promptTokens, genTokens: genTokens, repetitions: repetitions, decodeDepth: depth),
+            BenchmarkConfig(promptTokens: promptTokens, genTokens: genTokens, repetitions: repetitions, decodeDepth: depth, batch: batch),
             progress: { line in if !quiet { printError(line) } })
         if json { try printJSON(report); return }
+        func batchRow(_ r: BenchmarkReport) -> String {
+            guard let b = r.batch, let v = r.batch_decode_tok_s else { return "" }
+            let label = "decode ×\(b) (aggregate)".padding(toLength: 21, withPad: " ", startingAt: 0)
+            return "\n| \(label) | \(String(format: "%8.1f ± %6.1f tok/s", v, r.batch_decode_tok_s_sd ?? 0)) |"
+        }
         func mib(_ b: Int) -> String { String(format: "%.1f MiB", Double(b) / 1_048_576) }
         print("""
         model     \(report.model)\(report.adapters.isEmpty ? "" : " + " + report.adapters.joined(separator: ", "))
@@ -42,7 +50,7 @@ struct Bench: AsyncParsableCommand {
         |-----------------------|---------------------|
         | prefill pp\(String(report.prompt_tokens).padding(toLength: 11, withPad: " ", startingAt: 0)) | \(String(format: "%8.1f ± %6.1f tok/s", report.prefill_tok_s, report.prefill_tok_s_sd)) |
         | decode tg\(String(report.gen_tokens).padding(toLength: 4, withPad: " ", startingAt: 0)) @ d\(String(report.decode_depth).padding(toLength: 5, withPad: " ", startingAt: 0)) | \(String(format: "%8.1f ± %6.1f tok/s", report.decode_tok_s, report.decode_tok_s_sd)) |
-        | time to first token   | \(String(format: "%8.1f ± %6.1f ms   ", report.ttft_ms, report.ttft_ms_sd)) |
+        | time to first token   | \(String(format: "%8.1f ± %6.1f ms   ", report.ttft_ms, report.ttft_ms_sd)) |\(batchRow(report))
         memory    weights \(mib(report.memory.weights_bytes)), adapters \(mib(report.memory.adapter_bytes)), KV \(mib(report.memory.kv_bytes)), scratch \(mib(report.memory.scratch_bytes)) = \(mib(report.memory.total_bytes)); peak RSS \(mib(report.peak_rss_bytes))
         """)
     }
