@@ -178,6 +178,47 @@ final class SamplerTests: XCTestCase {
         XCTAssertEqual(Double(counts[2]) / 20000, 0.2, accuracy: 0.02)
     }
 
+    /// The partial-sort walk picks exactly the token a full sort of the vocabulary picks, for
+    /// peaked, flat and tied distributions and every cut, on a 49,152-token vocabulary.
+    func testPartialSortEqualsFullSort() {
+        func reference(_ logits: [Float], _ sorted: [Int], _ p: SamplingParameters, _ unit: Double) -> Int {
+            var idx = sorted
+            if p.topK > 0 && p.topK < idx.count { idx = Array(idx.prefix(p.topK)) }
+            let m = logits[idx[0]]
+            let w = idx.map { Double(expf((logits[$0] - m) / p.temperature)) }
+            var keep = w.count
+            if p.minP > 0 { keep = max(1, w.prefix { $0 >= Double(p.minP) * w[0] }.count) }
+            if p.topP < 1 {
+                let total = w.reduce(0, +)
+                var acc = 0.0, k = 0
+                while k < keep { acc += w[k]; k += 1; if acc >= Double(p.topP) * total { break } }
+                keep = max(1, k)
+            }
+            let kept = w.prefix(keep).reduce(0, +)
+            let r = unit * kept
+            var acc = 0.0
+            for i in 0..<keep { acc += w[i]; if r < acc { return idx[i] } }
+            return idx[keep - 1]
+        }
+        var rng = Xoshiro256(seed: 9)
+        let n = 49152
+        for trial in 0..<24 {
+            let spread = [0.5, 3, 10, 40][trial % 4]
+            var logits = (0..<n).map { _ in Float((rng.nextUnit() - 0.5) * spread) }
+            if trial % 5 == 0 { for i in stride(from: 0, to: n, by: 7) { logits[i] = 1 } }  // many ties
+            if trial % 3 == 0 { logits[trial * 11] = Float(spread) }  // one clear winner
+            let params = [SamplingParameters(temperature: 1), SamplingParameters(temperature: 0.7, topP: 0.9),
+                          SamplingParameters(temperature: 1.3, topK: 40), SamplingParameters(temperature: 1, minP: 0.05),
+                          SamplingParameters(temperature: 0.5, topK: 500, topP: 0.95, minP: 0.01), SamplingParameters(temperature: 2, topP: 0.999)]
+            let sorted = (0..<n).sorted { logits[$0] != logits[$1] ? logits[$0] > logits[$1] : $0 < $1 }
+            for p in params {
+                for unit in [0.0, 0.3, 0.97, 0.999999] {
+                    XCTAssertEqual(Sampler.pick(logits, p, unit: unit), reference(logits, sorted, p, unit), "trial \(trial) \(p) unit \(unit)")
+                }
+            }
+        }
+    }
+
     func testRepetitionPenalty() {
         var s = Sampler(SamplingParameters(repetitionPenalty: 2))
         XCTAssertEqual(s.sample([3, 2, 0], history: [0]), 1, "3/2 < 2")
