@@ -107,12 +107,13 @@ public struct Sampler: Sendable {
         return Self.pick(logits, p, unit: rng.nextUnit())
     }
 
-    /// The walk over tokens sorted by logit (descending, ties by id): top-k, then softmax weights,
-    /// min-p and top-p cuts, then the first token whose cumulative weight exceeds `unit` × the kept
-    /// weight. Only a prefix of that order is ever sorted: tokens with weight ≥ t relative to the
-    /// top form a prefix of it, so t starts high and drops only if the walk needs more — the same
-    /// token as a full sort, at a fraction of the cost (a 49k-token vocabulary sort was a third of
-    /// a batched server step).
+    /// The token for a uniform `unit` in [0, 1): softmax weights at the temperature; with top-k,
+    /// min-p or top-p the tokens are ordered by logit (descending, ties by id), cut, and walked to
+    /// the first whose cumulative weight exceeds `unit` × the kept weight; without any cut the
+    /// walk runs in token order (the same distribution, no sort). Only a prefix of the sorted order
+    /// is ever sorted: tokens with weight ≥ t relative to the top form a prefix of it, so t starts
+    /// high and drops only if the cut needs more — the same token as a full sort, at a fraction of
+    /// the cost (a full 49k-token sort per token was a third of a batched server step).
     public static func pick(_ logits: [Float], _ p: SamplingParameters, unit: Double) -> Int {
         let n = logits.count
         guard n > 1 else { return 0 }
@@ -127,6 +128,16 @@ public struct Sampler: Sendable {
             total += e
         }
         let k = p.topK > 0 && p.topK < n ? p.topK : n
+        if k == n && p.minP <= 0 && p.topP >= 1 {
+            // No cut: the whole distribution, walked in token order (no sort at all).
+            let r = unit * total
+            var acc = 0.0
+            for i in 0..<n {
+                acc += w[i]
+                if r < acc { return i }
+            }
+            return n - 1
+        }
         var t = 1e-3  // the top weight is 1
         while true {
             let complete = t == 0
