@@ -83,6 +83,10 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
     public private(set) var signals: [DifficultySignals] = []
     let window: Int
     let floorRank: Int
+    /// Parsed `config.kvPolicies` (nil: the scheduler does not touch the KV policy).
+    public let kvPolicies: [KVPolicy]?
+    /// False when the user chose one KV policy for the whole sequence (the engine's `--kv-policy`).
+    public var managesKVPolicy = true
     let estimatorPool = ThreadPool(threads: 1)
 
     /// Binds `adapter` to `model` under `config`. `ladder` may be a cached one (checked against the
@@ -120,6 +124,12 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         estimator = DifficultyEstimator(model: model, ladder: self.ladder, config: config)
         chunker = Chunker(config: config)
         window = CrossFade.window(config)
+        kvPolicies = try config.kvPolicies.map { names in
+            try names.map { n in
+                guard let p = KVPolicy(parsing: n) else { throw SchedulerError("scheduler config: '\(n)' is not a KV policy") }
+                return p
+            }
+        }
     }
 
     /// From a policy name (or config file) as the CLI gives them.
@@ -146,6 +156,21 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         difficulties = []
         signals = []
         estimator.reset()
+    }
+
+    /// Plans the next positions and, when the config has `kvPolicies`, sets the KV policy of each
+    /// new chunk on `cache` from the chunk's first position (the cache must hold exactly the
+    /// positions planned before this call; otherwise its policy is left alone).
+    public func prepare(tokens: [Int], cache: KVCache) {
+        let first = plans.count
+        prepare(tokens: tokens)
+        guard managesKVPolicy, let kv = kvPolicies, config.mode == .adaptive, cache.count == first else { return }
+        for p in first..<plans.count {
+            let chunk = chunker.chunks[plans[p].chunk]
+            guard chunk.tier >= 0, chunk.tier < kv.count else { continue }
+            let want = kv[chunk.tier]
+            if cache.policy(at: p) != want { cache.setPolicy(want, forPositionsFrom: p) }
+        }
     }
 
     /// Plans the next `tokens.count` positions (call before each forward with exactly its tokens).
@@ -180,9 +205,9 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         }
     }
 
-    /// prepare + forward (on `forwardModel`) + observe.
+    /// prepare (with the chunk KV policies) + forward (on `forwardModel`) + observe.
     public func forward(_ tokens: [Int], cache: KVCache, options: ForwardOptions) throws -> [Float] {
-        prepare(tokens: tokens)
+        prepare(tokens: tokens, cache: cache)
         let out = try forwardModel.forward(tokens, cache: cache, options: options, delta: self)
         if !out.isEmpty { observe(logits: out) }
         return out

@@ -1,4 +1,5 @@
 import Foundation
+import CWTransformer
 import Yams
 
 /// Every knob of the scheduler. Decodable from YAML or JSON (missing keys take the defaults of
@@ -48,6 +49,10 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
     public var noveltyWindow: Int = 128
     /// n of the n-grams.
     public var ngram: Int = 2
+    /// KV-cache policy per tier (`KVPolicy(parsing:)` spellings: full, half, int8, window:S:R, …),
+    /// set on the cache from each chunk's first position; nil leaves the cache's policy alone.
+    /// Hard (top) tiers should stay `full`.
+    public var kvPolicies: [String]? = nil
 
     public struct SignalWeights: Codable, Sendable, Equatable {
         public var entropy: Double = 1.0
@@ -92,6 +97,7 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
         weights = try c.decodeIfPresent(SignalWeights.self, forKey: .weights) ?? d.weights
         noveltyWindow = try c.decodeIfPresent(Int.self, forKey: .noveltyWindow) ?? d.noveltyWindow
         ngram = try c.decodeIfPresent(Int.self, forKey: .ngram) ?? d.ngram
+        kvPolicies = try c.decodeIfPresent([String].self, forKey: .kvPolicies)
         try validate()
     }
 
@@ -110,6 +116,12 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
         guard crossFade >= 0, hysteresis >= 0, shiftThreshold >= 0 else { throw bad("crossFade, hysteresis and shiftThreshold must be ≥ 0") }
         guard mergedFloor >= 0, staticRank >= 0 else { throw bad("mergedFloor and staticRank must be ≥ 0") }
         guard noveltyWindow >= 1, ngram >= 1 else { throw bad("noveltyWindow and ngram must be ≥ 1") }
+        if let kv = kvPolicies {
+            guard kv.count == tiers.count else { throw bad("kvPolicies needs one entry per tier (\(tiers.count)), got \(kv.count)") }
+            for k in kv where KVPolicy(parsing: k) == nil {
+                throw bad("kvPolicies: '\(k)' is not a KV policy (full, half, int8, window:SINKS:RECENT, h2o:BUDGET:RECENT, dedupe:COSINE)")
+            }
+        }
     }
 
     /// The named presets: `static`, `static:K`, `balanced`, `aggressive`, `quality`, `base`.
@@ -148,6 +160,12 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
             throw SchedulerError("unknown policy '\(name)' (known: static, static:K, base, balanced, aggressive, quality, or a config file)")
         }
         c.alphas = [Double](repeating: 1, count: c.tiers.count)
+        // KV per chunk: the chunks below the top tier are "easy" — int8 keys/values (KIVI-style,
+        // ~72% fewer bytes, attention within the stated int8 bound); the top tier keeps fp32.
+        // `quality` keeps every chunk's cache exact.
+        if lower != "quality" {
+            c.kvPolicies = c.tiers.indices.map { $0 == c.tiers.count - 1 ? "full" : "int8" }
+        }
         return c
     }
 

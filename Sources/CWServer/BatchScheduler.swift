@@ -293,11 +293,11 @@ public actor BatchScheduler {
                 s.pending = s.pending.dropFirst(n)
                 prefillBudget -= n
                 let last = s.pending.isEmpty
-                (s.request.delta?.delta as? ChunkWiseDelta)?.prepare(tokens: chunk)
+                (s.request.delta?.delta as? ChunkWiseDelta)?.prepare(tokens: chunk, cache: cache)
                 items.append(.init(tokens: chunk, cache: cache, delta: s.request.delta?.delta, logits: last ? .last : .none))
                 members.append((s, last))
             } else {
-                (s.request.delta?.delta as? ChunkWiseDelta)?.prepare(tokens: [s.lastToken])
+                (s.request.delta?.delta as? ChunkWiseDelta)?.prepare(tokens: [s.lastToken], cache: cache)
                 items.append(.init(tokens: [s.lastToken], cache: cache, delta: s.request.delta?.delta, logits: .last))
                 members.append((s, true))
             }

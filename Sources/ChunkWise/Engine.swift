@@ -100,6 +100,8 @@ public actor Engine {
             }
             let s = try ChunkWiseDelta(model: model.model, adapter: only.adapter, policy: options.policy,
                                        configFile: options.policyConfig, ladderFile: options.ladderFile, storage: factorStorage)
+            // An explicit --kv-policy holds for every chunk; otherwise the policy's per-tier KV applies.
+            s.managesKVPolicy = options.kvPolicy == .full
             self.loaded = LoadedModel(model: s.forwardModel, tokenizer: model.tokenizer, name: model.name, chatTemplate: model.chatTemplate)
             self.delta = s
             self.scheduler = s

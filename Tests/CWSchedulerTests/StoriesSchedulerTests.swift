@@ -99,6 +99,7 @@ final class StoriesSchedulerTests: XCTestCase {
         let (model, adapter) = try load()
         var cfg = try SchedulerConfig.preset("balanced", maxRank: 8)
         cfg.weights.entropy = 0; cfg.minChunk = 2; cfg.maxChunk = 6; cfg.crossFade = 2; cfg.thresholds = [0.3, 0.4, 0.5]; cfg.topTierBudget = 0.6
+        cfg.kvPolicies = nil  // ranks only here (int8 KV on easy chunks is tested below)
         let (_, ids, _) = try prompts()[2]
         let d1 = try ChunkWiseDelta(model: model, adapter: adapter, config: cfg)
         let all = try logits(model, ids, d1)
@@ -113,6 +114,47 @@ final class StoriesSchedulerTests: XCTestCase {
         // Entropy is only seen in token-by-token mode, so compare with the entropy weight off.
         XCTAssertLessThanOrEqual(Compare.maxAbsDiff(all[...], rows[...]), 1e-4)
         print("[adaptive] chunks \(d1.statistics.chunks.map { "\($0.start)-\($0.end):r\($0.rank)" }) avg rank \(d1.statistics.averageRank) estimator \(d1.statistics.estimatorNanosecondsPerToken) ns/token")
+    }
+
+    /// KV policy per chunk: every position is cached in its chunk's tier policy (int8 below the
+    /// top tier, fp32 on top), the same whether the prompt runs in one call or token by token,
+    /// and an explicit engine-wide policy switches it off.
+    func testKVPolicyFollowsTheChunks() throws {
+        let (model, adapter) = try load()
+        var cfg = try SchedulerConfig.preset("balanced", maxRank: 8)
+        cfg.weights.entropy = 0; cfg.minChunk = 2; cfg.maxChunk = 6; cfg.crossFade = 2; cfg.thresholds = [0.3, 0.4, 0.5]; cfg.topTierBudget = 0.6
+        XCTAssertEqual(cfg.kvPolicies?.last, "full")
+        XCTAssertEqual(Set(cfg.kvPolicies?.dropLast() ?? []), ["int8"])
+        let (_, ids, _) = try prompts()[2]
+        func run(oneCall: Bool) throws -> (ChunkWiseDelta, KVCache) {
+            let d = try ChunkWiseDelta(model: model, adapter: adapter, config: cfg)
+            d.beginSequence()
+            let cache = model.makeCache()
+            let opts = ForwardOptions(precision: .exact, pool: pool, logits: .last)
+            if oneCall { _ = try d.forward(ids, cache: cache, options: opts) } else { for id in ids { _ = try d.forward([id], cache: cache, options: opts) } }
+            return (d, cache)
+        }
+        let (d1, c1) = try run(oneCall: true)
+        let (d2, c2) = try run(oneCall: false)
+        XCTAssertEqual(d1.plans, d2.plans)
+        let top = cfg.tiers.count - 1
+        XCTAssertTrue(d1.statistics.chunks.contains { $0.tier < top } && d1.statistics.chunks.contains { $0.tier == top },
+                      "the test needs easy and hard chunks: \(d1.statistics.chunks)")
+        for (p, plan) in d1.plans.enumerated() {
+            let want: KVPolicy = d1.statistics.chunks[plan.chunk].tier == top ? .full : .int8()
+            XCTAssertEqual(c1.policy(at: p), want, "position \(p)")
+            XCTAssertEqual(c2.policy(at: p), want, "position \(p)")
+        }
+        // Sealed blocks are stored in their policy's format.
+        for b in c2.blocks(layer: 0) where b.sealed {
+            XCTAssertEqual(Set(b.keyFormats), b.policy == .full ? [.fp32] : [.int8], "\(b.positions)")
+        }
+        let off = try ChunkWiseDelta(model: model, adapter: adapter, config: cfg)
+        off.managesKVPolicy = false
+        off.beginSequence()
+        let c3 = model.makeCache()
+        _ = try off.forward(ids, cache: c3, options: ForwardOptions(precision: .exact, pool: pool, logits: .last))
+        XCTAssertTrue((0..<ids.count).allSatisfy { c3.policy(at: $0) == .full })
     }
 
     /// A ladder written to disk and loaded back gives the same logits as a freshly built one, and a
