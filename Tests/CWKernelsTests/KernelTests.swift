@@ -111,8 +111,8 @@ final class MatmulTests: XCTestCase {
         }
     }
 
-    /// Fast mode: the only approximation is rounding x to int8 (|x - x̂| ≤ amax_block/254), so
-    /// |y - ref| ≤ Σ_blocks (amax_b/254)·Σ_{i∈b}|w_i| (+1e-5·Σ|w·x| for fp32 accumulation).
+    /// Fast mode: the only approximation is rounding x to int16 (|x - x̂| ≤ amax_block/65534), so
+    /// |y - ref| ≤ Σ_blocks (amax_b/65534)·Σ_{i∈b}|w_i| (+1e-5·Σ|w·x| for fp32 accumulation).
     func checkFast(_ c: Case, tokens: Int, label: String, pool: ThreadPool) throws {
         let x = randomX(tokens * c.cols, seed: UInt64(c.rows * 17 + tokens))
         let y = try runMatmul(c, x, tokens: tokens, precision: .fast, pool: pool)
@@ -127,7 +127,7 @@ final class MatmulTests: XCTestCase {
                         let wk = Double(c.w[r * c.cols + k]), xk = Double(xr[k])
                         ref += wk * xk; mag += abs(wk * xk); wsum += abs(wk); amax = max(amax, abs(xk))
                     }
-                    bound += amax / 254 * 1.001 * wsum
+                    bound += amax / 65534 * 1.001 * wsum
                 }
                 let got = Double(y[t * c.rows + r])
                 if !(abs(got - ref) <= bound + 1e-5 * mag + 1e-30) {
