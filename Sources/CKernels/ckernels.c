@@ -339,7 +339,7 @@ int cw_dequantize_row(int type, const void *src, float *dst, int64_t n) {
 
 float cw_dot_f32(const float *a, const float *b, int64_t n) { return cw_ops_current()->dot(a, b, n); }
 
-enum { CW_FAST_MAX_TOKENS = 2 };  // int8 dots only for single-token (decode) products; see below
+enum { CW_FAST_MAX_TOKENS = 2 };  // integer dots only for single-token (decode) products; see below
 
 typedef struct { const cw_ops *ops; cw_mm *a; } cw_mm_ctx;
 
@@ -413,7 +413,7 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
 #endif
     if (precision == CW_PRECISION_FAST && be > 1 && tokens < CW_FAST_MAX_TOKENS) {
         const int64_t nb = cols / be;
-        a.xq_row_bytes = be == 256 ? nb * (int64_t)sizeof(cw_q8k) : nb * (int64_t)sizeof(cw_q8b);
+        a.xq_row_bytes = be == 256 ? nb * (int64_t)sizeof(cw_q16k) : nb * (int64_t)sizeof(cw_q16b);
         a.xq = (uint8_t *)cw_tls_scratch(CW_TLS_XQ, (size_t)(tokens * a.xq_row_bytes));
         if (!a.xq) return -1;
         if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, cw_mm_quant_task, &c);

@@ -6,21 +6,22 @@
 #include <string.h>
 #include <math.h>
 
-// Activations quantized for the 32-element block types: per-block fp32 scale and d·Σq, the
-// block's (quantized) sum, for the offset/min terms of Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (VNNI).
+// Activations quantized (fast mode) for the 32-element block types: int16 quants with one fp32
+// scale per block (amax/32767) and d·Σq, the block's (quantized) sum, for the offset/min terms
+// of Q4_0, Q4_1, Q5_0 and Q5_1.
 typedef struct {
     float d;
     float sd;
-    int8_t qs[32];
-} cw_q8b;
+    int16_t qs[32];
+} cw_q16b;
 
-// Activations quantized for the 256-element K-quants (Q8_K-like): one scale per 256, integer
-// sums per 16 quants (for the sub-block mins of Q4_K/Q5_K and the -32 offset of Q6_K).
+// Activations quantized for the 256-element K-quants: one scale per 256, integer sums per 16
+// quants (for the sub-block mins of Q4_K/Q5_K and the -32 offset of Q6_K).
 typedef struct {
     float d;
-    int16_t bsums[16];
-    int8_t qs[256];
-} cw_q8k;
+    int32_t bsums[16];
+    int16_t qs[256];
+} cw_q16k;
 
 // One matrix product, as seen by the per-ISA row workers.
 typedef struct {

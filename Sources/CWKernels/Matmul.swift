@@ -6,8 +6,9 @@ public enum Kernels {
     /// `x` holds `tokens × W.cols` floats, `y` receives `tokens × W.rows` floats.
     ///
     /// `.exact` dequantizes weights to fp32 and accumulates fp32 FMAs (results independent of the
-    /// thread count). `.fast` quantizes the activations to 8-bit blocks and uses integer dot
-    /// products for the quantized types (F32/F16/BF16 weights always run the exact path).
+    /// thread count). `.fast` quantizes single-token (decode) activations to 16-bit blocks and uses
+    /// integer dot products for the quantized types (F32/F16/BF16 weights and multi-token products
+    /// run the exact path).
     public static func matmul(
         _ w: WeightMatrix, _ x: UnsafePointer<Float>, tokens: Int, _ y: UnsafeMutablePointer<Float>,
         precision: Precision = .exact, pool: ThreadPool

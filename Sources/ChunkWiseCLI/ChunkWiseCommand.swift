@@ -20,7 +20,7 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Tokenizer to use instead of the model's own (tokenizer.json, llama2.c tok*.bin or GGUF).")
     var tokenizer: String?
 
-    @Option(name: .long, help: "exact: fp32 activations; fast: 8-bit activations with integer dot products.")
+    @Option(name: .long, help: "exact: fp32 activations; fast: 16-bit activations with integer dot products (decode).")
     var precision: PrecisionArgument = .fast
 
     @Option(name: .long, help: "Worker threads (default: the number of cores).")

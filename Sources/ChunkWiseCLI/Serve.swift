@@ -35,7 +35,7 @@ struct Serve: AsyncParsableCommand {
     var maxTokensLimit = 2048
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body in bytes (413 beyond).")
     var maxBodyBytes = 1 << 20
-    @Option(name: .long, help: "exact: fp32 activations; fast: 8-bit activations with integer dot products.")
+    @Option(name: .long, help: "exact: fp32 activations; fast: 16-bit activations with integer dot products (decode).")
     var precision: PrecisionArgument = .fast
     @Option(name: .long, help: "Worker threads (default: the number of cores).")
     var threads = ProcessInfo.processInfo.activeProcessorCount

@@ -111,10 +111,10 @@ final class MatmulTests: XCTestCase {
         }
     }
 
-    /// Fast mode: the only approximation is rounding x to int8 (|x - x̂| ≤ amax_block/254), so
-    /// |y - ref| ≤ Σ_blocks (amax_b/254)·Σ_{i∈b}|w_i| (+1e-5·Σ|w·x| for fp32 accumulation).
-    func checkFast(_ c: Case, tokens: Int, label: String, pool: ThreadPool) throws {
-        let x = randomX(tokens * c.cols, seed: UInt64(c.rows * 17 + tokens))
+    /// Fast mode: the only approximation is rounding x to int16 (|x - x̂| ≤ amax_block/65534), so
+    /// |y - ref| ≤ Σ_blocks (amax_b/65534)·Σ_{i∈b}|w_i| (+1e-5·Σ|w·x| for fp32 accumulation).
+    func checkFast(_ c: Case, tokens: Int, label: String, pool: ThreadPool, x given: [Float]? = nil) throws {
+        let x = given ?? randomX(tokens * c.cols, seed: UInt64(c.rows * 17 + tokens))
         let y = try runMatmul(c, x, tokens: tokens, precision: .fast, pool: pool)
         let qb = c.type.blockElements == 256 ? 256 : 32
         for t in 0..<tokens {
@@ -127,7 +127,7 @@ final class MatmulTests: XCTestCase {
                         let wk = Double(c.w[r * c.cols + k]), xk = Double(xr[k])
                         ref += wk * xk; mag += abs(wk * xk); wsum += abs(wk); amax = max(amax, abs(xk))
                     }
-                    bound += amax / 254 * 1.001 * wsum
+                    bound += amax / 65534 * 1.001 * wsum
                 }
                 let got = Double(y[t * c.rows + r])
                 if !(abs(got - ref) <= bound + 1e-5 * mag + 1e-30) {
@@ -174,6 +174,36 @@ final class MatmulTests: XCTestCase {
                     }
                 }
                 try checkFast(makeCase(type, rows: 19, cols: be == 32 ? 64 : 256, seed: 3), tokens: 64, label: "\(path)", pool: pool4)
+            }
+        }
+    }
+
+    /// Largest quants and scales with every activation at ±amax (int16 ±32767): the integer
+    /// sums must not overflow (Q5_K's per-lane block sum comes within 5% of 2^31; Q6_K's signed
+    /// scales of -128 would overflow a block-wide int32 sum).
+    func testFastExtremeValuesDoNotOverflow() throws {
+        try forEachPath { path in
+            for type in quantTypes {
+                let be = type.blockElements, cols = 2 * (be == 32 ? 64 : 256), rows = 3
+                let bb = type.byteCount(elements: be)
+                // 0xFF: every quant and 6-bit scale/min at its maximum; Q8_0 and Q6_K get 0x80
+                // (-128), the largest magnitude of a signed byte.
+                var bytes = [UInt8](repeating: type == .q8_0 || type == .q6_K ? 0x80 : 0xFF, count: rows * cols / be * bb)
+                let halves: [Int] = switch type {
+                case .q4_1, .q5_1, .q4_K, .q5_K: [0, 2]
+                case .q6_K: [208]
+                default: [0]
+                }
+                for b in stride(from: 0, to: bytes.count, by: bb) {
+                    for h in halves { bytes[b + h] = 0x00; bytes[b + h + 1] = 0x3C } // 1.0
+                    if type == .q6_K { for i in 0..<128 { bytes[b + i] = 0xFF }; for i in 128..<192 { bytes[b + i] = 0xFF } }
+                }
+                var w = [Float]()
+                for r in 0..<rows { w += refDequantRow(type, bytes, r * cols / be * bb, cols) }
+                let c = Case(type: type, rows: rows, cols: cols, bytes: bytes, w: w)
+                for sign: Float in [1, -1] {
+                    try checkFast(c, tokens: 1, label: "\(path) extreme", pool: pool1, x: [Float](repeating: sign, count: cols))
+                }
             }
         }
     }

@@ -4,20 +4,21 @@ import CWTestSupport
 import CWTransformer
 import XCTest
 
-/// `fast` precision (8-bit activations, integer dot products) against the HF goldens, with the
-/// bounds the kernel issue sets: relative L2 of the final logits ≤ 1e-2 and WikiText perplexity
-/// within 0.3% of the golden. Greedy continuations (24 int8 decode steps) must agree up to the
-/// first golden step whose top-1/top-2 margin is below `greedyMargin`. The issue asks for 0.05;
-/// per-32-block int8 activations flip `capital`'s last step, whose margin is 0.061 (decode-step
-/// logits differ from exact by up to ~0.9 absolute on this 135M model), so the bound here is 0.1
-/// until 16-bit activation products land — stated in the kernel issue's notes.
+/// `fast` precision (int16 activations, integer dot products) against the HF goldens, with the
+/// bounds the kernel issue sets: relative L2 of the final logits ≤ 1e-2, WikiText perplexity
+/// within 0.3% of the golden, and greedy continuations (24 decode steps on the integer path)
+/// that agree up to the first golden step whose top-1/top-2 margin is below 0.05.
 ///
-/// Fast mode uses int8 products for single-token (decode) matmuls only; prefill runs the fp32
-/// tiled GEMM, which is faster than the int8 row dots on this machine, and the output head keeps
+/// (With the earlier int8 activations decode-step logits moved by up to ~0.9 absolute / ~10%
+/// relative L2 from exact, and `capital`'s last step, margin 0.061, flipped; int16 activations
+/// keep them within ~0.005 absolute.)
+///
+/// Fast mode uses integer products for single-token (decode) matmuls only; prefill runs the fp32
+/// tiled GEMM, which is faster than the integer row dots on this machine, and the output head keeps
 /// fp32 activations (see `ForwardOptions.exactOutput`).
 final class FastPrecisionTests: XCTestCase {
     static let pool = ThreadPool(threads: ProcessInfo.processInfo.activeProcessorCount)
-    static let greedyMargin = 0.1
+    static let greedyMargin = 0.05
 
     func model() throws -> LlamaModel { try LlamaModel(gguf: GGUFFile(path: TestPaths.smolLM2Path())) }
 
@@ -47,6 +48,34 @@ final class FastPrecisionTests: XCTestCase {
                 if next != expected[i] { break }
                 logits = try m.forward([next], cache: cache, options: opts)
             }
+        }
+    }
+
+    /// The final-logits check above runs prefill, which takes the fp32 GEMM in both precisions;
+    /// this one covers the integer path itself: along each prompt's golden greedy continuation
+    /// (teacher-forced), every decode step's logits in fast mode stay within the issue's 1e-2
+    /// relative L2 of exact mode's (int8 activations were at up to ~0.1; int16 are at ~4e-4).
+    func testDecodeStepLogitsMatchExactMode() throws {
+        let m = try model()
+        let g = try TestPaths.json("golden/smollm2-logits/goldens.json")
+        let prompts = try XCTUnwrap(g["prompts"] as? [[String: Any]])
+        let fast = ForwardOptions(precision: .fast, pool: Self.pool), exact = ForwardOptions(precision: .exact, pool: Self.pool)
+        for p in prompts {
+            let name = try XCTUnwrap(p["name"] as? String)
+            let ids = try XCTUnwrap(p["ids"] as? [Int])
+            let greedy = try XCTUnwrap(p["greedy"] as? [String: Any])
+            let path = try XCTUnwrap(greedy["ids"] as? [Int]).prefix(12)
+            let cf = m.makeCache(), ce = m.makeCache()
+            _ = try m.forward(ids, cache: cf, options: fast)
+            _ = try m.forward(ids, cache: ce, options: exact)
+            var worst = 0.0, worstAbs: Float = 0
+            for id in path {
+                let lf = try m.forward([id], cache: cf, options: fast), le = try m.forward([id], cache: ce, options: exact)
+                worst = max(worst, Compare.relativeL2(lf[...], le[...]))
+                worstAbs = max(worstAbs, Compare.maxAbsDiff(lf[...], le[...]))
+            }
+            print("fast mode \(name): decode steps vs exact, worst relative L2 \(worst), max |diff| \(worstAbs)")
+            XCTAssertLessThanOrEqual(worst, 1e-2, "\(name): decode-step logits in fast mode")
         }
     }
 
