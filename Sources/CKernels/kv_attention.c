@@ -12,6 +12,8 @@ typedef struct {
     const kv_slab *slabs;
     float scale;
     float *mass;
+    int64_t splits; // fast path: splits of each query's entries
+    float *part;    // fast path with splits > 1: (max, sum, output[head_dim]) per item and head
 } kv_attn_args;
 
 #define KV_ISA portable
@@ -56,23 +58,74 @@ int kv_attention(const float *q, float *out, int64_t tokens, int64_t base, int h
     if (heads <= 0 || kv_heads <= 0 || head_dim <= 0 || heads % kv_heads || heads / kv_heads > 64 || base < 0) return -1;
     kv_attn_args a = {.q = q, .out = out, .tokens = tokens, .base = base, .blocks = blocks, .heads = heads,
                       .kv_heads = kv_heads, .head_dim = head_dim, .slabs = slabs, .scale = scale, .mass = mass};
-    kv_attn_fn fn = kv_attn_portable;
+    // All-fp32 caches take the kernel that matches cw_attention bit for bit; any fp16/int8 block
+    // selects the fast path (all heads of a group per pass, online softmax, splits for decode).
+    int all_f32 = 1;
+    for (int64_t i = 0; i < blocks * kv_heads && all_f32; i++)
+        all_f32 = slabs[i].k_fmt == KV_FMT_F32 && slabs[i].v_fmt == KV_FMT_F32;
+    kv_attn_fn fn = all_f32 ? kv_attn_portable : kv_attn_fast_portable;
 #if defined(__x86_64__) || defined(_M_X64)
     switch (cw_kernel_path()) {
-    case CW_PATH_AVX2: fn = kv_attn_avx2; break;
-    case CW_PATH_AVX512: fn = kv_attn_avx512; break;
+    case CW_PATH_AVX2: fn = all_f32 ? kv_attn_avx2 : kv_attn_fast_avx2; break;
+    case CW_PATH_AVX512: fn = all_f32 ? kv_attn_avx512 : kv_attn_fast_avx512; break;
     default: break;
     }
 #endif
-    // Query heads per item: the whole group, unless that leaves threads idle (decode).
     const int group = heads / kv_heads, threads = pool ? cw_pool_threads(pool) : 1;
+    kv_attn_ctx c = {fn, &a};
+    if (!all_f32) {
+        // Split each query's entries when there are too few (KV head, token) items to give every
+        // thread an equal share (decode): the smallest count that does, at least 64 entries each.
+        // With `mass`, no splits, and one thread owns all tokens of a KV head (one writer per row).
+        const int64_t units = tokens * kv_heads;
+        int64_t S = 1;
+        if (!mass && threads > 1 && units < 4 * threads && units % threads) {
+            while ((units * S) % threads) S++;
+            const int64_t most = (base + 1) / 64 > 1 ? (base + 1) / 64 : 1;
+            if (S > most) S = most;
+        }
+        a.splits = S;
+        if (S > 1) {
+            a.part = (float *)malloc((size_t)(units * S * group * (head_dim + 2)) * sizeof(float));
+            if (!a.part) { a.splits = 1; S = 1; }
+        }
+        cw_pool_parallel_for(pool, units * S, mass ? tokens : 1, kv_attn_task, &c);
+        if (S > 1) {
+            // Merge the splits: o = Σ_s e^(m_s − M)·o_s / Σ_s e^(m_s − M)·l_s.
+            const int64_t stride = (int64_t)group * (head_dim + 2), qstride = (int64_t)heads * head_dim;
+            for (int64_t u = 0; u < units; u++) {
+                const int kvh = (int)(u / tokens);
+                const int64_t t = u % tokens;
+                for (int g = 0; g < group; g++) {
+                    float M = -INFINITY, L = 0;
+                    for (int64_t sp = 0; sp < S; sp++) {
+                        const float ms = a.part[(u * S + sp) * stride + (int64_t)g * (head_dim + 2)];
+                        M = ms > M ? ms : M;
+                    }
+                    float *dst = out + t * qstride + (int64_t)(kvh * group + g) * head_dim;
+                    for (int d = 0; d < head_dim; d++) dst[d] = 0;
+                    for (int64_t sp = 0; sp < S; sp++) {
+                        const float *pp = a.part + (u * S + sp) * stride + (int64_t)g * (head_dim + 2);
+                        if (pp[0] == -INFINITY) continue;
+                        const float w = expf(pp[0] - M);
+                        L += w * pp[1];
+                        for (int d = 0; d < head_dim; d++) dst[d] += w * pp[2 + d];
+                    }
+                    const float inv = L > 0 ? 1.0f / L : 0;
+                    for (int d = 0; d < head_dim; d++) dst[d] *= inv;
+                }
+            }
+            free(a.part);
+        }
+        return 0;
+    }
+    // Query heads per item: the whole group, unless that leaves threads idle (decode).
     a.sub = group;
     while (tokens * kv_heads * (group / a.sub) < 2 * threads && a.sub > 1) {
         int s = a.sub - 1;
         while (s > 1 && group % s) s--;
         a.sub = s;
     }
-    kv_attn_ctx c = {fn, &a};
     // With `mass`, one thread owns all tokens of a (KV head, subgroup), so its rows of `mass` have one writer.
     cw_pool_parallel_for(pool, tokens * kv_heads * (group / a.sub), mass ? tokens : 1, kv_attn_task, &c);
     return 0;

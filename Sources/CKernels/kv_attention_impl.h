@@ -173,6 +173,309 @@ static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
     }
 }
 
+
+// ---- Fast path: caches holding fp16 or int8 blocks ----------------------------------------------
+//
+// One item = (KV head, token, split): all query heads of the group (up to KV_GM per pass) over the
+// entries [r0, r1) of one split of the sequence, so each cached row is read from memory once per
+// pass and widened once for all heads. Rows are taken `KV_CH` at a time: the scores of a chunk
+// are computed for all heads (one vector accumulator per row and head, reduced `KV_VL` rows at a
+// time by a transposing add tree), then an online-softmax step (vectorized exp) and the weighted
+// sum of the chunk's values. The softmax scale (and for int8 keys the block's per-channel key
+// scales) is folded into the query; for int8 values the per-token scale is folded into the
+// probability. With one split per item the result is normalized into `out` directly; with more,
+// each split leaves (max, sum, unnormalized output) in `a->part` for kv_attention to merge.
+
+#define KV_GM 4
+#define KV_CH 64
+#define KV_NV 4
+
+typedef int8_t KFN(vi8) __attribute__((ext_vector_type(KV_VL)));
+typedef int32_t KFN(vi32) __attribute__((ext_vector_type(KV_VL)));
+
+// `KV_VL` elements of a row in `fmt` from element index `i`, widened to fp32 (int8 unscaled).
+KV_INLINE KVF KFN(ldv)(const int fmt, const void *base, int64_t i) {
+    if (fmt == KV_FMT_F32) return KFN(vload)((const float *)base + i);
+    if (fmt == KV_FMT_I8) {
+        KFN(vi8) x;
+        memcpy(&x, (const int8_t *)base + i, sizeof x);
+        return __builtin_convertvector(x, KVF);
+    }
+    const uint16_t *h = (const uint16_t *)base + i;
+#if KV_X86 && KV_VL == 16
+    return (KVF)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
+#elif KV_X86 && KV_VL == 8
+    return (KVF)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+#else
+    float t[KV_VL];
+    for (int l = 0; l < KV_VL; l++) t[l] = cw_h2f_portable(h[l]);
+    return KFN(vload)(t);
+#endif
+}
+
+KV_INLINE float KFN(ld1)(const int fmt, const void *base, int64_t i) {
+    if (fmt == KV_FMT_F32) return ((const float *)base)[i];
+    if (fmt == KV_FMT_I8) return (float)((const int8_t *)base)[i];
+    return cw_h2f_portable(((const uint16_t *)base)[i]);
+}
+
+// r[0..KV_VL) → one vector whose lane i is the sum of the lanes of r[i] (r is overwritten).
+KV_INLINE KVF KFN(hsum_rows)(KVF *r) {
+#define KV_L(...) __VA_ARGS__
+#define KV_PAIR(lo, hi) __builtin_shufflevector(r[2 * i], r[2 * i + 1], lo) + __builtin_shufflevector(r[2 * i], r[2 * i + 1], hi)
+#if KV_VL == 16
+    for (int i = 0; i < 8; i++) r[i] = KV_PAIR(KV_L(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23), KV_L(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+    for (int i = 0; i < 4; i++) r[i] = KV_PAIR(KV_L(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27), KV_L(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31));
+    for (int i = 0; i < 2; i++) r[i] = KV_PAIR(KV_L(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), KV_L(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31));
+    for (int i = 0; i < 1; i++) r[i] = KV_PAIR(KV_L(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), KV_L(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31));
+#elif KV_VL == 8
+    for (int i = 0; i < 4; i++) r[i] = KV_PAIR(KV_L(0, 1, 2, 3, 8, 9, 10, 11), KV_L(4, 5, 6, 7, 12, 13, 14, 15));
+    for (int i = 0; i < 2; i++) r[i] = KV_PAIR(KV_L(0, 1, 4, 5, 8, 9, 12, 13), KV_L(2, 3, 6, 7, 10, 11, 14, 15));
+    for (int i = 0; i < 1; i++) r[i] = KV_PAIR(KV_L(0, 2, 4, 6, 8, 10, 12, 14), KV_L(1, 3, 5, 7, 9, 11, 13, 15));
+#else
+    for (int i = 0; i < 2; i++) r[i] = KV_PAIR(KV_L(0, 1, 4, 5), KV_L(2, 3, 6, 7));
+    for (int i = 0; i < 1; i++) r[i] = KV_PAIR(KV_L(0, 2, 4, 6), KV_L(1, 3, 5, 7));
+#endif
+#undef KV_PAIR
+#undef KV_L
+    return r[0];
+}
+
+// e^x for x ≤ 0 (x < -87 gives ~1e-38 instead of a denormal or 0): 2^n · p(r), |r| ≤ ln2/2,
+// degree-6 Taylor polynomial (relative error < 2e-7).
+KV_INLINE KVF KFN(vexp)(KVF x) {
+    x = x < -87.0f ? (KVF)-87.0f : x;
+    const KVF n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const KVF r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+    KVF p = r * (1.0f / 720) + (1.0f / 120);
+    p = p * r + (1.0f / 24);
+    p = p * r + (1.0f / 6);
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const KFN(vi32) e = (__builtin_convertvector(n, KFN(vi32)) + 127) << 23;
+    return p * (KVF)e;
+}
+
+// s[g·KV_CH + j] = Σ_d qs[g·hd + d]·k[j][d], rows j < cnt from element index `row0·hd` of `kb`.
+KV_INLINE void KFN(kscores)(const int G, const int fmt, const void *kb, int64_t row0, int cnt, int hd, const float *qs, float *s) {
+    const int dv = hd - hd % KV_VL;
+    for (int jb = 0; jb < cnt; jb += KV_VL) {
+        const int nr = cnt - jb < KV_VL ? cnt - jb : KV_VL;
+        KVF acc[KV_GM][KV_VL];
+        for (int r = 0; r < KV_VL; r++) {
+            KVF a0[KV_GM];
+            for (int g = 0; g < G; g++) a0[g] = 0;
+            if (r < nr) {
+                const int64_t e = (row0 + jb + r) * hd;
+                for (int d = 0; d < dv; d += KV_VL) {
+                    const KVF x = KFN(ldv)(fmt, kb, e + d);
+                    for (int g = 0; g < G; g++) a0[g] = KV_FMA(KFN(vload)(qs + g * hd + d), x, a0[g]);
+                }
+            }
+            for (int g = 0; g < G; g++) acc[g][r] = a0[g];
+        }
+        for (int g = 0; g < G; g++) {
+            const KVF v = KFN(hsum_rows)(acc[g]);
+            float *sg = s + g * KV_CH + jb;
+            if (nr == KV_VL) {
+                KFN(vstore)(sg, v);
+            } else {
+                float t[KV_VL];
+                KFN(vstore)(t, v);
+                for (int r = 0; r < nr; r++) sg[r] = t[r];
+            }
+            if (dv < hd)
+                for (int r = 0; r < nr; r++) {
+                    const int64_t e = (row0 + jb + r) * hd;
+                    for (int d = dv; d < hd; d++) sg[r] += qs[g * hd + d] * KFN(ld1)(fmt, kb, e + d);
+                }
+        }
+    }
+}
+
+// o[g·hd + d0 + ..] += Σ_j p[g·KV_CH + j]·v[j][d0 + ..] over NV vectors of columns.
+KV_INLINE void KFN(vcols)(const int G, const int fmt, const int NV, const void *vb, int64_t row0, int cnt, int hd, int d0,
+                          const float *p, float *o) {
+    KVF acc[KV_GM][KV_NV];
+    for (int g = 0; g < G; g++)
+        for (int k = 0; k < NV; k++) acc[g][k] = KFN(vload)(o + g * hd + d0 + k * KV_VL);
+    for (int j = 0; j < cnt; j++) {
+        const int64_t e = (row0 + j) * hd + d0;
+        KVF x[KV_NV];
+        for (int k = 0; k < NV; k++) x[k] = KFN(ldv)(fmt, vb, e + k * KV_VL);
+        for (int g = 0; g < G; g++) {
+            const KVF w = p[g * KV_CH + j];
+            for (int k = 0; k < NV; k++) acc[g][k] = KV_FMA(w, x[k], acc[g][k]);
+        }
+    }
+    for (int g = 0; g < G; g++)
+        for (int k = 0; k < NV; k++) KFN(vstore)(o + g * hd + d0 + k * KV_VL, acc[g][k]);
+}
+
+KV_INLINE void KFN(vsum)(const int G, const int fmt, const void *vb, int64_t row0, int cnt, int hd, const float *p, float *o) {
+    const int dv = hd - hd % KV_VL;
+    int d0 = 0;
+    for (; d0 + KV_NV * KV_VL <= dv; d0 += KV_NV * KV_VL) KFN(vcols)(G, fmt, KV_NV, vb, row0, cnt, hd, d0, p, o);
+    for (; d0 < dv; d0 += KV_VL) KFN(vcols)(G, fmt, 1, vb, row0, cnt, hd, d0, p, o);
+    for (int d = dv; d < hd; d++)
+        for (int j = 0; j < cnt; j++) {
+            const float x = KFN(ld1)(fmt, vb, (row0 + j) * hd + d);
+            for (int g = 0; g < G; g++) o[g * hd + d] += p[g * KV_CH + j] * x;
+        }
+}
+
+// Blocks are separate allocations, too short for the hardware prefetcher to get going: fetch the
+// next block's rows and scales while this one is processed.
+static inline void KFN(prefetch_slab)(const kv_slab *sl, int hd) {
+    static const int esz[3] = {4, 2, 1};
+    const char *k = (const char *)sl->k, *v = (const char *)sl->v;
+    const int64_t kb = (int64_t)sl->n * hd * esz[sl->k_fmt < 3 && sl->k_fmt >= 0 ? sl->k_fmt : 0];
+    const int64_t vb = (int64_t)sl->n * hd * esz[sl->v_fmt < 3 && sl->v_fmt >= 0 ? sl->v_fmt : 0];
+    for (int64_t i = 0; i < kb; i += 64) __builtin_prefetch(k + i);
+    for (int64_t i = 0; i < vb; i += 64) __builtin_prefetch(v + i);
+    if (sl->k_scale)
+        for (int64_t i = 0; i < (int64_t)hd * 4; i += 64) __builtin_prefetch((const char *)sl->k_scale + i);
+    if (sl->v_scale)
+        for (int64_t i = 0; i < (int64_t)sl->n * 4; i += 64) __builtin_prefetch((const char *)sl->v_scale + i);
+}
+
+// G query heads (q0 ..< q0+G of token t) over entries [r0, r1) of KV head kvh.
+KV_INLINE void KFN(fast_heads)(const int G, const kv_attn_args *a, int64_t t, int kvh, int q0, int64_t r0, int64_t r1,
+                               float *part, float *ws) {
+    const int hd = a->head_dim;
+    const int64_t qstride = (int64_t)a->heads * hd, total = a->base + a->tokens;
+    float *qb = ws, *qk = qb + KV_GM * hd, *o = qk + KV_GM * hd, *s = o + KV_GM * hd;
+    float *raw = a->mass ? s + KV_GM * KV_CH : NULL;
+    float m[KV_GM], l[KV_GM];
+    for (int g = 0; g < G; g++) {
+        const float *qr = a->q + t * qstride + (int64_t)(q0 + g) * hd;
+        for (int d = 0; d < hd; d++) { qb[g * hd + d] = qr[d] * a->scale; o[g * hd + d] = 0; }
+        m[g] = -INFINITY;
+        l[g] = 0;
+    }
+    int64_t j0 = 0;
+    for (int64_t b = 0; b < a->blocks && j0 < r1; b++) {
+        const kv_slab *sl = a->slabs + b * a->kv_heads + kvh;
+        const int64_t bs = j0 > r0 ? j0 : r0, be = j0 + sl->n < r1 ? j0 + sl->n : r1;
+        if (bs >= be) { j0 += sl->n; continue; }
+        if (b + 1 < a->blocks && j0 + sl->n < r1) KFN(prefetch_slab)(sl + a->kv_heads, hd);
+        const float *qs = qb;
+        if (sl->k_fmt == KV_FMT_I8) {
+            for (int g = 0; g < G; g++)
+                for (int d = 0; d < hd; d++) qk[g * hd + d] = qb[g * hd + d] * sl->k_scale[d];
+            qs = qk;
+        }
+        for (int64_t c0 = bs; c0 < be; c0 += KV_CH) {
+            const int cnt = (int)(be - c0 < KV_CH ? be - c0 : KV_CH);
+            const int64_t row0 = c0 - j0;
+            switch (sl->k_fmt) {
+            case KV_FMT_F32: KFN(kscores)(G, KV_FMT_F32, sl->k, row0, cnt, hd, qs, s); break;
+            case KV_FMT_F16: KFN(kscores)(G, KV_FMT_F16, sl->k, row0, cnt, hd, qs, s); break;
+            default: KFN(kscores)(G, KV_FMT_I8, sl->k, row0, cnt, hd, qs, s); break;
+            }
+            // Online softmax step.
+            for (int g = 0; g < G; g++) {
+                float *sg = s + g * KV_CH;
+                if (raw) memcpy(raw + g * total + c0, sg, (size_t)cnt * sizeof(float));
+                float mx = m[g];
+                {
+                    KVF mv = mx;
+                    int j = 0;
+                    for (; j + KV_VL <= cnt; j += KV_VL) {
+                        const KVF x = KFN(vload)(sg + j);
+                        mv = x > mv ? x : mv;
+                    }
+                    float t[KV_VL];
+                    memcpy(t, &mv, sizeof mv);
+                    for (int k = 0; k < KV_VL; k++) mx = t[k] > mx ? t[k] : mx;
+                    for (; j < cnt; j++) mx = sg[j] > mx ? sg[j] : mx;
+                }
+                if (mx > m[g]) {
+                    const float alpha = expf(m[g] - mx);
+                    l[g] *= alpha;
+                    for (int d = 0; d < hd; d++) o[g * hd + d] *= alpha;
+                    m[g] = mx;
+                }
+                const KVF mv = m[g];
+                KVF acc = 0;
+                int j = 0;
+                for (; j + KV_VL <= cnt; j += KV_VL) {
+                    const KVF e = KFN(vexp)(KFN(vload)(sg + j) - mv);
+                    acc += e;
+                    KFN(vstore)(sg + j, e);
+                }
+                float sum = KFN(hsum)(acc);
+                if (j < cnt) {
+                    float t8[KV_VL];
+                    for (int k = 0; k < KV_VL; k++) t8[k] = j + k < cnt ? sg[j + k] - m[g] : -INFINITY;
+                    const KVF e = KFN(vexp)(KFN(vload)(t8));
+                    float te[KV_VL];
+                    memcpy(te, &e, sizeof e);
+                    for (int k = 0; j + k < cnt; k++) { sg[j + k] = te[k]; sum += te[k]; }
+                }
+                l[g] += sum;
+                if (sl->v_fmt == KV_FMT_I8) {
+                    int k = 0;
+                    for (; k + KV_VL <= cnt; k += KV_VL) KFN(vstore)(sg + k, KFN(vload)(sg + k) * KFN(vload)(sl->v_scale + row0 + k));
+                    for (; k < cnt; k++) sg[k] *= sl->v_scale[row0 + k];
+                }
+            }
+            switch (sl->v_fmt) {
+            case KV_FMT_F32: KFN(vsum)(G, KV_FMT_F32, sl->v, row0, cnt, hd, s, o); break;
+            case KV_FMT_F16: KFN(vsum)(G, KV_FMT_F16, sl->v, row0, cnt, hd, s, o); break;
+            default: KFN(vsum)(G, KV_FMT_I8, sl->v, row0, cnt, hd, s, o); break;
+            }
+        }
+        j0 += sl->n;
+    }
+    for (int g = 0; g < G; g++) {
+        if (part) {
+            float *pp = part + (int64_t)g * (hd + 2);
+            pp[0] = m[g];
+            pp[1] = l[g];
+            memcpy(pp + 2, o + g * hd, (size_t)hd * sizeof(float));
+            continue;
+        }
+        const float inv = l[g] > 0 ? 1.0f / l[g] : 0;
+        float *dst = a->out + t * qstride + (int64_t)(q0 + g) * hd;
+        for (int d = 0; d < hd; d++) dst[d] = o[g * hd + d] * inv;
+        if (raw) {
+            float *mrow = a->mass + (int64_t)(q0 + g) * total;
+            for (int64_t j = r0; j < r1; j++) mrow[j] += expf(raw[g * total + j] - m[g]) * inv;
+        }
+    }
+}
+
+// Items i0 ..< i1, item = (kvh·tokens + t)·splits + split.
+static void KFN(kv_attn_fast)(const kv_attn_args *a, int64_t i0, int64_t i1) {
+    const int hd = a->head_dim, group = a->heads / a->kv_heads;
+    const int64_t total = a->base + a->tokens, S = a->splits;
+    const size_t ws_floats = (size_t)(3 * KV_GM * hd + KV_GM * KV_CH) + (a->mass ? (size_t)(KV_GM * total) : 0) + 64;
+    float *ws = (float *)cw_tls_scratch(CW_TLS_SCORES, ws_floats * sizeof(float));
+    if (!ws) return;
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t split = item % S, t = (item / S) % a->tokens;
+        const int kvh = (int)(item / S / a->tokens);
+        const int64_t n = a->base + t + 1, r0 = n * split / S, r1 = n * (split + 1) / S;
+        for (int h0 = 0; h0 < group; h0 += KV_GM) {
+            const int G = group - h0 < KV_GM ? group - h0 : KV_GM;
+            const int q0 = kvh * group + h0;
+            float *part = a->part ? a->part + (item * group + h0) * (int64_t)(hd + 2) : NULL;
+            switch (G) {
+            case 1: KFN(fast_heads)(1, a, t, kvh, q0, r0, r1, part, ws); break;
+            case 2: KFN(fast_heads)(2, a, t, kvh, q0, r0, r1, part, ws); break;
+            case 3: KFN(fast_heads)(3, a, t, kvh, q0, r0, r1, part, ws); break;
+            default: KFN(fast_heads)(4, a, t, kvh, q0, r0, r1, part, ws); break;
+            }
+        }
+    }
+}
+
+#undef KV_GM
+#undef KV_CH
+#undef KV_NV
+
 #undef KVF
 #undef KFN
 #undef KV_CAT

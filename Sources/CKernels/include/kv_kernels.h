@@ -32,8 +32,14 @@ typedef struct kv_slab {
 } kv_slab;
 
 /// Causal grouped-query attention over paged KV blocks, each read in its own format (no
-/// dequantized copy of the cache is made: non-fp32 rows are widened one row at a time in
-/// registers/L1).
+/// dequantized copy of the cache is made: non-fp32 rows are widened in registers).
+///
+/// Two kernels: an all-fp32 cache takes the one that matches `cw_attention` (below); a cache with
+/// any fp16/int8 slab takes the fast one, which reads each cached row once for all query heads of
+/// its group, folds the softmax scale and int8 key scales into the query and int8 value scales
+/// into the probabilities, scores rows a chunk at a time with an online softmax (vectorized exp),
+/// and for decode splits each query's entries across threads and merges the partial softmaxes.
+/// Its results equal the all-fp32 kernel run on the widened entries to rounding (~1e-6).
 ///
 ///  * `q`, `out`: `tokens × heads·head_dim`. Query `t` sees cached entries `0 ..< base + t + 1`
 ///    (entries are numbered in block order; the last `tokens` entries are the queries' own).
