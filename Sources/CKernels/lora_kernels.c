@@ -79,7 +79,7 @@ static void cw_lora_up_cols(void *c, int64_t s, int64_t e) {
 
 // Below this many multiply-adds a product runs on the calling thread: waking the pool costs more
 // than the work (a decode-step rank-16 update of a 576-wide projection is ~9k).
-#define CW_LORA_SERIAL_MACS 20000
+#define CW_LORA_SERIAL_MACS 65536
 
 int cw_lora_down(int type, const void *a, int64_t lda, int64_t k, int64_t in,
                  const float *x, int64_t ldx, const int32_t *xrows, int64_t tokens,

@@ -66,6 +66,9 @@ public struct BenchmarkConfig: Sendable {
     /// Sequences decoding together (continuous batching): > 1 adds a batched decode test — that
     /// many sequences, each at the decode depth, one `forward(batch:)` per step.
     public var batch = 1
+    /// Token ids to take the prompt (and the decode-depth fill) from instead of random tokens,
+    /// cycled when shorter than needed — real text makes the scheduler's decisions realistic.
+    public var textTokens: [Int]? = nil
 
     public init(promptTokens: Int = 512, genTokens: Int = 128, repetitions: Int = 5, decodeDepth: Int? = nil, seed: UInt64 = 1, batch: Int = 1) {
         self.batch = batch
@@ -144,7 +147,12 @@ extension Engine {
         var rng = Xoshiro256(seed: cfg.seed)
         let vocab = model.config.vocabSize
         func randomTokens(_ n: Int) -> [Int] { (0..<n).map { _ in Int(rng.next() % UInt64(vocab)) } }
-        let prompt = randomTokens(cfg.promptTokens)
+        if let t = cfg.textTokens, t.isEmpty { throw EngineError.invalidParameter("the prompt text has no tokens") }
+        func textPrefix(_ n: Int) -> [Int] {
+            guard let t = cfg.textTokens else { return randomTokens(n) }
+            return (0..<n).map { t[$0 % t.count] }
+        }
+        let prompt = textPrefix(cfg.promptTokens)
         let fwd = ForwardOptions(precision: options.precision, pool: pool, logits: .last)
 
         guard cfg.batch >= 1 else { throw EngineError.invalidParameter("batch must be at least 1") }
@@ -164,7 +172,7 @@ extension Engine {
                 // Decode from a given depth: refill the cache with `depth` random tokens (untimed).
                 cache.truncate(to: 0)
                 beginSequence()
-                if depth > 0 { _ = try step(randomTokens(depth), cache: cache, options: ForwardOptions(precision: options.precision, pool: pool, logits: .none)) }
+                if depth > 0 { _ = try step(textPrefix(depth), cache: cache, options: ForwardOptions(precision: options.precision, pool: pool, logits: .none)) }
             }
             let steps = warmup ? 4 : cfg.genTokens
             let t2 = DispatchTime.now().uptimeNanoseconds

@@ -17,6 +17,8 @@ struct Bench: AsyncParsableCommand {
     var depth: Int?
     @Option(help: "Also measure decode with this many sequences stepping together (continuous batching; aggregate tok/s).")
     var batch: Int = 1
+    @Option(name: .customLong("prompt-file"), help: "Take the prompt (and the decode-depth context) from this text file instead of random tokens.")
+    var promptFile: String?
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -33,8 +35,16 @@ struct Bench: AsyncParsableCommand {
         if mo.context == nil { mo.context = max(promptTokens, depth ?? promptTokens) + genTokens }
         let engine = try mo.makeEngine()
         let quiet = json
-        let report = try await engine.benchmark(
-            BenchmarkConfig(promptTokens: promptTokens, genTokens: genTokens, repetitions: repetitions, decodeDepth: depth, batch: batch),
+        var cfg = BenchmarkConfig(promptTokens: promptTokens, genTokens: genTokens, repetitions: repetitions, decodeDepth: depth, batch: batch)
+        if let f = promptFile {
+            let text: String
+            do { text = try String(contentsOfFile: f, encoding: .utf8) } catch { throw ValidationError("--prompt-file \(f): cannot read: \(error.localizedDescription)") }
+            // Enough text for the longest prompt (tokenizing a whole corpus would take a while).
+            let ids = engine.tokenize(String(text.prefix(16 * max(promptTokens, depth ?? 0) + 4096)))
+            guard ids.count > 1 else { throw ValidationError("--prompt-file \(f): no text to tokenize") }
+            cfg.textTokens = ids
+        }
+        let report = try await engine.benchmark(cfg,
             progress: { line in if !quiet { printError(line) } })
         if json { try printJSON(report); return }
         func batchRow(_ r: BenchmarkReport) -> String {
