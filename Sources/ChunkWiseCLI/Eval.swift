@@ -70,8 +70,9 @@ struct EvalPerplexity: AsyncParsableCommand {
         """)
 
     @OptionGroup var modelOptions: ModelOptions
-    @Option(help: "Scheduler policy (base, static, static:K, balanced, aggressive, quality, merged). Default: static with --adapter, else base.")
-    var policy: String?
+    /// The model options' `--policy` (default: static with --adapter, else base). A second
+    /// `--policy` option here used to shadow it, so `--policy balanced` silently ran static.
+    var policy: String? { modelOptions.policy }
     @Option(help: "A UTF-8 text file.")
     var file: String
     /// Tokens per window: `--context` of the model options (default 512).
@@ -116,8 +117,8 @@ struct EvalSQuAD: AsyncParsableCommand {
         discussion: "Prompt tokenized without BOS; greedy, at most --max-tokens tokens, stop at a newline or EOS; the answer is cut at its first newline and stripped.")
 
     @OptionGroup var modelOptions: ModelOptions
-    @Option(help: "Scheduler policy. Default: static with --adapter, else base.")
-    var policy: String?
+    /// The model options' `--policy` (default: static with --adapter, else base).
+    var policy: String? { modelOptions.policy }
     @Option(help: "A SQuAD v1.1/v2.0 JSON file.")
     var file: String
     @Option(help: "Answer at most N questions (after the other filters).")
