@@ -40,7 +40,7 @@ public struct MergedModel: Sendable {
 }
 
 /// The rope_freqs factors of a GGUF model (llama3-style RoPE), needed to rebuild a `LlamaModel`.
-func ropeFrequencyFactors(of model: LlamaModel) -> [Float]? {
+public func ropeFrequencyFactors(of model: LlamaModel) -> [Float]? {
     if case .gguf(let g) = model.source, g.tensor("rope_freqs.weight") != nil {
         return try? g.floats("rope_freqs.weight")
     }
@@ -73,26 +73,15 @@ extension LoRAStack {
                 let mods = table[l][p.order]
                 guard !mods.isEmpty else { continue }
                 let orig = model.weights.layers[l].matrix(p)
-                let rows = orig.rows, cols = orig.cols
-                let storage = FloatStorage(count: format == .f32 ? rows * cols : (rows * cols + 1) / 2)
-                let W = storage.pointer
-                let half = UnsafeMutableRawPointer(storage.pointer).assumingMemoryBound(to: UInt16.self)
-                pool.parallelFor(rows, granularity: 8) { start, end in
-                    let tmp = UnsafeMutablePointer<Float>.allocate(capacity: cols)
-                    defer { tmp.deallocate() }
-                    for o in start..<end {
-                        let row = format == .f32 ? W + o * cols : tmp
-                        orig.dequantizeRow(o, into: row)
-                        for m in mods {
-                            BoundModule.addDeltaRow(o, module: m.module, scale: m.scale * self.scale, sign: 1, row: row)
-                            if let f = m.doraFactor { for c in 0..<cols { row[c] *= f[o] } }
-                        }
-                        if format == .f16 { for c in 0..<cols { half[o * cols + c] = Float16(row[c]).bitPattern } }
+                let cols = orig.cols
+                let (m, bytes) = try mergedCopy(of: orig, format: format, pool: pool) { o, row in
+                    for m in mods {
+                        BoundModule.addDeltaRow(o, module: m.module, scale: m.scale * self.scale, sign: 1, row: row)
+                        if let f = m.doraFactor { for c in 0..<cols { row[c] *= f[o] } }
                     }
                 }
-                w.layers[l].setMatrix(p, try WeightMatrix(type: format == .f32 ? .f32 : .f16, rows: rows, cols: cols,
-                                                          base: UnsafeRawPointer(storage.pointer), owner: storage))
-                extra += rows * cols * (format == .f32 ? 4 : 2)
+                w.layers[l].setMatrix(p, m)
+                extra += bytes
                 touched.append(.init(layer: l, projection: p))
 
                 // Biases: lora_B.bias · s and replaced base biases fold into the model's bias.
@@ -136,12 +125,32 @@ extension LoRAStack {
     }
 }
 
-/// The element type of merged copies.
-public enum MergeFormat: String, Sendable, CaseIterable {
-    /// fp32: `W + s·B·A` exactly as computed (parity with PEFT's merge).
-    case f32
-    /// fp16: half the memory; the engine's choice under `--precision fast`.
-    case f16
+/// The element type of merged copies: `.f32` keeps `W + s·B·A` exactly as computed (parity with
+/// PEFT's merge); `.f16` halves the memory (the engine's choice under `--precision fast`).
+public typealias MergeFormat = LowRankFactor.Storage
+
+/// A copy of `orig` with `addDelta(row index, row)` applied to each dequantized fp32 row (`cols` floats), stored as
+/// `format` (fp16 rounds each merged weight once). Returns the matrix (owning its storage) and its
+/// bytes. Shared by `LoRAStack.merge` and the scheduler's merged floor.
+public func mergedCopy(of orig: WeightMatrix, format: MergeFormat, pool: ThreadPool,
+                       addDelta: (Int, UnsafeMutablePointer<Float>) -> Void) throws -> (WeightMatrix, Int) {
+    let rows = orig.rows, cols = orig.cols
+    let bytes = rows * cols * (format == .f32 ? 4 : 2)
+    let storage = FloatStorage(count: (bytes + 3) / 4)
+    let f32 = storage.pointer
+    let f16 = UnsafeMutableRawPointer(storage.pointer).assumingMemoryBound(to: UInt16.self)
+    pool.parallelFor(rows, granularity: 8) { start, end in
+        let tmp = UnsafeMutablePointer<Float>.allocate(capacity: cols)
+        defer { tmp.deallocate() }
+        for o in start..<end {
+            let row = format == .f32 ? f32 + o * cols : tmp
+            orig.dequantizeRow(o, into: row)
+            addDelta(o, row)
+            if format == .f16 { for c in 0..<cols { f16[o * cols + c] = Float16(row[c]).bitPattern } }
+        }
+    }
+    let m = try WeightMatrix(type: format == .f32 ? .f32 : .f16, rows: rows, cols: cols, base: UnsafeRawPointer(storage.pointer), owner: storage)
+    return (m, bytes)
 }
 
 extension LoRAAdapter {

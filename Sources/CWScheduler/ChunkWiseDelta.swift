@@ -4,7 +4,7 @@
 /// 1. `RankLadder` (once per adapter, cacheable on disk): every module's `s·B·A` re-factored as
 ///    `U·S·Vᵀ` from the small problem only (QR of B and Aᵀ, Jacobi SVD of the r×r core, in Double),
 ///    directions sorted by σ so the first k are the best rank-k approximation (Eckart–Young), stored
-///    in tier blocks (contiguous `out×w` U·S and `w×in` Vᵀ) so rank k costs rank k.
+///    as row factors (Vᵀ and (U·S)ᵀ, `LowRankFactor`) so rank k is a prefix of rows and costs rank k.
 /// 2. `DifficultyEstimator`: a causal score in [0, 1] per token from entropy of the previous
 ///    prediction (decode), n-gram novelty, layer-0 attention entropy, a position prior and the
 ///    adapter's response energy. Computed in `prepare(tokens:)` *before* the forward pass, because
@@ -17,7 +17,8 @@
 /// 5. `CrossFade`: over w tokens after each edge the per-direction weights ramp linearly from the
 ///    outgoing to the incoming configuration.
 /// 6. `ChunkWiseDelta` (a `ProjectionDelta`): in prefill token rows are grouped by the rank they
-///    need and each group runs only its blocks; in decode the single token runs its slice.
+///    need and each group runs only its slice; in decode the single token runs its slice — one down and
+///    one up low-rank product either way (`LowRank`), with the per-token direction weights between them.
 ///
 /// Design decisions:
 /// - `static` does not go through the ladder at all: it delegates to `LoRAStack` (A then B), so it
@@ -25,12 +26,14 @@
 /// - Causality over lookahead: the estimator, chunker and fade use only past and current tokens, so
 ///   prefill in one call, prefill in pieces and token-by-token decode make the same decisions, and a
 ///   KV cache never holds keys computed under a rank that would later be revised.
-/// - Merged floor (`mergedFloor = k₀`): the first k₀ directions are merged into fp32 copies of the
-///   touched base matrices (`MergedFloor`); the delta adds only directions ≥ k₀ on chunks whose rank
+/// - Merged floor (`mergedFloor = k₀`): the first k₀ directions are merged into fp32 (fp16 under fast
+///   precision) copies of the touched base matrices (`MergedFloor`); the delta adds only directions ≥ k₀ on chunks whose rank
 ///   is above k₀. Every token then gets at least rank k₀ at zero per-token cost; α does not apply to
 ///   the merged part.
-/// - Tier ranks should be ladder block boundaries (the default ladder cuts at powers of two); a rank
-///   inside a block computes the whole block and zeroes the extra directions.
+/// - Any rank costs exactly that rank (a prefix of the factors' rows); the ladder's tier boundaries
+///   only group directions in the cache file and the energy report.
+/// - KV per chunk: with `kvPolicies`, `prepare(tokens:cache:)` sets each new chunk's tier policy on
+///   the cache from the chunk's first position (easy chunks int8, hard chunks fp32 in the presets).
 ///
 /// Thread safety: a `ChunkWiseDelta` holds per-sequence state (plan, estimator). Use one per
 /// sequence from one task at a time (the engine actor); it is `@unchecked Sendable` for that reason.
@@ -115,7 +118,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         }
         staticStack = config.mode == .static ? try LoRAStack(model: model, adapter: adapter, storage: storage) : nil
         if config.mode != .static, config.mergedFloor > 0 {
-            mergedFloor = try MergedFloor(model: model, ladder: lad, rank: config.mergedFloor, format: storage == .f16 ? .f16 : .f32)
+            mergedFloor = try MergedFloor(model: model, ladder: lad, rank: config.mergedFloor, format: storage)
         } else {
             mergedFloor = nil
         }
@@ -298,43 +301,25 @@ public struct MergedFloor: Sendable {
     public init(model base: LlamaModel, ladder: RankLadder, rank k0: Int, format: MergeFormat = .f32) throws {
         var w = base.weights
         var extra = 0
+        let pool = ThreadPool()
         for m in ladder.modules {
             let orig = base.weights.layers[m.layer].matrix(m.projection)
-            let rows = orig.rows, cols = orig.cols
-            let st = MergedStorage(count: format == .f32 ? rows * cols : (rows * cols + 1) / 2)
-            let half = UnsafeMutableRawPointer(st.pointer).assumingMemoryBound(to: UInt16.self)
-            let tmp = UnsafeMutablePointer<Float>.allocate(capacity: cols)
-            defer { tmp.deallocate() }
+            let cols = orig.cols
             let kk = min(k0, m.rank)
             let us = m.usMatrix(), vt = m.vtMatrix(), r = m.rank
-            for o in 0..<rows {
-                let row = format == .f32 ? st.pointer + o * cols : tmp
-                orig.dequantizeRow(o, into: row)
+            let (copy, bytes) = try mergedCopy(of: orig, format: format, pool: pool) { o, row in
                 for j in 0..<kk {
                     let u = us[o * r + j]
                     if u == 0 { continue }
                     for c in 0..<cols { row[c] += u * vt[j * cols + c] }
                 }
-                if format == .f16 { for c in 0..<cols { half[o * cols + c] = Float16(row[c]).bitPattern } }
             }
-            w.layers[m.layer].setMatrix(m.projection, try WeightMatrix(type: format == .f32 ? .f32 : .f16, rows: rows, cols: cols,
-                                                                     base: UnsafeRawPointer(st.pointer), owner: st))
-            extra += (format == .f32 ? 4 : 2) * rows * cols
+            w.layers[m.layer].setMatrix(m.projection, copy)
+            extra += bytes
         }
-        var factors: [Float]? = nil
-        if case .gguf(let g) = base.source, g.tensor("rope_freqs.weight") != nil { factors = try? g.floats("rope_freqs.weight") }
-        model = LlamaModel(config: base.config, weights: w, source: base.source, ropeFrequencyFactors: factors)
+        model = LlamaModel(config: base.config, weights: w, source: base.source, ropeFrequencyFactors: ropeFrequencyFactors(of: base))
         rank = k0
         extraBytes = extra
     }
 }
 
-/// fp32 storage of a merged-floor matrix (owned by its `WeightMatrix`).
-final class MergedStorage: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<Float>
-    init(count: Int) {
-        pointer = .allocate(capacity: max(1, count))
-        pointer.initialize(repeating: 0, count: max(1, count))
-    }
-    deinit { pointer.deallocate() }
-}

@@ -305,15 +305,15 @@ public actor BatchScheduler {
         guard !items.isEmpty else { return }
         // Sequences sharing an adapter binding sit next to each other, so the forward pass applies
         // that adapter once to all of their rows (stable: arrival order within an adapter).
-        if Set(items.map { $0.delta.map(ObjectIdentifier.init) }).count < items.count {
-            let order = items.indices.sorted { a, b in
-                let ka = items[a].delta.map { UInt(bitPattern: ObjectIdentifier($0).hashValue) } ?? 0
-                let kb = items[b].delta.map { UInt(bitPattern: ObjectIdentifier($0).hashValue) } ?? 0
-                return ka != kb ? ka < kb : a < b
-            }
-            items = order.map { items[$0] }
-            members = order.map { members[$0] }
+        let order = items.indices.sorted { a, b in
+            let ka = items[a].delta.map(ObjectIdentifier.init), kb = items[b].delta.map(ObjectIdentifier.init)
+            if ka == kb { return a < b }
+            guard let ka else { return true }
+            guard let kb else { return false }
+            return ka < kb
         }
+        items = order.map { items[$0] }
+        members = order.map { members[$0] }
         steps += 1
         peakBatch = max(peakBatch, items.count)
         let logits: [[Float]]

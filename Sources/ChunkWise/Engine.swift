@@ -111,7 +111,7 @@ public actor Engine {
         self.scheduler = nil
         if options.mergeAdapters || policy == "merged" {
             let merged = try LoRAStack.merged(model: model.model, adapters: bindings, scale: options.adapterScale,
-                                              allowPartial: options.allowPartialAdapter, format: factorStorage == .f16 ? .f16 : .f32)
+                                              allowPartial: options.allowPartialAdapter, format: factorStorage)
             self.loaded = LoadedModel(model: merged.model, tokenizer: model.tokenizer, name: model.name, chatTemplate: model.chatTemplate)
             self.delta = nil
             self.adapterByteCount = merged.extraBytes
