@@ -339,7 +339,31 @@ int cw_dequantize_row(int type, const void *src, float *dst, int64_t n) {
 
 float cw_dot_f32(const float *a, const float *b, int64_t n) { return cw_ops_current()->dot(a, b, n); }
 
-enum { CW_FAST_MAX_TOKENS = 2 };  // integer dots only for single-token (decode) products; see below
+// Fast mode takes the integer kernels up to these token counts: the tiled kernel (32-element
+// block types) serves decode steps of up to CW_TILED_MAX_TOKENS sequences at once; the K-quants'
+// per-pair kernel only single tokens. Larger products (prefill) run the fp32 GEMM, which is
+// faster there and exact.
+enum { CW_FAST_MAX_TOKENS = 4, CW_TILED_MIN_TOKENS = 4, CW_TILED_MAX_TOKENS = 16 };
+
+// The tiled kernel's token limit; CHUNKWISE_TILED_MAX=N overrides it (0 turns the tiled kernel
+// off: single tokens then take the per-pair kernel), for measurements.
+static int cw_tiled_max(void) {
+    static _Atomic int cached = -1;
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v < 0) {
+        const char *e = getenv("CHUNKWISE_TILED_MAX");
+        v = e ? atoi(e) : CW_TILED_MAX_TOKENS;
+        if (v < 0) v = 0;
+        if (v > 128) v = 128; // the tiled kernel's output buffer holds 16 groups of 8
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v;
+}
+
+static int cw_tiled_type(int type) {
+    return type == CW_TYPE_Q4_0 || type == CW_TYPE_Q4_1 || type == CW_TYPE_Q5_0 || type == CW_TYPE_Q5_1 ||
+           type == CW_TYPE_Q8_0;
+}
 
 typedef struct { const cw_ops *ops; cw_mm *a; } cw_mm_ctx;
 
@@ -392,6 +416,8 @@ static void cw_f16_mv_avx2(void *c, int64_t r0, int64_t r1) {
 static void cw_mm_exact_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->exact_rows(m->a, s, e); }
 static void cw_mm_fast_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->fast_rows(m->a, s, e); }
 static void cw_mm_quant_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->quantize(m->a, s, e); }
+static void cw_mm_tiled_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->tiled_rows(m->a, s, e); }
+static void cw_mm_tquant_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->quantize_tiled(m->a, s, e); }
 
 int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_bytes,
               const float *x, int64_t tokens, float *y, int precision, cw_pool *pool) {
@@ -400,7 +426,7 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
     if (row_bytes < cols / be * cw_block_bytes(type)) return -1;
     if (tokens == 0) return 0;
     cw_mm a = {.type = type, .w = (const uint8_t *)w, .rows = rows, .cols = cols, .row_bytes = row_bytes,
-               .x = x, .tokens = tokens, .y = y, .xq = NULL, .xq_row_bytes = 0};
+               .x = x, .tokens = tokens, .y = y, .xq = NULL, .xq_row_bytes = 0, .tq = NULL, .td = NULL, .tsd = NULL};
     cw_mm_ctx c = {cw_ops_current(), &a};
     // Fast mode takes the integer path for decode and small batches; for prefill-sized batches
     // the fp32 GEMM (dequantize a tile once, register-blocked FMAs) is faster than per-pair
@@ -411,7 +437,25 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
         return 0;
     }
 #endif
-    if (precision == CW_PRECISION_FAST && be > 1 && tokens < CW_FAST_MAX_TOKENS) {
+    if (precision == CW_PRECISION_FAST && cw_tiled_type(type) && tokens >= CW_TILED_MIN_TOKENS &&
+        tokens <= cw_tiled_max()) {
+        const int64_t nb = cols / 32, groups = (tokens + 7) / 8;
+        const int64_t qbytes = groups * nb * 256 * (int64_t)sizeof(int16_t), nsc = groups * nb * 8;
+        uint8_t *buf = (uint8_t *)cw_tls_scratch(CW_TLS_XQ, (size_t)(qbytes + 2 * nsc * (int64_t)sizeof(float)));
+        if (!buf) return -1;
+        a.tq = (int16_t *)buf;
+        a.td = (float *)(buf + qbytes);
+        a.tsd = a.td + nsc;
+        if (tokens % 8) { // the last group's unused lanes: zero quants and scales
+            const int64_t g = groups - 1;
+            memset(a.tq + g * nb * 256, 0, (size_t)(nb * 256) * sizeof(int16_t));
+            memset(a.td + g * nb * 8, 0, (size_t)(nb * 8) * sizeof(float));
+            memset(a.tsd + g * nb * 8, 0, (size_t)(nb * 8) * sizeof(float));
+        }
+        if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, cw_mm_tquant_task, &c);
+        else c.ops->quantize_tiled(&a, 0, tokens);
+        cw_pool_parallel_for(pool, rows, 16, cw_mm_tiled_task, &c);
+    } else if (precision == CW_PRECISION_FAST && be > 1 && tokens < CW_FAST_MAX_TOKENS) {
         const int64_t nb = cols / be;
         a.xq_row_bytes = be == 256 ? nb * (int64_t)sizeof(cw_q16k) : nb * (int64_t)sizeof(cw_q16b);
         a.xq = (uint8_t *)cw_tls_scratch(CW_TLS_XQ, (size_t)(tokens * a.xq_row_bytes));

@@ -33,6 +33,11 @@ typedef struct {
     float *y;             // tokens × rows
     uint8_t *xq;          // fast mode: quantized activations, one row per token
     int64_t xq_row_bytes;
+    // Fast mode, tiled kernel (32-element block types): activations block-major, so the tokens
+    // of one block sit together: tq[(b·tokens + t)·32 + j], td/tsd[b·tokens + t] (+ 8 floats of
+    // padding, so a vector load of 8 scales from any token is in bounds).
+    int16_t *tq;
+    float *td, *tsd;
 } cw_mm;
 
 typedef struct {
@@ -50,6 +55,8 @@ typedef struct {
     void (*exact_rows)(const cw_mm *a, int64_t r0, int64_t r1);
     void (*fast_rows)(const cw_mm *a, int64_t r0, int64_t r1);
     void (*quantize)(const cw_mm *a, int64_t t0, int64_t t1);
+    void (*tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1);
+    void (*quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1);
     float (*dot)(const float *a, const float *b, int64_t n);
     float (*sum)(const float *a, int64_t n);
     void (*attn)(const cw_attn *a, int64_t i0, int64_t i1);

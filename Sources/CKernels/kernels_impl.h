@@ -435,20 +435,23 @@ CW_INLINE int FN(q16)(float v) {
     return q > CW_Q16_MAX ? CW_Q16_MAX : q < -CW_Q16_MAX ? -CW_Q16_MAX : q;
 }
 
-static void FN(quant_q16b)(const float *x, cw_q16b *o, int64_t nb) {
-    for (int64_t b = 0; b < nb; b++, x += 32, o++) {
-        float amax = 0;
-        for (int j = 0; j < 32; j++) { const float v = fabsf(x[j]); amax = v > amax ? v : amax; }
-        const float d = amax / (float)CW_Q16_MAX, id = d != 0 ? 1.0f / d : 0.0f;
-        int s = 0;
-        for (int j = 0; j < 32; j++) {
-            const int q = FN(q16)(x[j] * id);
-            o->qs[j] = (int16_t)q;
-            s += q;
-        }
-        o->d = d;
-        o->sd = d * (float)s;
+// One block of 32: int16 quants, the scale d and d·Σq.
+CW_INLINE void FN(q16_block)(const float *x, int16_t *qs, float *dout, float *sdout) {
+    float amax = 0;
+    for (int j = 0; j < 32; j++) { const float v = fabsf(x[j]); amax = v > amax ? v : amax; }
+    const float d = amax / (float)CW_Q16_MAX, id = d != 0 ? 1.0f / d : 0.0f;
+    int s = 0;
+    for (int j = 0; j < 32; j++) {
+        const int q = FN(q16)(x[j] * id);
+        qs[j] = (int16_t)q;
+        s += q;
     }
+    *dout = d;
+    *sdout = d * (float)s;
+}
+
+static void FN(quant_q16b)(const float *x, cw_q16b *o, int64_t nb) {
+    for (int64_t b = 0; b < nb; b++, x += 32, o++) FN(q16_block)(x, o->qs, &o->d, &o->sd);
 }
 
 static void FN(quant_q16k)(const float *x, cw_q16k *o, int64_t nb) {
@@ -814,6 +817,246 @@ static void FN(fast_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Fast mode, batched: the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) for a few tokens
+// at once (decode steps of several sequences; ckernels.c sets the range).
+//
+// Tokens go in the vector lanes, eight per group: the activations are laid out block-major with
+// each pair of elements of the group's eight tokens side by side (one 256-bit vector of int16
+// per element pair), and each weight element pair is broadcast to all lanes, so one s16×s16
+// pair-dot instruction (vpdpwssd / vpmaddwd) advances eight tokens' dot products by two elements
+// with no horizontal sums. A weight block is unpacked once for the group, four rows share every
+// activation load. Per output (row r, token t) and block b:
+//     I = Σ_j q_j·x_j (exact in int32);  v = float(I)·(dw·dx);  v = ow·sd + v;  acc[b mod 2] += v
+// and y = acc[0] + acc[1]. `ow` is the coefficient of the activation block's scaled sum sd:
+// m for Q4_1/Q5_1, -8·dw for Q4_0, -16·dw for Q5_0 (both exact), none for Q8_0.
+// Bounds: |I| ≤ 32·128·32767 < 2^28 (Q8_0); float(I) is exact below 2^24 (the Q4 types).
+
+// Layout: token t = 8g + lane; element j = 2p + e of block b:
+//   tq[((g·nb + b)·16 + p)·16 + 2·lane + e],   td/tsd[(g·nb + b)·8 + lane].
+CW_INLINE int64_t FN(tb_x)(int64_t nb, int64_t t, int64_t b, int j) {
+    return (((t / 8) * nb + b) * 16 + j / 2) * 16 + 2 * (t % 8) + (j & 1);
+}
+CW_INLINE int64_t FN(tb_s)(int64_t nb, int64_t t, int64_t b) { return ((t / 8) * nb + b) * 8 + t % 8; }
+
+// Quantizes tokens [t0, t1) into that layout (the padding lanes of the last group are zeroed by
+// the driver).
+static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
+    const int64_t nb = a->cols / 32;
+    for (int64_t t = t0; t < t1; t++)
+        for (int64_t b = 0; b < nb; b++) {
+            int16_t q[32];
+            const int64_t s = FN(tb_s)(nb, t, b);
+            FN(q16_block)(a->x + t * a->cols + 32 * b, q, a->td + s, a->tsd + s);
+            // element pair p of this token: one 32-bit store at lane t % 8 of row p
+            int16_t *dst = a->tq + FN(tb_x)(nb, t, b, 0);
+            for (int p = 0; p < 16; p++) memcpy(dst + 16 * p, q + 2 * p, 4);
+        }
+}
+
+// The offset coefficient ow of a weight block (see above); 0 for Q8_0.
+CW_INLINE float FN(tb_ow)(int type, const uint8_t *p, float dw) {
+    switch (type) {
+    case CW_TYPE_Q4_0: return -8.0f * dw;
+    case CW_TYPE_Q5_0: return -16.0f * dw;
+    case CW_TYPE_Q4_1: case CW_TYPE_Q5_1: return FN(h2f)(cw_u16(p + 2));
+    default: return 0.0f;
+    }
+}
+
+#if CW_X86
+// Weight quants of one block as int16: lo = elements 0..15, hi = 16..31 (ggml order).
+CW_INLINE void FN(tb_unpack)(const int type, const uint8_t *p, __m256i *lo, __m256i *hi) {
+    switch (type) {
+    case CW_TYPE_Q4_0: case CW_TYPE_Q4_1: {
+        const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + (type == CW_TYPE_Q4_0 ? 2 : 4))));
+        *lo = _mm256_and_si256(b, _mm256_set1_epi16(0x0F));
+        *hi = _mm256_srli_epi16(b, 4);
+        return;
+    }
+    case CW_TYPE_Q5_0: case CW_TYPE_Q5_1: {
+        const int o = type == CW_TYPE_Q5_0 ? 2 : 4;
+        uint32_t qh; memcpy(&qh, p + o, 4);
+        const __m256i q = _mm256_or_si256(FN(nibbles)(p + o + 4), FN(bit16)(qh));
+        *lo = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(q));
+        *hi = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(q, 1));
+        return;
+    }
+    default:
+        *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 2)));
+        *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 18)));
+    }
+}
+
+CW_INLINE __m256i FN(tb_dp)(__m256i acc, __m256i a, __m256i b) {
+#if CW_VNNI
+    return _mm256_dpwssd_epi32(acc, a, b);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+#endif
+}
+
+// Four rows (wr) × the eight tokens of group g: out[i] lanes = tokens.
+// Four rows' weights unpacked once (they then serve every token group): int16 quants
+// wq[(i·nb + b)·32 + j], dw and ow per row and block. Reading them back as 32-bit broadcasts
+// from memory (not shuffles of registers) keeps the shuffle units free; this pass runs before
+// the dot products, so the loads never wait on store forwarding.
+typedef struct { int16_t *wq; float *dw, *ow; } FN(tb_w);
+
+CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int64_t nb, FN(tb_w) w) {
+    const int BYTES = cw_block_bytes(type);
+    for (int i = 0; i < 4; i++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *p = wr[i] + b * BYTES;
+            __m256i lo, hi;
+            FN(tb_unpack)(type, p, &lo, &hi);
+            _mm256_store_si256((__m256i *)(w.wq + (i * nb + b) * 32), lo);
+            _mm256_store_si256((__m256i *)(w.wq + (i * nb + b) * 32 + 16), hi);
+            const float dw = FN(h2f)(cw_u16(p));
+            w.dw[i * nb + b] = dw;
+            w.ow[i * nb + b] = FN(tb_ow)(type, p, dw);
+        }
+}
+
+CW_INLINE __m256i FN(tb_bc)(const int16_t *p) { int32_t v; memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
+
+// Block b of four rows × the eight tokens of group g: v per row (lanes = tokens).
+CW_INLINE void FN(tb_block)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, int64_t b, __m256 v[4]) {
+    const int64_t nb = a->cols / 32;
+    const int16_t *xb = a->tq + (g * nb + b) * 256;
+    const int16_t *w0 = w.wq + b * 32, *w1 = w0 + nb * 32, *w2 = w1 + nb * 32, *w3 = w2 + nb * 32;
+    __m256i e0 = _mm256_setzero_si256(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
+#pragma clang loop unroll(full)
+    for (int p = 0; p < 16; p += 2) {
+        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xb + 16 * p));
+        const __m256i xo = _mm256_loadu_si256((const __m256i *)(xb + 16 * p + 16));
+        e0 = FN(tb_dp)(e0, xe, FN(tb_bc)(w0 + 2 * p)); o0 = FN(tb_dp)(o0, xo, FN(tb_bc)(w0 + 2 * p + 2));
+        e1 = FN(tb_dp)(e1, xe, FN(tb_bc)(w1 + 2 * p)); o1 = FN(tb_dp)(o1, xo, FN(tb_bc)(w1 + 2 * p + 2));
+        e2 = FN(tb_dp)(e2, xe, FN(tb_bc)(w2 + 2 * p)); o2 = FN(tb_dp)(o2, xo, FN(tb_bc)(w2 + 2 * p + 2));
+        e3 = FN(tb_dp)(e3, xe, FN(tb_bc)(w3 + 2 * p)); o3 = FN(tb_dp)(o3, xo, FN(tb_bc)(w3 + 2 * p + 2));
+    }
+    const __m256i I[4] = {_mm256_add_epi32(e0, o0), _mm256_add_epi32(e1, o1), _mm256_add_epi32(e2, o2),
+                          _mm256_add_epi32(e3, o3)};
+    const __m256 dxv = _mm256_loadu_ps(a->td + (g * nb + b) * 8), sdv = _mm256_loadu_ps(a->tsd + (g * nb + b) * 8);
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(I[i]), _mm256_mul_ps(_mm256_set1_ps(w.dw[i * nb + b]), dxv));
+        if (type != CW_TYPE_Q8_0) v[i] = _mm256_fmadd_ps(_mm256_set1_ps(w.ow[i * nb + b]), sdv, v[i]);
+    }
+}
+
+// Four rows × the eight tokens of group g: out[i] lanes = tokens.
+CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, __m256 out[4]) {
+    const int64_t nb = a->cols / 32;
+    __m256 a0[4], a1[4], v[4];
+    for (int i = 0; i < 4; i++) a0[i] = a1[i] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        FN(tb_block)(a, type, w, g, b, v);
+        for (int i = 0; i < 4; i++) a0[i] = _mm256_add_ps(a0[i], v[i]);
+        FN(tb_block)(a, type, w, g, b + 1, v);
+        for (int i = 0; i < 4; i++) a1[i] = _mm256_add_ps(a1[i], v[i]);
+    }
+    if (b < nb) {
+        FN(tb_block)(a, type, w, g, b, v);
+        for (int i = 0; i < 4; i++) a0[i] = _mm256_add_ps(a0[i], v[i]);
+    }
+    for (int i = 0; i < 4; i++) out[i] = _mm256_add_ps(a0[i], a1[i]);
+}
+
+// Four rows (wr) × all token groups.
+static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, float *out /* groups × 4 × 8 */) {
+    const int64_t nb = a->cols / 32, G = (a->tokens + 7) / 8;
+    uint8_t *scratch = (uint8_t *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(4 * nb * (64 + 8)));
+    if (!scratch) return;
+    FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + 4 * nb * 64), (float *)(scratch + 4 * nb * 68)};
+    __m256 o[4];
+#define CW_TB_CASE(TYPE)                                                                     \
+    case TYPE:                                                                               \
+        FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                 \
+        for (int64_t g = 0; g < G; g++) {                                                    \
+            FN(tb_tile)(a, TYPE, w, g, o);                                                   \
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + (g * 4 + i) * 8, o[i]);       \
+        }                                                                                    \
+        return;
+    switch (a->type) {
+    CW_TB_CASE(CW_TYPE_Q4_0)
+    CW_TB_CASE(CW_TYPE_Q4_1)
+    CW_TB_CASE(CW_TYPE_Q5_0)
+    CW_TB_CASE(CW_TYPE_Q5_1)
+    default: break;
+    }
+    switch (a->type) { CW_TB_CASE(CW_TYPE_Q8_0) default: return; }
+#undef CW_TB_CASE
+}
+#else
+// Σ_j q_j·x_j for one weight block and token t of block b.
+CW_INLINE int32_t FN(tb_idot)(const cw_mm *a, const uint8_t *p, int64_t t, int64_t b) {
+    const int64_t nb = a->cols / 32;
+    int qv[32];
+    switch (a->type) {
+    case CW_TYPE_Q4_0: case CW_TYPE_Q4_1: {
+        const uint8_t *q = p + (a->type == CW_TYPE_Q4_0 ? 2 : 4);
+        for (int j = 0; j < 16; j++) { qv[j] = q[j] & 15; qv[j + 16] = q[j] >> 4; }
+        break;
+    }
+    case CW_TYPE_Q5_0: case CW_TYPE_Q5_1: {
+        const int o = a->type == CW_TYPE_Q5_0 ? 2 : 4;
+        uint32_t qh; memcpy(&qh, p + o, 4);
+        const uint8_t *q = p + o + 4;
+        for (int j = 0; j < 16; j++) {
+            qv[j] = (q[j] & 15) | (((qh >> j) << 4) & 0x10);
+            qv[j + 16] = (q[j] >> 4) | ((qh >> (j + 12)) & 0x10);
+        }
+        break;
+    }
+    default:
+        for (int j = 0; j < 32; j++) qv[j] = (int8_t)p[2 + j];
+    }
+    int32_t s = 0;
+    for (int j = 0; j < 32; j++) s += qv[j] * a->tq[FN(tb_x)(nb, t, b, j)];
+    return s;
+}
+
+// Portable: the same per-output sequence, one output at a time.
+static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, float *out /* groups × 4 × 8 */) {
+    const int BYTES = cw_block_bytes(a->type);
+    const int64_t nb = a->cols / 32, G = (a->tokens + 7) / 8;
+    for (int64_t g = 0; g < G; g++)
+        for (int i = 0; i < 4; i++)
+            for (int l = 0; l < 8; l++) {
+                const int64_t t = 8 * g + l;
+                float acc[2] = {0, 0};
+                for (int64_t b = 0; b < nb; b++) {
+                    const uint8_t *p = wr[i] + b * BYTES;
+                    const float dw = FN(h2f)(cw_u16(p));
+                    const int64_t si = FN(tb_s)(nb, t, b);
+                    float v = (float)FN(tb_idot)(a, p, t, b) * (dw * a->td[si]);
+                    if (a->type != CW_TYPE_Q8_0) v = FN(tb_ow)(a->type, p, dw) * a->tsd[si] + v;
+                    acc[b & 1] += v;
+                }
+                out[(g * 4 + i) * 8 + l] = acc[0] + acc[1];
+            }
+}
+#endif
+
+// Rows [r0, r1) × all tokens, four rows at a time (unpacked once for all token groups); a tile
+// that runs past r1 repeats the last row and drops it.
+static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
+    const int64_t T = a->tokens, rows = a->rows, G = (T + 7) / 8;
+    float out[2 * 4 * 8 * 8]; // up to 16 groups (128 tokens)
+    if (G > 16) return;
+    for (int64_t r = r0; r < r1; r += 4) {
+        const uint8_t *wr[4];
+        for (int i = 0; i < 4; i++) wr[i] = a->w + (r + i < r1 ? r + i : r1 - 1) * a->row_bytes;
+        FN(tb_rows4)(a, wr, out);
+        for (int64_t g = 0; g < G; g++) {
+            const int64_t nt = T - 8 * g < 8 ? T - 8 * g : 8;
+            for (int i = 0; i < 4 && r + i < r1; i++)
+                for (int64_t l = 0; l < nt; l++) a->y[(8 * g + l) * rows + r + i] = out[(g * 4 + i) * 8 + l];
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Attention: one (token, head) item at a time; scores for that row only (two-pass safe softmax).
 
 static void FN(attn)(const cw_attn *a, int64_t i0, int64_t i1) {
@@ -855,6 +1098,8 @@ const cw_ops CW_CAT(cw_ops, CW_ISA) = {
     .exact_rows = FN(exact_rows),
     .fast_rows = FN(fast_rows),
     .quantize = FN(quantize),
+    .tiled_rows = FN(tiled_rows),
+    .quantize_tiled = FN(quantize_tiled),
     .dot = FN(dot),
     .sum = FN(sum),
     .attn = FN(attn),

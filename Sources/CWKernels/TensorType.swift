@@ -79,7 +79,8 @@ public enum TensorType: UInt32, Sendable, CaseIterable, CustomStringConvertible 
 public enum Precision: String, Sendable, CaseIterable {
     /// fp32 activations against dequantized weights (golden-parity mode).
     case exact
-    /// Decode activations quantized to 16-bit blocks for integer dot products (decode-step logits
-    /// within ~1e-3 relative L2 of `exact` on SmolLM2-135M); prefill runs the exact path.
+    /// Decode activations (products of up to 16 tokens) quantized to 16-bit blocks for integer
+    /// dot products (decode-step logits within ~1e-3 relative L2 of `exact` on SmolLM2-135M);
+    /// prefill runs the exact path.
     case fast
 }

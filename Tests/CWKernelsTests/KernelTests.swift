@@ -169,7 +169,7 @@ final class MatmulTests: XCTestCase {
                 for (i, cols) in colsList.enumerated() {
                     let rows = [1, 5, 17, 23][i % 4]
                     let c = makeCase(type, rows: rows, cols: cols, seed: UInt64(i * 7) + UInt64(type.rawValue))
-                    for tokens in [1, 2, 3, 7] {
+                    for tokens in [1, 2, 3, 4, 7, 8, 9, 16] {
                         try checkFast(c, tokens: tokens, label: "\(path)", pool: i % 2 == 0 ? pool1 : pool4)
                     }
                 }
@@ -202,8 +202,42 @@ final class MatmulTests: XCTestCase {
                 for r in 0..<rows { w += refDequantRow(type, bytes, r * cols / be * bb, cols) }
                 let c = Case(type: type, rows: rows, cols: cols, bytes: bytes, w: w)
                 for sign: Float in [1, -1] {
-                    try checkFast(c, tokens: 1, label: "\(path) extreme", pool: pool1, x: [Float](repeating: sign, count: cols))
+                    // one token (per-pair kernel) and a batch of eight (tiled kernel for the 32-blocks)
+                    for tokens in [1, 8] {
+                        try checkFast(c, tokens: tokens, label: "\(path) extreme", pool: pool1,
+                                      x: [Float](repeating: sign, count: tokens * cols))
+                    }
                 }
+            }
+        }
+    }
+
+    /// The batched (tiled) fast kernel computes each token's outputs with the same sequence of
+    /// operations whatever the other tokens in the call, their number or order, and the thread
+    /// count: a token's result is bit-identical across batches. The AVX2 and AVX-512 levels
+    /// agree bit for bit (integer sums are exact; the float steps are the same instructions).
+    func testFastBatchedTokensAreIndependentOfTheBatch() throws {
+        for type in [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0] {
+            let c = makeCase(type, rows: 37, cols: 96, seed: 40 + UInt64(type.rawValue))
+            let n = 16, cols = c.cols
+            let x = randomX(n * cols, seed: 77)
+            func rows(_ order: [Int]) -> [Float] { order.flatMap { Array(x[($0 * cols)..<(($0 + 1) * cols)]) } }
+            var byPath: [[Float]] = []
+            try forEachPath { path in
+                let all = try runMatmul(c, x, tokens: n, precision: .fast, pool: pool4)
+                for order in [Array((0..<n).reversed()), [3, 9, 1, 12, 5], [15, 2, 8, 0, 11, 6, 4, 13, 7], [10, 14, 1, 3]] {
+                    let y = try runMatmul(c, rows(order), tokens: order.count, precision: .fast, pool: order.count % 2 == 0 ? pool1 : pool4)
+                    for (i, t) in order.enumerated() {
+                        for r in 0..<c.rows where y[i * c.rows + r].bitPattern != all[t * c.rows + r].bitPattern {
+                            XCTFail("\(path) \(type): token \(t) row \(r) in a batch of \(order.count): \(y[i * c.rows + r]) vs \(all[t * c.rows + r])")
+                            return
+                        }
+                    }
+                }
+                if path != .portable { byPath.append(all) }
+            }
+            for other in byPath.dropFirst() where other.map(\.bitPattern) != byPath[0].map(\.bitPattern) {
+                XCTFail("\(type): the AVX2 and AVX-512 batched kernels differ")
             }
         }
     }
@@ -214,6 +248,7 @@ final class MatmulTests: XCTestCase {
             let c = makeCase(type, rows: rows, cols: cols, seed: 21)
             try checkExact(c, tokens: 2, label: "model")
             try checkFast(c, tokens: 1, label: "model", pool: pool4)
+            try checkFast(c, tokens: 8, label: "model", pool: pool4)
         }
     }
 
