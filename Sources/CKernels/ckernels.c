@@ -413,6 +413,32 @@ static void cw_f16_mv_avx2(void *c, int64_t r0, int64_t r1) {
     }
 }
 #endif
+// Scratch for the quantized activations of a fast-mode product (per thread, reused): the tiled
+// kernel's block-major layout (with the last group's unused lanes zeroed) or one row per token.
+static int cw_fast_prepare(cw_mm *a, int tiled) {
+    const int be = cw_block_elems(a->type);
+    const int64_t nb = a->cols / be, tokens = a->tokens;
+    if (tiled) {
+        const int64_t groups = (tokens + 7) / 8;
+        const int64_t qbytes = groups * nb * 256 * (int64_t)sizeof(int16_t), nsc = groups * nb * 8;
+        uint8_t *buf = (uint8_t *)cw_tls_scratch(CW_TLS_XQ, (size_t)(qbytes + 2 * nsc * (int64_t)sizeof(float)));
+        if (!buf) return -1;
+        a->tq = (int16_t *)buf;
+        a->td = (float *)(buf + qbytes);
+        a->tsd = a->td + nsc;
+        if (tokens % 8) {
+            const int64_t g = groups - 1;
+            memset(a->tq + g * nb * 256, 0, (size_t)(nb * 256) * sizeof(int16_t));
+            memset(a->td + g * nb * 8, 0, (size_t)(nb * 8) * sizeof(float));
+            memset(a->tsd + g * nb * 8, 0, (size_t)(nb * 8) * sizeof(float));
+        }
+        return 0;
+    }
+    a->xq_row_bytes = be == 256 ? nb * (int64_t)sizeof(cw_q16k) : nb * (int64_t)sizeof(cw_q16b);
+    a->xq = (uint8_t *)cw_tls_scratch(CW_TLS_XQ, (size_t)(tokens * a->xq_row_bytes));
+    return a->xq ? 0 : -1;
+}
+
 static void cw_mm_exact_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->exact_rows(m->a, s, e); }
 static void cw_mm_fast_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->fast_rows(m->a, s, e); }
 static void cw_mm_quant_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->quantize(m->a, s, e); }
@@ -439,33 +465,86 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
 #endif
     if (precision == CW_PRECISION_FAST && cw_tiled_type(type) && tokens >= CW_TILED_MIN_TOKENS &&
         tokens <= cw_tiled_max()) {
-        const int64_t nb = cols / 32, groups = (tokens + 7) / 8;
-        const int64_t qbytes = groups * nb * 256 * (int64_t)sizeof(int16_t), nsc = groups * nb * 8;
-        uint8_t *buf = (uint8_t *)cw_tls_scratch(CW_TLS_XQ, (size_t)(qbytes + 2 * nsc * (int64_t)sizeof(float)));
-        if (!buf) return -1;
-        a.tq = (int16_t *)buf;
-        a.td = (float *)(buf + qbytes);
-        a.tsd = a.td + nsc;
-        if (tokens % 8) { // the last group's unused lanes: zero quants and scales
-            const int64_t g = groups - 1;
-            memset(a.tq + g * nb * 256, 0, (size_t)(nb * 256) * sizeof(int16_t));
-            memset(a.td + g * nb * 8, 0, (size_t)(nb * 8) * sizeof(float));
-            memset(a.tsd + g * nb * 8, 0, (size_t)(nb * 8) * sizeof(float));
-        }
+        if (cw_fast_prepare(&a, 1) != 0) return -1;
         if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, cw_mm_tquant_task, &c);
         else c.ops->quantize_tiled(&a, 0, tokens);
         cw_pool_parallel_for(pool, rows, 16, cw_mm_tiled_task, &c);
     } else if (precision == CW_PRECISION_FAST && be > 1 && tokens < CW_FAST_MAX_TOKENS) {
-        const int64_t nb = cols / be;
-        a.xq_row_bytes = be == 256 ? nb * (int64_t)sizeof(cw_q16k) : nb * (int64_t)sizeof(cw_q16b);
-        a.xq = (uint8_t *)cw_tls_scratch(CW_TLS_XQ, (size_t)(tokens * a.xq_row_bytes));
-        if (!a.xq) return -1;
+        if (cw_fast_prepare(&a, 0) != 0) return -1;
         if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, cw_mm_quant_task, &c);
         else c.ops->quantize(&a, 0, tokens);
         cw_pool_parallel_for(pool, rows, 16, cw_mm_fast_task, &c);
     } else {
         cw_pool_parallel_for(pool, rows, 16, cw_mm_exact_task, &c);
     }
+    return 0;
+}
+
+// ---- Several matrices, one activation ----------------------------------------------------
+
+enum { CW_MANY_MAX = 8 };
+
+typedef struct {
+    const cw_ops *ops;
+    cw_mm mm[CW_MANY_MAX];
+    int64_t start[CW_MANY_MAX + 1]; // first concatenated row of each matrix
+    int count, tiled;
+} cw_many_ctx;
+
+static void cw_many_task(void *c, int64_t s, int64_t e) {
+    cw_many_ctx *m = (cw_many_ctx *)c;
+    for (int i = 0; i < m->count; i++) {
+        const int64_t lo = s > m->start[i] ? s : m->start[i], hi = e < m->start[i + 1] ? e : m->start[i + 1];
+        if (lo >= hi) continue;
+        if (m->tiled) m->ops->tiled_rows(&m->mm[i], lo - m->start[i], hi - m->start[i]);
+        else m->ops->fast_rows(&m->mm[i], lo - m->start[i], hi - m->start[i]);
+    }
+}
+
+int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
+                   cw_pool *pool) {
+    if (count <= 0 || tokens < 0) return count == 0 ? 0 : -1;
+    int shared = count <= CW_MANY_MAX && precision == CW_PRECISION_FAST && tokens > 0;
+    int tiled = 1, be0 = cw_block_elems(mats[0].type);
+    for (int i = 0; i < count && shared; i++) {
+        const int be = cw_block_elems(mats[i].type);
+        if (be != be0 || be <= 1 || mats[i].rows <= 0 || cols <= 0 || cols % be ||
+            mats[i].row_bytes < cols / be * cw_block_bytes(mats[i].type))
+            shared = 0;
+        if (!cw_tiled_type(mats[i].type)) tiled = 0;
+    }
+    tiled = tiled && tokens >= CW_TILED_MIN_TOKENS && tokens <= cw_tiled_max();
+    if (shared && !tiled && tokens >= CW_FAST_MAX_TOKENS) shared = 0;
+    if (!shared) {
+        for (int i = 0; i < count; i++) {
+            const int rc = cw_matmul(mats[i].type, mats[i].w, mats[i].rows, cols, mats[i].row_bytes, x, tokens, mats[i].y,
+                                     precision, pool);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    cw_many_ctx c;
+    c.ops = cw_ops_current();
+    c.count = count;
+    c.tiled = tiled;
+    c.start[0] = 0;
+    for (int i = 0; i < count; i++) {
+        c.mm[i] = (cw_mm){.type = mats[i].type, .w = (const uint8_t *)mats[i].w, .rows = mats[i].rows, .cols = cols,
+                          .row_bytes = mats[i].row_bytes, .x = x, .tokens = tokens, .y = mats[i].y};
+        c.start[i + 1] = c.start[i] + mats[i].rows;
+    }
+    // Quantize once, into the layout of the kernel that runs, for the first matrix; share it.
+    cw_mm *a = &c.mm[0];
+    cw_mm_ctx qc = {c.ops, a};
+    if (cw_fast_prepare(a, tiled) != 0) return -1;
+    if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, tiled ? cw_mm_tquant_task : cw_mm_quant_task, &qc);
+    else if (tiled) c.ops->quantize_tiled(a, 0, tokens);
+    else c.ops->quantize(a, 0, tokens);
+    for (int i = 1; i < count; i++) {
+        c.mm[i].xq = a->xq; c.mm[i].xq_row_bytes = a->xq_row_bytes;
+        c.mm[i].tq = a->tq; c.mm[i].td = a->td; c.mm[i].tsd = a->tsd;
+    }
+    cw_pool_parallel_for(pool, c.start[count], 16, cw_many_task, &c);
     return 0;
 }
 

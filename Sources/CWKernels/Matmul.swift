@@ -19,6 +19,25 @@ public enum Kernels {
             x, Int64(tokens), y, precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue),
             pool.handle)
     }
+
+    /// `matmul` for several matrices with the same `cols` and the same activations (a layer's
+    /// q/k/v, or gate/up): the same results as one call per matrix, with the activations
+    /// quantized once and one thread-pool job for all the rows.
+    public static func matmul(
+        _ targets: [(w: WeightMatrix, y: UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>, tokens: Int,
+        precision: Precision = .exact, pool: ThreadPool
+    ) {
+        guard let cols = targets.first?.w.cols else { return }
+        guard targets.allSatisfy({ $0.w.cols == cols }) else {
+            for t in targets { matmul(t.w, x, tokens: tokens, t.y, precision: precision, pool: pool) }
+            return
+        }
+        let mats = targets.map { cw_mat(type: Int32($0.w.type.rawValue), w: $0.w.base, rows: Int64($0.w.rows), row_bytes: Int64($0.w.rowBytes), y: $0.y) }
+        _ = mats.withUnsafeBufferPointer { mp in
+            cw_matmul_many(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens),
+                           precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue), pool.handle)
+        }
+    }
 }
 
 /// The kernel implementation levels, chosen at run time from the CPU's features.

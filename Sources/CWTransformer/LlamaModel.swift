@@ -225,6 +225,21 @@ public final class LlamaModel: @unchecked Sendable {
         /// y = W·x for all rows, then each segment's (or run of segments') delta on its own rows.
         func linear(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
             Kernels.matmul(m, x, tokens: n, y, precision: options.exactProjections.contains(p) ? .exact : prec, pool: pool)
+            applyDeltas(layer, p, m, x, y)
+        }
+
+        /// Several projections of the same input (q/k/v, gate/up): one matmul call for all of
+        /// them (activations quantized once, one pool job), then each one's deltas.
+        func linear(_ layer: Int, _ x: UnsafeMutablePointer<Float>, _ outs: [(Projection, WeightMatrix, UnsafeMutablePointer<Float>)]) {
+            if outs.contains(where: { options.exactProjections.contains($0.0) }) {
+                for (p, m, y) in outs { linear(layer, p, m, x, y) }
+                return
+            }
+            Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec, pool: pool)
+            for (p, m, y) in outs { applyDeltas(layer, p, m, x, y) }
+        }
+
+        func applyDeltas(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
             for run in deltaRuns {
                 let r = rowStart[run.first]
                 let len = rowStart[run.last] + items[run.last].tokens.count - r
@@ -239,20 +254,36 @@ public final class LlamaModel: @unchecked Sendable {
             lw.attentionNorm.withUnsafeBufferPointer { g in
                 for t in 0..<n { VectorOps.rmsNorm(s.x + t * d, g.baseAddress!, s.xb + t * d, n: d, eps: c.rmsNormEps) }
             }
-            linear(l, .q, lw.wq, s.xb, s.q)
-            linear(l, .k, lw.wk, s.xb, s.k)
-            linear(l, .v, lw.wv, s.xb, s.v)
+            linear(l, s.xb, [(.q, lw.wq, s.q), (.k, lw.wk, s.k), (.v, lw.wv, s.v)])
             if let b = lw.bq { addBias(s.q, b, n) }
             if let b = lw.bk { addBias(s.k, b, n) }
             if let b = lw.bv { addBias(s.v, b, n) }
             applyRope(s.q, heads: c.heads, n: n, cos: cosT, sin: sinT)
             applyRope(s.k, heads: c.kvHeads, n: n, cos: cosT, sin: sinT)
             for (i, it) in items.enumerated() {
-                let r = rowStart[i], len = it.tokens.count
-                try it.cache.append(layer: l, keys: s.k + r * c.kvDim, values: s.v + r * c.kvDim, rows: len,
-                                    tokens: l == 0 ? it.tokens : nil)
-                try it.cache.attention(layer: l, q: s.q + r * c.qDim, out: s.att + r * c.qDim, tokens: len, heads: c.heads,
-                                       scale: 1 / Float(c.headDim).squareRoot(), pool: pool)
+                try it.cache.append(layer: l, keys: s.k + rowStart[i] * c.kvDim, values: s.v + rowStart[i] * c.kvDim,
+                                    rows: it.tokens.count, tokens: l == 0 ? it.tokens : nil)
+            }
+            // One sequence: the attention kernel splits its heads/positions over the pool. Several
+            // (a batched decode step): the sequences are split over the pool instead, one job
+            // (each sequence's kernel then runs on its worker's thread), not one job per sequence.
+            let scale = 1 / Float(c.headDim).squareRoot()
+            if items.count == 1 {
+                try items[0].cache.attention(layer: l, q: s.q, out: s.att, tokens: n, heads: c.heads, scale: scale, pool: pool)
+            } else {
+                var errors = [Error?](repeating: nil, count: items.count)
+                errors.withUnsafeMutableBufferPointer { eb in
+                    pool.parallelFor(items.count) { lo, hi in
+                        for i in lo..<hi {
+                            let r = rowStart[i]
+                            do {
+                                try items[i].cache.attention(layer: l, q: s.q + r * c.qDim, out: s.att + r * c.qDim,
+                                                             tokens: items[i].tokens.count, heads: c.heads, scale: scale, pool: pool)
+                            } catch { eb[i] = error }
+                        }
+                    }
+                }
+                if let e = errors.lazy.compactMap({ $0 }).first { throw e }
             }
             linear(l, .o, lw.wo, s.att, s.xb)
             VectorOps.add(s.x, s.xb, n: n * d)
@@ -261,8 +292,7 @@ public final class LlamaModel: @unchecked Sendable {
             lw.ffnNorm.withUnsafeBufferPointer { g in
                 for t in 0..<n { VectorOps.rmsNorm(s.x + t * d, g.baseAddress!, s.xb + t * d, n: d, eps: c.rmsNormEps) }
             }
-            linear(l, .gate, lw.wGate, s.xb, s.hb)
-            linear(l, .up, lw.wUp, s.xb, s.hb2)
+            linear(l, s.xb, [(.gate, lw.wGate, s.hb), (.up, lw.wUp, s.hb2)])
             VectorOps.siluMul(s.hb, s.hb2, n: n * ff)
             linear(l, .down, lw.wDown, s.hb, s.xb)
             VectorOps.add(s.x, s.xb, n: n * d)

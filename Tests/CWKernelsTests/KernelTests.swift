@@ -242,6 +242,47 @@ final class MatmulTests: XCTestCase {
         }
     }
 
+    /// Several matrices times the same activations in one call (q/k/v, gate/up): bit-identical to
+    /// one call per matrix, for every kernel (per-pair, batched, exact, F16, K-quants, mixed types).
+    func testMatmulManyEqualsSeparateCalls() throws {
+        let groups: [[(TensorType, Int)]] = [
+            [(.q4_1, 40), (.q8_0, 13), (.q4_0, 16)], [(.q5_0, 7), (.q5_1, 33)], [(.q4_K, 9), (.q6_K, 20)],
+            [(.f16, 11), (.q4_1, 5)], [(.q8_0, 64)],
+        ]
+        try forEachPath { path in
+            for (gi, group) in groups.enumerated() {
+                let cols = group.contains { $0.0.blockElements == 256 } ? 256 : 96
+                let cases = group.enumerated().map { makeCase($1.0, rows: $1.1, cols: cols, seed: UInt64(gi * 10 + $0)) }
+                for tokens in [1, 2, 5, 8, 17] {
+                    let x = randomX(tokens * cols, seed: UInt64(tokens))
+                    for precision in [Precision.fast, .exact] {
+                        let separate = try cases.map { try runMatmul($0, x, tokens: tokens, precision: precision, pool: pool4) }
+                        // Weights copied to raw memory that outlives the call; outputs pre-filled with NaN.
+                        let raws = cases.map { c -> UnsafeMutableRawPointer in
+                            let p = UnsafeMutableRawPointer.allocate(byteCount: c.bytes.count, alignment: 64)
+                            c.bytes.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: c.bytes.count) }
+                            return p
+                        }
+                        let ys = cases.map { c -> UnsafeMutablePointer<Float> in
+                            let p = UnsafeMutablePointer<Float>.allocate(capacity: tokens * c.rows)
+                            p.initialize(repeating: .nan, count: tokens * c.rows)
+                            return p
+                        }
+                        defer { raws.forEach { $0.deallocate() }; ys.forEach { $0.deallocate() } }
+                        let mats = try zip(cases, raws).map { try WeightMatrix(type: $0.type, rows: $0.rows, cols: $0.cols, base: UnsafeRawPointer($1), owner: nil) }
+                        x.withUnsafeBufferPointer { xb in
+                            Kernels.matmul(zip(mats, ys).map { (w: $0.0, y: $0.1) }, xb.baseAddress!, tokens: tokens, precision: precision, pool: pool4)
+                        }
+                        let outs = zip(cases, ys).map { Array(UnsafeBufferPointer(start: $1, count: tokens * $0.rows)) }
+                        for i in cases.indices where outs[i].map(\.bitPattern) != separate[i].map(\.bitPattern) {
+                            XCTFail("\(path) \(precision) \(cases[i].type) in group \(gi), \(tokens) tokens: differs from a separate call")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     func testModelSizedShapes() throws {
         // SmolLM2-135M FFN shapes: several row tiles per thread, 18/48 blocks per row.
         for (type, rows, cols) in [(TensorType.q4_1, 1536, 576), (.q8_0, 576, 1536), (.q6_K, 576, 1536)] {

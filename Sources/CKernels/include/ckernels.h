@@ -115,6 +115,21 @@ enum cw_precision { CW_PRECISION_EXACT = 0, CW_PRECISION_FAST = 1 };
 int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_bytes,
               const float *x, int64_t tokens, float *y, int precision, cw_pool *pool);
 
+/// One weight matrix of a `cw_matmul_many` call and where its products go (tokens × rows floats).
+typedef struct {
+    int type;
+    const void *w;
+    int64_t rows, row_bytes;
+    float *y;
+} cw_mat;
+
+/// Several matrices with the same `cols` times the same activations (e.g. a layer's q, k and v
+/// projections): results identical to one `cw_matmul` per matrix, but the activations are
+/// quantized once and all the matrices' rows are split over the pool in one job (one
+/// synchronisation instead of `count`). Returns 0, or -1 as `cw_matmul`.
+int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
+                   cw_pool *pool);
+
 /// Causal grouped-query attention (see Attention.causal in CWKernels).
 void cw_attention(const float *q, const float *k, const float *v, float *out, int64_t tokens,
                   int64_t start_pos, int heads, int kv_heads, int head_dim, int64_t kv_stride,
