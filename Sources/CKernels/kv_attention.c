@@ -53,14 +53,14 @@ static void kv_attn_task(void *c, int64_t s, int64_t e) { kv_attn_ctx *x = (kv_a
 
 int kv_attention(const float *q, float *out, int64_t tokens, int64_t base, int heads, int kv_heads,
                  int head_dim, const kv_slab *slabs, int64_t blocks, float scale, float *mass,
-                 cw_pool *pool) {
+                 int fast, cw_pool *pool) {
     if (tokens <= 0) return 0;
     if (heads <= 0 || kv_heads <= 0 || head_dim <= 0 || heads % kv_heads || heads / kv_heads > 64 || base < 0) return -1;
     kv_attn_args a = {.q = q, .out = out, .tokens = tokens, .base = base, .blocks = blocks, .heads = heads,
                       .kv_heads = kv_heads, .head_dim = head_dim, .slabs = slabs, .scale = scale, .mass = mass};
     // All-fp32 caches take the kernel that matches cw_attention bit for bit; any fp16/int8 block
     // selects the fast path (all heads of a group per pass, online softmax, splits for decode).
-    int all_f32 = 1;
+    int all_f32 = !fast;
     for (int64_t i = 0; i < blocks * kv_heads && all_f32; i++)
         all_f32 = slabs[i].k_fmt == KV_FMT_F32 && slabs[i].v_fmt == KV_FMT_F32;
     kv_attn_fn fn = all_f32 ? kv_attn_portable : kv_attn_fast_portable;

@@ -193,9 +193,11 @@ public final class KVCache {
     }
 
     /// Causal attention of `tokens` queries (`q`: `tokens × heads·headDim`, the positions just
-    /// appended) over layer `layer`'s retained entries; writes `out` (same shape).
+    /// appended) over layer `layer`'s retained entries; writes `out` (same shape). `fast`: fp32
+    /// blocks go through the blocked kernel as well (equal to rounding); otherwise an all-fp32
+    /// layer uses the kernel that is bit-identical to contiguous attention.
     public func attention(layer: Int, q: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, tokens: Int,
-                          heads: Int, scale: Float, pool: ThreadPool) throws {
+                          heads: Int, scale: Float, fast: Bool = false, pool: ThreadPool) throws {
         guard table.indices.contains(layer), tokens > 0 else { return }
         let blocks = table[layer]
         slabs.removeAll(keepingCapacity: true)
@@ -215,11 +217,11 @@ public final class KVCache {
             if needMass {
                 return massBuffer.withUnsafeMutableBufferPointer { mp in
                     kv_attention(q, out, Int64(tokens), Int64(base), Int32(heads), Int32(kvHeads), Int32(headDim), sp.baseAddress,
-                                 Int64(blocks.count), scale, mp.baseAddress, pool.handle)
+                                 Int64(blocks.count), scale, mp.baseAddress, fast ? 1 : 0, pool.handle)
                 }
             }
             return kv_attention(q, out, Int64(tokens), Int64(base), Int32(heads), Int32(kvHeads), Int32(headDim), sp.baseAddress,
-                                Int64(blocks.count), scale, nil, pool.handle)
+                                Int64(blocks.count), scale, nil, fast ? 1 : 0, pool.handle)
         }
         guard rc == 0 else { throw KVCacheError.unsupportedShape("heads \(heads), KV heads \(kvHeads), head size \(headDim)") }
         if needMass {

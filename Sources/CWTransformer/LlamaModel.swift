@@ -186,6 +186,9 @@ public final class LlamaModel: @unchecked Sendable {
     private func forwardSegments(_ items: [BatchItem], options: ForwardOptions) throws -> [[Float]] {
         let c = config, w = weights, pool = options.pool, prec = options.precision
         let d = c.hiddenSize, ff = c.intermediateSize, half = c.headDim / 2
+        // `fast` precision also takes the blocked attention kernel for fp32 cache blocks (equal to
+        // rounding); `exact` keeps the kernel that is bit-identical to contiguous attention.
+        let fastAttention = prec == .fast
         // Row ranges and positions of each segment.
         var rowStart: [Int] = [], pos0: [Int] = []
         var n = 0
@@ -269,7 +272,7 @@ public final class LlamaModel: @unchecked Sendable {
             // (each sequence's kernel then runs on its worker's thread), not one job per sequence.
             let scale = 1 / Float(c.headDim).squareRoot()
             if items.count == 1 {
-                try items[0].cache.attention(layer: l, q: s.q, out: s.att, tokens: n, heads: c.heads, scale: scale, pool: pool)
+                try items[0].cache.attention(layer: l, q: s.q, out: s.att, tokens: n, heads: c.heads, scale: scale, fast: fastAttention, pool: pool)
             } else {
                 var errors = [Error?](repeating: nil, count: items.count)
                 errors.withUnsafeMutableBufferPointer { eb in
@@ -278,7 +281,7 @@ public final class LlamaModel: @unchecked Sendable {
                             let r = rowStart[i]
                             do {
                                 try items[i].cache.attention(layer: l, q: s.q + r * c.qDim, out: s.att + r * c.qDim,
-                                                             tokens: items[i].tokens.count, heads: c.heads, scale: scale, pool: pool)
+                                                             tokens: items[i].tokens.count, heads: c.heads, scale: scale, fast: fastAttention, pool: pool)
                             } catch { eb[i] = error }
                         }
                     }

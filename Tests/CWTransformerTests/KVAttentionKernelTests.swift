@@ -80,13 +80,13 @@ final class KVAttentionKernelTests: XCTestCase {
     }
 
     func attention(_ slabs: [kv_slab], blocks: Int, q: [Float], tokens: Int, total: Int, heads: Int, kvHeads: Int, hd: Int,
-                   mass: Bool, pool: ThreadPool?) -> (out: [Float], mass: [Float]) {
+                   mass: Bool, pool: ThreadPool?, fast: Bool = false) -> (out: [Float], mass: [Float]) {
         var out = [Float](repeating: .nan, count: tokens * heads * hd)
         var m = [Float](repeating: 0, count: mass ? heads * total : 0)
         let rc = slabs.withUnsafeBufferPointer { sp in
             m.withUnsafeMutableBufferPointer { mp in
                 kv_attention(q, &out, Int64(tokens), Int64(total - tokens), Int32(heads), Int32(kvHeads), Int32(hd), sp.baseAddress,
-                             Int64(blocks), 1 / Float(hd).squareRoot(), mass ? mp.baseAddress : nil, pool?.handle)
+                             Int64(blocks), 1 / Float(hd).squareRoot(), mass ? mp.baseAddress : nil, fast ? 1 : 0, pool?.handle)
             }
         }
         XCTAssertEqual(rc, 0)
@@ -105,6 +105,7 @@ final class KVAttentionKernelTests: XCTestCase {
             ("fp16", { _, _, _ in Self.F16 }),
             ("mixed", { b, h, v in Int32((b + 2 * h + (v ? 1 : 0)) % 3) }),
             ("fp32+int8", { b, _, v in b == 1 && !v ? Self.I8 : Self.F32 }),
+            ("fp32 (blocked kernel, fast precision)", { _, _, _ in Self.F32 }),
         ]
         let saved = KernelPath.current
         defer { KernelPath.current = saved }
@@ -120,7 +121,7 @@ final class KVAttentionKernelTests: XCTestCase {
                         for pool in pools {
                             let what = "\(path) \(name) entries \(total) queries \(tokens) block \(bs) heads \(heads)/\(kvHeads)×\(hd) mass \(mass) threads \(pool?.threads ?? 1)"
                             let a = attention(cache.quantized, blocks: cache.blocks, q: q, tokens: tokens, total: total, heads: heads,
-                                              kvHeads: kvHeads, hd: hd, mass: mass, pool: pool)
+                                              kvHeads: kvHeads, hd: hd, mass: mass, pool: pool, fast: name.hasPrefix("fp32 ("))
                             let b = attention(cache.widened, blocks: cache.blocks, q: q, tokens: tokens, total: total, heads: heads,
                                               kvHeads: kvHeads, hd: hd, mass: mass, pool: pool)
                             let e = zip(a.out, b.out).map { abs($0 - $1) }.max() ?? 0

@@ -48,11 +48,13 @@ typedef struct kv_slab {
 ///    probabilities are added (accumulated attention per entry, for heavy-hitter eviction).
 ///
 /// Returns 0, or -1 for an unsupported shape (more than 64 query heads per KV head, no heads).
-/// For all-fp32 slabs the arithmetic per query is the same instruction sequence as
-/// `cw_attention`'s on the same kernel path, so results are bit-identical to it.
+/// For all-fp32 slabs and `fast` = 0 the arithmetic per query is the same instruction sequence
+/// as `cw_attention`'s on the same kernel path, so results are bit-identical to it; `fast` ≠ 0
+/// sends all-fp32 slabs through the blocked kernel above too (several times faster in decode;
+/// equal to rounding, ~1e-6).
 int kv_attention(const float *q, float *out, int64_t tokens, int64_t base, int heads, int kv_heads,
                   int head_dim, const kv_slab *slabs, int64_t blocks, float scale, float *mass,
-                  cw_pool *pool);
+                  int fast, cw_pool *pool);
 
 /// fp32 → fp16 (round to nearest even), `n` elements.
 void kv_f32_to_f16(const float *src, uint16_t *dst, int64_t n);
