@@ -155,6 +155,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
     /// Starts a new sequence (a fresh KV cache): forgets the plan and the estimator's history.
     public func beginSequence() {
         chunker = Chunker(config: config)
+        callGroups.valid = false
         plans = []
         difficulties = []
         signals = []
@@ -164,9 +165,9 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
     /// Plans the next positions and, when the config has `kvPolicies`, sets the KV policy of each
     /// new chunk on `cache` from the chunk's first position (the cache must hold exactly the
     /// positions planned before this call; otherwise its policy is left alone).
-    public func prepare(tokens: [Int], cache: KVCache) {
+    public func prepare(tokens: [Int], cache: KVCache, pool: ThreadPool? = nil) {
         let first = plans.count
-        prepare(tokens: tokens)
+        prepare(tokens: tokens, pool: pool)
         guard managesKVPolicy, let kv = kvPolicies, config.mode == .adaptive, cache.count == first else { return }
         for p in first..<plans.count {
             let chunk = chunker.chunks[plans[p].chunk]
@@ -177,8 +178,12 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
     }
 
     /// Plans the next `tokens.count` positions (call before each forward with exactly its tokens).
-    public func prepare(tokens: [Int]) {
+    /// `pool` runs the estimator's layer-0 q/k products (default: a one-thread pool of the delta's
+    /// own); the scores do not depend on the pool's thread count (each output row is computed by
+    /// one thread, in the same order).
+    public func prepare(tokens: [Int], pool: ThreadPool? = nil) {
         guard !tokens.isEmpty else { return }
+        callGroups.valid = false
         switch config.mode {
         case .static:
             for _ in tokens { plans.append(TokenPlan(inRank: ladder.maxRank, inAlpha: 1)); difficulties.append(0); signals.append(DifficultySignals()) }
@@ -189,7 +194,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         case .adaptive:
             break
         }
-        let scored = estimator.score(tokens: tokens, pool: estimatorPool)
+        let scored = estimator.score(tokens: tokens, pool: pool ?? estimatorPool)
         for (d, s) in scored {
             let t = plans.count
             let ci = chunker.push(d)
@@ -210,7 +215,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
 
     /// prepare (with the chunk KV policies) + forward (on `forwardModel`) + observe.
     public func forward(_ tokens: [Int], cache: KVCache, options: ForwardOptions) throws -> [Float] {
-        prepare(tokens: tokens, cache: cache)
+        prepare(tokens: tokens, cache: cache, pool: options.pool)
         let out = try forwardModel.forward(tokens, cache: cache, options: options, delta: self)
         if !out.isEmpty { observe(logits: out) }
         return out
@@ -238,6 +243,37 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
 
     // MARK: ProjectionDelta
 
+    /// The rank groups of one call's rows, built by the first projection of a forward pass and
+    /// reused by the other projections (every projection of a pass asks for the same positions):
+    /// no arrays or dictionaries are built per projection call.
+    struct CallGroups {
+        struct Group {
+            var rank: Int
+            /// Its rows are `rows[start..<start + count]` (ascending); with one group covering
+            /// every row, `rows` is empty and the rows are 0..<n.
+            var start: Int
+            var count: Int
+            /// False when every row of the group is outside a fade with α = 1 (nothing to scale).
+            var weighted: Bool
+        }
+        var valid = false
+        var positions: Range<Int> = 0..<0
+        var moduleRank = 0
+        var plans: [TokenPlan] = []
+        var groups: [Group] = []
+        var rows: [Int32] = []
+        /// Scratch: each row's rank, then the counting sort's group offsets.
+        var rowRank: [Int] = []
+        var offsets: [Int] = []
+    }
+    var callGroups = CallGroups()
+
+    /// The plan of `position` (full rank, α = 1 for positions never prepared).
+    @inline(__always)
+    func plan(at position: Int, moduleRank: Int) -> TokenPlan {
+        position >= 0 && position < plans.count ? plans[position] : TokenPlan(inRank: moduleRank, inAlpha: 1)
+    }
+
     public func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens n: Int,
                       positions: Range<Int>, y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         if let s = staticStack {
@@ -245,48 +281,114 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
             return
         }
         guard n > 0, let m = ladder.module(layer: layer, projection: projection) else { return }
-        // Positions never prepared (engine did not call prepare): full rank, α = 1.
-        let fallback = TokenPlan(inRank: m.rank, inAlpha: 1)
-        let tokenPlans = (0..<n).map { t -> TokenPlan in
-            let p = positions.lowerBound + t
-            return p >= 0 && p < plans.count ? plans[p] : fallback
-        }
-        // Group rows by the rank they need (above the merged floor).
-        var groups: [Int: [Int]] = [:]
-        for (t, p) in tokenPlans.enumerated() {
+        if n == 1 {
+            // Decode: one row, one slice; nothing allocated.
+            let p = plan(at: positions.lowerBound, moduleRank: m.rank)
             let k = min(p.effectiveRank, m.rank)
-            if k > floorRank { groups[k, default: []].append(t) }
+            guard k > floorRank else { return }
+            runSlice(m, rank: k, rows: nil, tokens: 1, x: x, y: y, pool: pool) { u, w in
+                Self.weigh(u, width: w, lo: self.floorRank, plan: p)
+            }
+            return
         }
-        for (k, rows) in groups.sorted(by: { $0.key < $1.key }) {
-            applyGroup(m, rank: k, rows: rows, plans: tokenPlans, x: x, allTokens: n, y: y, pool: pool)
+        if !callGroups.valid || callGroups.positions != positions || callGroups.moduleRank != m.rank || callGroups.plans.count != n {
+            buildGroups(positions: positions, tokens: n, moduleRank: m.rank)
+        }
+        let groups = callGroups.groups
+        for g in groups {
+            if g.count == n {
+                runSlice(m, rank: g.rank, rows: nil, tokens: n, x: x, y: y, pool: pool) { u, w in
+                    guard g.weighted else { return }
+                    self.callGroups.plans.withUnsafeBufferPointer { tp in
+                        for t in 0..<n { Self.weigh(u + t * w, width: w, lo: self.floorRank, plan: tp[t]) }
+                    }
+                }
+            } else {
+                callGroups.rows.withUnsafeBufferPointer { all in
+                    guard let base = all.baseAddress else { return }
+                    let rows = base + g.start
+                    runSlice(m, rank: g.rank, rows: rows, tokens: g.count, x: x, y: y, pool: pool) { u, w in
+                        guard g.weighted else { return }
+                        self.callGroups.plans.withUnsafeBufferPointer { tp in
+                            for j in 0..<g.count { Self.weigh(u + j * w, width: w, lo: self.floorRank, plan: tp[Int(rows[j])]) }
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// Runs directions [floor, k) of module m for the given token rows: one down product with
-    /// rows [floor, k) of Vᵀ, the per-token direction weights (α, cross-fade), one up product with
-    /// rows [floor, k) of (U·S)ᵀ added straight into y's rows.
-    func applyGroup(_ m: LadderModule, rank k: Int, rows: [Int], plans tp: [TokenPlan], x: UnsafePointer<Float>, allTokens n: Int,
-                    y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
-        let g = rows.count, lo = floorRank, w = k - lo
-        guard g > 0, w > 0 else { return }
-        let identity = g == n  // rows == 0..<n
-        let rowIndex = identity ? [] : rows.map { Int32($0) }
-        rowIndex.withUnsafeBufferPointer { ri in
-            let map = identity ? nil : ri.baseAddress
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: g * w) { ub in
-                guard let u = ub.baseAddress else { return }
-                LowRank.down(m.vtFactor, rows: lo..<k, x: x, ldx: m.inFeatures, xRows: map, tokens: g, u: u, ldu: w, pool: pool)
-                for (j, t) in rows.enumerated() {
-                    let p = tp[t]
-                    if p.isUniform {
-                        let a = p.inAlpha
-                        if a != 1 { for i in 0..<w { u[j * w + i] *= a } }
-                    } else {
-                        for i in 0..<w { u[j * w + i] *= p.weight(lo + i) }
-                    }
-                }
-                LowRank.up(m.usFactor, rows: lo..<k, u: u, ldu: w, tokens: g, y: y, ldy: m.outFeatures, yRows: map, pool: pool)
+    /// Groups the rows of `positions` by the rank they need above the merged floor (ascending rank,
+    /// rows ascending within a group), reusing the buffers of the last call.
+    func buildGroups(positions: Range<Int>, tokens n: Int, moduleRank r: Int) {
+        var cg = callGroups
+        callGroups = CallGroups()  // hand the buffers over without copying them
+        cg.plans.removeAll(keepingCapacity: true)
+        cg.groups.removeAll(keepingCapacity: true)
+        cg.rows.removeAll(keepingCapacity: true)
+        cg.rowRank.removeAll(keepingCapacity: true)
+        var lo = Int.max, hi = Int.min
+        for t in 0..<n {
+            let p = plan(at: positions.lowerBound + t, moduleRank: r)
+            cg.plans.append(p)
+            let k = min(p.effectiveRank, r)
+            cg.rowRank.append(k)
+            if k > floorRank { lo = min(lo, k); hi = max(hi, k) }
+        }
+        if lo == hi, cg.rowRank.allSatisfy({ $0 == lo }) {
+            // Every row at one rank: one group over rows 0..<n.
+            cg.groups.append(.init(rank: lo, start: 0, count: n, weighted: cg.plans.contains { !$0.isUniform || $0.inAlpha != 1 }))
+        } else if lo <= hi {
+            // Counting sort of the rows by rank (stable: rows stay ascending within a rank).
+            cg.offsets.removeAll(keepingCapacity: true)
+            cg.offsets.append(contentsOf: repeatElement(0, count: hi - lo + 2))
+            for k in cg.rowRank where k > floorRank { cg.offsets[k - lo + 1] += 1 }
+            for i in 0..<(hi - lo + 1) {
+                let c = cg.offsets[i + 1]
+                if c > 0 { cg.groups.append(.init(rank: lo + i, start: cg.offsets[i], count: c, weighted: false)) }
+                cg.offsets[i + 1] += cg.offsets[i]
             }
+            cg.rows.append(contentsOf: repeatElement(0, count: cg.offsets[hi - lo + 1]))
+            for (t, k) in cg.rowRank.enumerated() where k > floorRank {
+                cg.rows[cg.offsets[k - lo]] = Int32(t)
+                cg.offsets[k - lo] += 1
+            }
+            for gi in cg.groups.indices {
+                let g = cg.groups[gi]
+                cg.groups[gi].weighted = cg.rows[g.start..<(g.start + g.count)].contains { let p = cg.plans[Int($0)]; return !p.isUniform || p.inAlpha != 1 }
+            }
+        }
+        cg.positions = positions
+        cg.moduleRank = r
+        cg.valid = true
+        callGroups = cg
+    }
+
+    /// The per-direction weights of one row's directions [lo, lo + w) (α, cross-fade).
+    @inline(__always)
+    static func weigh(_ u: UnsafeMutablePointer<Float>, width w: Int, lo: Int, plan p: TokenPlan) {
+        if p.isUniform {
+            let a = p.inAlpha
+            if a != 1 { for i in 0..<w { u[i] *= a } }
+        } else {
+            for i in 0..<w { u[i] *= p.weight(lo + i) }
+        }
+    }
+
+    /// Runs directions [floor, k) of module m for the given token rows (nil: rows 0..<tokens): one
+    /// down product with rows [floor, k) of Vᵀ, the per-token direction weights (`weigh(u, width)`
+    /// on the `tokens × width` buffer), one up product with rows [floor, k) of (U·S)ᵀ added straight
+    /// into y's rows.
+    @inline(__always)
+    func runSlice(_ m: LadderModule, rank k: Int, rows: UnsafePointer<Int32>?, tokens g: Int, x: UnsafePointer<Float>,
+                  y: UnsafeMutablePointer<Float>, pool: ThreadPool, weigh: (UnsafeMutablePointer<Float>, Int) -> Void) {
+        let lo = floorRank, w = k - lo
+        guard g > 0, w > 0 else { return }
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: g * w) { ub in
+            guard let u = ub.baseAddress else { return }
+            LowRank.down(m.vtFactor, rows: lo..<k, x: x, ldx: m.inFeatures, xRows: rows, tokens: g, u: u, ldu: w, pool: pool)
+            weigh(u, w)
+            LowRank.up(m.usFactor, rows: lo..<k, u: u, ldu: w, tokens: g, y: y, ldy: m.outFeatures, yRows: rows, pool: pool)
         }
     }
 }

@@ -270,7 +270,10 @@ public final class RankLadder: @unchecked Sendable {
     public let adapterHash: String
     /// True when directions keep the adapter's own order (AdaLoRA/DyLoRA), not sorted by σ.
     public let ordered: Bool
-    let table: [String: LadderModule]
+    /// Module of (layer, projection) at `layer · 7 + projection.ladderSlot` (nil: not adapted).
+    /// A flat array, not a keyed dictionary: `module(layer:projection:)` runs for every projection
+    /// of every forward call.
+    let table: [LadderModule?]
 
     init(modules: [LadderModule], tierRanks: [Int], qkRowOrder: RopeStyle, adapterHash: String, ordered: Bool) {
         self.modules = modules.sorted { ($0.layer, Projection.allCases.firstIndex(of: $0.projection) ?? 0) < ($1.layer, Projection.allCases.firstIndex(of: $1.projection) ?? 0) }
@@ -279,14 +282,17 @@ public final class RankLadder: @unchecked Sendable {
         self.qkRowOrder = qkRowOrder
         self.adapterHash = adapterHash
         self.ordered = ordered
-        var t: [String: LadderModule] = [:]
-        for m in modules { t[RankLadder.key(m.layer, m.projection)] = m }
+        let layers = (modules.map(\.layer).max() ?? -1) + 1
+        var t = [LadderModule?](repeating: nil, count: layers * Projection.ladderSlots)
+        for m in modules where m.layer >= 0 { t[m.layer * Projection.ladderSlots + m.projection.ladderSlot] = m }
         self.table = t
     }
 
-    static func key(_ layer: Int, _ p: Projection) -> String { "\(layer).\(p.rawValue)" }
-
-    public func module(layer: Int, projection: Projection) -> LadderModule? { table[RankLadder.key(layer, projection)] }
+    @inline(__always)
+    public func module(layer: Int, projection: Projection) -> LadderModule? {
+        let i = layer * Projection.ladderSlots + projection.ladderSlot
+        return layer >= 0 && i < table.count ? table[i] : nil
+    }
 
     /// Powers of two up to `maxRank` (and maxRank itself).
     public static func defaultTiers(maxRank: Int) -> [Int] {
@@ -508,5 +514,22 @@ public final class RankLadder: @unchecked Sendable {
             }
         }
         return RankLadder(modules: mods, tierRanks: header.tierRanks, qkRowOrder: order, adapterHash: header.adapterHash, ordered: header.ordered)
+    }
+}
+
+extension Projection {
+    static let ladderSlots = 7
+    /// Position in `Projection.allCases` (q, k, v, o, gate, up, down).
+    @inline(__always)
+    var ladderSlot: Int {
+        switch self {
+        case .q: return 0
+        case .k: return 1
+        case .v: return 2
+        case .o: return 3
+        case .gate: return 4
+        case .up: return 5
+        case .down: return 6
+        }
     }
 }
