@@ -293,15 +293,17 @@ public actor BatchScheduler {
                 s.pending = s.pending.dropFirst(n)
                 prefillBudget -= n
                 let last = s.pending.isEmpty
-                (s.request.delta?.delta as? ChunkWiseDelta)?.prepare(tokens: chunk, cache: cache)
+                (s.request.delta?.delta as? ChunkWiseDelta)?.prepare(tokens: chunk, cache: cache, pool: runner.pool)
                 items.append(.init(tokens: chunk, cache: cache, delta: s.request.delta?.delta, logits: last ? .last : .none))
                 members.append((s, last))
             } else {
-                (s.request.delta?.delta as? ChunkWiseDelta)?.prepare(tokens: [s.lastToken], cache: cache)
+                (s.request.delta?.delta as? ChunkWiseDelta)?.prepare(tokens: [s.lastToken], cache: cache, pool: runner.pool)
                 items.append(.init(tokens: [s.lastToken], cache: cache, delta: s.request.delta?.delta, logits: .last))
                 members.append((s, true))
             }
         }
+        // (The estimators above ran their layer-0 products on the forward pool, idle until the
+        // pass below starts.)
         guard !items.isEmpty else { return }
         // Sequences sharing an adapter binding sit next to each other, so the forward pass applies
         // that adapter once to all of their rows (stable: arrival order within an adapter).
