@@ -339,22 +339,23 @@ int cw_dequantize_row(int type, const void *src, float *dst, int64_t n) {
 
 float cw_dot_f32(const float *a, const float *b, int64_t n) { return cw_ops_current()->dot(a, b, n); }
 
-// Fast mode takes the integer kernels up to these token counts: the tiled kernel (32-element
-// block types) serves decode steps of up to CW_TILED_MAX_TOKENS sequences at once; the K-quants'
-// per-pair kernel only single tokens. Larger products (prefill) run the fp32 GEMM, which is
-// faster there and exact.
-enum { CW_FAST_MAX_TOKENS = 4, CW_TILED_MIN_TOKENS = 4, CW_TILED_MAX_TOKENS = 16 };
+// Fast mode: 1–3 tokens take the per-pair integer kernel (every quantized type); 4 or more
+// tokens of the 32-element block types take the batched integer kernel on x86 (decode steps of
+// several sequences and prefill: ~1.5× the fp32 GEMM's speed at every size measured, 8 to 128
+// tokens); K-quants with 4+ tokens, and everything with 4+ tokens on the portable level, run the
+// fp32 GEMM.
+enum { CW_FAST_MAX_TOKENS = 4, CW_TILED_MIN_TOKENS = 4 };
+#define CW_TILED_MAX_TOKENS INT64_MAX
 
-// The tiled kernel's token limit; CHUNKWISE_TILED_MAX=N overrides it (0 turns the tiled kernel
-// off: single tokens then take the per-pair kernel), for measurements.
-static int cw_tiled_max(void) {
-    static _Atomic int cached = -1;
-    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+// The batched kernel's token limit (none by default); CHUNKWISE_TILED_MAX=N sets one (0 turns
+// the batched kernel off), for measurements.
+static int64_t cw_tiled_max(void) {
+    static _Atomic int64_t cached = -1;
+    int64_t v = atomic_load_explicit(&cached, memory_order_relaxed);
     if (v < 0) {
         const char *e = getenv("CHUNKWISE_TILED_MAX");
-        v = e ? atoi(e) : CW_TILED_MAX_TOKENS;
+        v = e ? atoll(e) : CW_TILED_MAX_TOKENS;
         if (v < 0) v = 0;
-        if (v > 128) v = 128; // the tiled kernel's output buffer holds 16 groups of 8
         atomic_store_explicit(&cached, v, memory_order_relaxed);
     }
     return v;
@@ -464,7 +465,7 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
     }
 #endif
     if (precision == CW_PRECISION_FAST && cw_tiled_type(type) && tokens >= CW_TILED_MIN_TOKENS &&
-        tokens <= cw_tiled_max()) {
+        tokens <= cw_tiled_max() && c.ops->tiled_rows) {
         if (cw_fast_prepare(&a, 1) != 0) return -1;
         if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, cw_mm_tquant_task, &c);
         else c.ops->quantize_tiled(&a, 0, tokens);
@@ -513,7 +514,7 @@ int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, 
             shared = 0;
         if (!cw_tiled_type(mats[i].type)) tiled = 0;
     }
-    tiled = tiled && tokens >= CW_TILED_MIN_TOKENS && tokens <= cw_tiled_max();
+    tiled = tiled && tokens >= CW_TILED_MIN_TOKENS && tokens <= cw_tiled_max() && cw_ops_current()->tiled_rows;
     if (shared && !tiled && tokens >= CW_FAST_MAX_TOKENS) shared = 0;
     if (!shared) {
         for (int i = 0; i < count; i++) {

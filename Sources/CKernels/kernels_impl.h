@@ -817,20 +817,21 @@ static void FN(fast_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fast mode, batched: the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) for a few tokens
-// at once (decode steps of several sequences; ckernels.c sets the range).
+// Fast mode, batched (x86 levels): the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) for
+// 4 or more tokens (decode steps of several sequences, prefill; ckernels.c sets the range).
 //
 // Tokens go in the vector lanes, eight per group: the activations are laid out block-major with
 // each pair of elements of the group's eight tokens side by side (one 256-bit vector of int16
 // per element pair), and each weight element pair is broadcast to all lanes, so one s16×s16
 // pair-dot instruction (vpdpwssd / vpmaddwd) advances eight tokens' dot products by two elements
-// with no horizontal sums. A weight block is unpacked once for the group, four rows share every
-// activation load. Per output (row r, token t) and block b:
+// with no horizontal sums. Four rows' blocks are unpacked once for up to 16 groups (128 tokens)
+// and share every activation load. Per output (row r, token t) and block b:
 //     I = Σ_j q_j·x_j (exact in int32);  v = float(I)·(dw·dx);  v = ow·sd + v;  acc[b mod 2] += v
 // and y = acc[0] + acc[1]. `ow` is the coefficient of the activation block's scaled sum sd:
 // m for Q4_1/Q5_1, -8·dw for Q4_0, -16·dw for Q5_0 (both exact), none for Q8_0.
 // Bounds: |I| ≤ 32·128·32767 < 2^28 (Q8_0); float(I) is exact below 2^24 (the Q4 types).
 
+#if CW_X86
 // Layout: token t = 8g + lane; element j = 2p + e of block b:
 //   tq[((g·nb + b)·16 + p)·16 + 2·lane + e],   td/tsd[(g·nb + b)·8 + lane].
 CW_INLINE int64_t FN(tb_x)(int64_t nb, int64_t t, int64_t b, int j) {
@@ -863,7 +864,6 @@ CW_INLINE float FN(tb_ow)(int type, const uint8_t *p, float dw) {
     }
 }
 
-#if CW_X86
 // Weight quants of one block as int16: lo = elements 0..15, hi = 16..31 (ggml order).
 CW_INLINE void FN(tb_unpack)(const int type, const uint8_t *p, __m256i *lo, __m256i *hi) {
     switch (type) {
@@ -895,7 +895,6 @@ CW_INLINE __m256i FN(tb_dp)(__m256i acc, __m256i a, __m256i b) {
 #endif
 }
 
-// Four rows (wr) × the eight tokens of group g: out[i] lanes = tokens.
 // Four rows' weights unpacked once (they then serve every token group): int16 quants
 // wq[(i·nb + b)·32 + j], dw and ow per row and block. Reading them back as 32-bit broadcasts
 // from memory (not shuffles of registers) keeps the shuffle units free; this pass runs before
@@ -962,9 +961,9 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
     for (int i = 0; i < 4; i++) out[i] = _mm256_add_ps(a0[i], a1[i]);
 }
 
-// Four rows (wr) × all token groups.
-static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, float *out /* groups × 4 × 8 */) {
-    const int64_t nb = a->cols / 32, G = (a->tokens + 7) / 8;
+// Four rows (wr) × token groups [g0, g1).
+static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, int64_t g0, int64_t g1, float *out /* (g1-g0) × 4 × 8 */) {
+    const int64_t nb = a->cols / 32;
     uint8_t *scratch = (uint8_t *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(4 * nb * (64 + 8)));
     if (!scratch) return;
     FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + 4 * nb * 64), (float *)(scratch + 4 * nb * 68)};
@@ -972,9 +971,9 @@ static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, float *out /*
 #define CW_TB_CASE(TYPE)                                                                     \
     case TYPE:                                                                               \
         FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                 \
-        for (int64_t g = 0; g < G; g++) {                                                    \
+        for (int64_t g = g0; g < g1; g++) {                                                  \
             FN(tb_tile)(a, TYPE, w, g, o);                                                   \
-            for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + (g * 4 + i) * 8, o[i]);       \
+            for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + ((g - g0) * 4 + i) * 8, o[i]); \
         }                                                                                    \
         return;
     switch (a->type) {
@@ -987,74 +986,29 @@ static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, float *out /*
     switch (a->type) { CW_TB_CASE(CW_TYPE_Q8_0) default: return; }
 #undef CW_TB_CASE
 }
-#else
-// Σ_j q_j·x_j for one weight block and token t of block b.
-CW_INLINE int32_t FN(tb_idot)(const cw_mm *a, const uint8_t *p, int64_t t, int64_t b) {
-    const int64_t nb = a->cols / 32;
-    int qv[32];
-    switch (a->type) {
-    case CW_TYPE_Q4_0: case CW_TYPE_Q4_1: {
-        const uint8_t *q = p + (a->type == CW_TYPE_Q4_0 ? 2 : 4);
-        for (int j = 0; j < 16; j++) { qv[j] = q[j] & 15; qv[j + 16] = q[j] >> 4; }
-        break;
-    }
-    case CW_TYPE_Q5_0: case CW_TYPE_Q5_1: {
-        const int o = a->type == CW_TYPE_Q5_0 ? 2 : 4;
-        uint32_t qh; memcpy(&qh, p + o, 4);
-        const uint8_t *q = p + o + 4;
-        for (int j = 0; j < 16; j++) {
-            qv[j] = (q[j] & 15) | (((qh >> j) << 4) & 0x10);
-            qv[j + 16] = (q[j] >> 4) | ((qh >> (j + 12)) & 0x10);
-        }
-        break;
-    }
-    default:
-        for (int j = 0; j < 32; j++) qv[j] = (int8_t)p[2 + j];
-    }
-    int32_t s = 0;
-    for (int j = 0; j < 32; j++) s += qv[j] * a->tq[FN(tb_x)(nb, t, b, j)];
-    return s;
-}
-
-// Portable: the same per-output sequence, one output at a time.
-static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, float *out /* groups × 4 × 8 */) {
-    const int BYTES = cw_block_bytes(a->type);
-    const int64_t nb = a->cols / 32, G = (a->tokens + 7) / 8;
-    for (int64_t g = 0; g < G; g++)
-        for (int i = 0; i < 4; i++)
-            for (int l = 0; l < 8; l++) {
-                const int64_t t = 8 * g + l;
-                float acc[2] = {0, 0};
-                for (int64_t b = 0; b < nb; b++) {
-                    const uint8_t *p = wr[i] + b * BYTES;
-                    const float dw = FN(h2f)(cw_u16(p));
-                    const int64_t si = FN(tb_s)(nb, t, b);
-                    float v = (float)FN(tb_idot)(a, p, t, b) * (dw * a->td[si]);
-                    if (a->type != CW_TYPE_Q8_0) v = FN(tb_ow)(a->type, p, dw) * a->tsd[si] + v;
-                    acc[b & 1] += v;
-                }
-                out[(g * 4 + i) * 8 + l] = acc[0] + acc[1];
-            }
-}
-#endif
-
-// Rows [r0, r1) × all tokens, four rows at a time (unpacked once for all token groups); a tile
-// that runs past r1 repeats the last row and drops it.
+// Rows [r0, r1) × all tokens: token groups in chunks of up to 16 (128 tokens, whose quantized
+// activations stay in L2 while all the rows stream past), four rows at a time (unpacked once per
+// chunk); a tile that runs past r1 repeats the last row and drops it.
 static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
     const int64_t T = a->tokens, rows = a->rows, G = (T + 7) / 8;
-    float out[2 * 4 * 8 * 8]; // up to 16 groups (128 tokens)
-    if (G > 16) return;
-    for (int64_t r = r0; r < r1; r += 4) {
-        const uint8_t *wr[4];
-        for (int i = 0; i < 4; i++) wr[i] = a->w + (r + i < r1 ? r + i : r1 - 1) * a->row_bytes;
-        FN(tb_rows4)(a, wr, out);
-        for (int64_t g = 0; g < G; g++) {
-            const int64_t nt = T - 8 * g < 8 ? T - 8 * g : 8;
-            for (int i = 0; i < 4 && r + i < r1; i++)
-                for (int64_t l = 0; l < nt; l++) a->y[(8 * g + l) * rows + r + i] = out[(g * 4 + i) * 8 + l];
+    enum { GC = 16 };
+    float out[GC * 4 * 8];
+    for (int64_t gc = 0; gc < G; gc += GC) {
+        const int64_t ge = gc + GC < G ? gc + GC : G;
+        for (int64_t r = r0; r < r1; r += 4) {
+            const uint8_t *wr[4];
+            for (int i = 0; i < 4; i++) wr[i] = a->w + (r + i < r1 ? r + i : r1 - 1) * a->row_bytes;
+            FN(tb_rows4)(a, wr, gc, ge, out);
+            for (int64_t g = gc; g < ge; g++) {
+                const int64_t nt = T - 8 * g < 8 ? T - 8 * g : 8;
+                for (int i = 0; i < 4 && r + i < r1; i++)
+                    for (int64_t l = 0; l < nt; l++) a->y[(8 * g + l) * rows + r + i] = out[((g - gc) * 4 + i) * 8 + l];
+            }
         }
     }
 }
+
+#endif // CW_X86 (the portable level has no batched kernel: plain C ran it ~4× slower than the fp32 GEMM)
 
 // ---------------------------------------------------------------------------------------------
 // Attention: one (token, head) item at a time; scores for that row only (two-pass safe softmax).
@@ -1098,8 +1052,13 @@ const cw_ops CW_CAT(cw_ops, CW_ISA) = {
     .exact_rows = FN(exact_rows),
     .fast_rows = FN(fast_rows),
     .quantize = FN(quantize),
+#if CW_X86
     .tiled_rows = FN(tiled_rows),
     .quantize_tiled = FN(quantize_tiled),
+#else
+    .tiled_rows = NULL,
+    .quantize_tiled = NULL,
+#endif
     .dot = FN(dot),
     .sum = FN(sum),
     .attn = FN(attn),

@@ -6,10 +6,10 @@ public enum Kernels {
     /// `x` holds `tokens × W.cols` floats, `y` receives `tokens × W.rows` floats.
     ///
     /// `.exact` dequantizes weights to fp32 and accumulates fp32 FMAs (results independent of the
-    /// thread count). `.fast` quantizes the activations of decode-sized products (up to 16 tokens:
-    /// one sequence's step or a batched step of several) to 16-bit blocks and uses integer dot
-    /// products for the quantized types (F32/F16/BF16 weights and larger products run the exact
-    /// path); see `cw_matmul` in ckernels.h for the kernels and their error bound.
+    /// thread count). `.fast` quantizes the activations to 16-bit blocks and uses integer dot
+    /// products for the quantized types (decode, batched decode steps and, for the 32-element
+    /// block types on x86, prefill; F32/F16/BF16 weights run the exact path); see `cw_matmul` in
+    /// ckernels.h for the kernels and their error bound.
     public static func matmul(
         _ w: WeightMatrix, _ x: UnsafePointer<Float>, tokens: Int, _ y: UnsafeMutablePointer<Float>,
         precision: Precision = .exact, pool: ThreadPool

@@ -79,8 +79,8 @@ public enum TensorType: UInt32, Sendable, CaseIterable, CustomStringConvertible 
 public enum Precision: String, Sendable, CaseIterable {
     /// fp32 activations against dequantized weights (golden-parity mode).
     case exact
-    /// Decode activations (products of up to 16 tokens) quantized to 16-bit blocks for integer
-    /// dot products (decode-step logits within ~1e-3 relative L2 of `exact` on SmolLM2-135M);
-    /// prefill runs the exact path.
+    /// Activations quantized to 16-bit blocks for integer dot products (decode-step logits within
+    /// ~1e-3 relative L2 of `exact` on SmolLM2-135M). Prefill takes the integer path too for the
+    /// 32-element block types on x86; K-quant prefill runs the exact path.
     case fast
 }

@@ -13,9 +13,8 @@ import XCTest
 /// relative L2 from exact, and `capital`'s last step, margin 0.061, flipped; int16 activations
 /// keep them within ~0.005 absolute.)
 ///
-/// Fast mode uses integer products for decode-sized matmuls (up to 16 tokens: a decode step, a
-/// batched step of several sequences, or a short prompt) including the output head; longer prefill
-/// runs the fp32 tiled GEMM, which is faster there.
+/// Fast mode uses integer products for every matmul of SmolLM2 Q4_1 (Q4_1 layers and the Q8_0
+/// head), in prefill and decode, on x86.
 final class FastPrecisionTests: XCTestCase {
     static let pool = ThreadPool(threads: ProcessInfo.processInfo.activeProcessorCount)
     static let greedyMargin = 0.05
@@ -51,8 +50,7 @@ final class FastPrecisionTests: XCTestCase {
         }
     }
 
-    /// The final-logits check above runs prefill (the integer path only for prompts of up to 16
-    /// tokens); this one covers the integer path of every decode step: along each prompt's golden greedy continuation
+    /// The final-logits check above covers prefill; this one covers every decode step: along each prompt's golden greedy continuation
     /// (teacher-forced), every decode step's logits in fast mode stay within the 1e-2
     /// relative L2 of exact mode's (int8 activations were at up to ~0.1; int16 are at ~4e-4).
     func testDecodeStepLogitsMatchExactMode() throws {

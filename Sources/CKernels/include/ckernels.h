@@ -98,17 +98,17 @@ enum cw_precision { CW_PRECISION_EXACT = 0, CW_PRECISION_FAST = 1 };
 ///  * EXACT: weights dequantized exactly (as ggml) to fp32, fp32 FMA accumulation; error vs a
 ///    float64 reference ≲ 1e-6·Σ|w·x| (tests assert 1e-5); results do not depend on the thread
 ///    count (every output element is computed by the same instruction sequence).
-///  * FAST: for the quantized types and products of up to 16 tokens (decode steps, alone or of
-///    several sequences batched), activations are quantized to int16 (per 32 elements for
-///    Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, per 256 for the K-quants; scale amax/32767, round to nearest) and
-///    multiplied with integer dot products on weights widened to int16 in registers (AVX2
+///  * FAST: for the quantized types, activations are quantized to int16 (per 32 elements for
+///    Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, per 256 for the K-quants; scale amax/32767, round to nearest)
+///    and multiplied with integer dot products on weights widened to int16 in registers (AVX2
 ///    vpmaddwd, AVX512-VNNI vpdpwssd). Error ≤ Σ_blocks (amax_block/65534)·Σ_block|w| plus fp32
-///    rounding. One to three tokens take a per-pair kernel; 4 to 16 tokens of the 32-element
-///    types take the batched kernel (tokens in vector lanes, each weight block unpacked once for
-///    eight tokens), in which a token's result does not depend on the other tokens of the call
-///    (CHUNKWISE_TILED_MAX=N moves its upper limit, 0 turns it off, for measurements); K-quants
-///    with 4+ tokens, F32/F16/BF16 weights and larger products (prefill) run the exact path (the
-///    fp32 GEMM is the faster one there).
+///    rounding. One to three tokens take a per-pair kernel (every quantized type); four or more
+///    tokens of the 32-element types take the batched kernel on x86 (tokens in vector lanes, each
+///    weight block unpacked once for up to 128 tokens; ~1.5× the fp32 GEMM from 8 to 128 tokens),
+///    in which a token's result does not depend on the other tokens of the call
+///    (CHUNKWISE_TILED_MAX=N caps its token count, 0 turns it off, for measurements). K-quants
+///    with 4+ tokens, F32/F16/BF16 weights and, on the portable level, all products of 4+ tokens
+///    run the exact path.
 /// y[t][r] = Σ_c W[r][c]·x[t][c]. `w`: `rows` rows of `cols` elements of `type`, `row_bytes`
 /// apart; `x`: tokens × cols floats; `y`: tokens × rows floats. Returns 0, or -1 for an
 /// unsupported type or shape (cols not a multiple of the block size) or out of memory.
