@@ -344,7 +344,9 @@ float cw_dot_f32(const float *a, const float *b, int64_t n) { return cw_ops_curr
 // several sequences and prefill: ~1.5× the fp32 GEMM's speed at every size measured, 8 to 128
 // tokens); K-quants with 4+ tokens, and everything with 4+ tokens on the portable level, run the
 // fp32 GEMM.
-enum { CW_FAST_MAX_TOKENS = 4, CW_TILED_MIN_TOKENS = 4 };
+// Activations are quantized on the calling thread below CW_QUANT_PARALLEL_TOKENS tokens (a pool
+// job costs more than quantizing a batched decode step's few rows).
+enum { CW_FAST_MAX_TOKENS = 4, CW_TILED_MIN_TOKENS = 4, CW_QUANT_PARALLEL_TOKENS = 32 };
 #define CW_TILED_MAX_TOKENS INT64_MAX
 
 // The batched kernel's token limit (none by default); CHUNKWISE_TILED_MAX=N sets one (0 turns
@@ -467,12 +469,12 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
     if (precision == CW_PRECISION_FAST && cw_tiled_type(type) && tokens >= CW_TILED_MIN_TOKENS &&
         tokens <= cw_tiled_max() && c.ops->tiled_rows) {
         if (cw_fast_prepare(&a, 1) != 0) return -1;
-        if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, cw_mm_tquant_task, &c);
+        if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, 1, cw_mm_tquant_task, &c);
         else c.ops->quantize_tiled(&a, 0, tokens);
         cw_pool_parallel_for(pool, rows, 16, cw_mm_tiled_task, &c);
     } else if (precision == CW_PRECISION_FAST && be > 1 && tokens < CW_FAST_MAX_TOKENS) {
         if (cw_fast_prepare(&a, 0) != 0) return -1;
-        if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, cw_mm_quant_task, &c);
+        if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, 1, cw_mm_quant_task, &c);
         else c.ops->quantize(&a, 0, tokens);
         cw_pool_parallel_for(pool, rows, 16, cw_mm_fast_task, &c);
     } else {
@@ -538,7 +540,7 @@ int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, 
     cw_mm *a = &c.mm[0];
     cw_mm_ctx qc = {c.ops, a};
     if (cw_fast_prepare(a, tiled) != 0) return -1;
-    if (tokens >= 4) cw_pool_parallel_for(pool, tokens, 1, tiled ? cw_mm_tquant_task : cw_mm_quant_task, &qc);
+    if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, 1, tiled ? cw_mm_tquant_task : cw_mm_quant_task, &qc);
     else if (tiled) c.ops->quantize_tiled(a, 0, tokens);
     else c.ops->quantize(a, 0, tokens);
     for (int i = 1; i < count; i++) {

@@ -998,6 +998,13 @@ static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; r += 4) {
             const uint8_t *wr[4];
             for (int i = 0; i < 4; i++) wr[i] = a->w + (r + i < r1 ? r + i : r1 - 1) * a->row_bytes;
+            // The next four rows, while these compute: the tile reads its rows in one burst and
+            // then computes for a while, which the hardware prefetchers do not run ahead of.
+            if (r + 4 < r1) {
+                const uint8_t *nx = a->w + (r + 4) * a->row_bytes;
+                const int64_t nbytes = ((r + 8 < r1 ? r + 8 : r1) - (r + 4)) * a->row_bytes;
+                for (int64_t o = 0; o < nbytes; o += 64) _mm_prefetch((const char *)(nx + o), _MM_HINT_T0);
+            }
             FN(tb_rows4)(a, wr, gc, ge, out);
             for (int64_t g = gc; g < ge; g++) {
                 const int64_t nt = T - 8 * g < 8 ? T - 8 * g : 8;
