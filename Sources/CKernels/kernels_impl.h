@@ -943,12 +943,20 @@ CW_INLINE void FN(tb_block)(const cw_mm *a, const int type, FN(tb_w) w, int64_t 
 }
 
 // Four rows × the eight tokens of group g: out[i] lanes = tokens.
-CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, __m256 out[4]) {
+CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, const uint8_t *const *pf, __m256 out[4]) {
     const int64_t nb = a->cols / 32;
+    const int BYTES = cw_block_bytes(type);
     __m256 a0[4], a1[4], v[4];
     for (int i = 0; i < 4; i++) a0[i] = a1[i] = _mm256_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
+        // The next tile's rows, a block pair at a time: spread over the computation so that the
+        // misses overlap it without filling the miss buffers in one burst.
+        if (pf)
+            for (int i = 0; i < 4; i++) {
+                _mm_prefetch((const char *)(pf[i] + b * BYTES), _MM_HINT_T0);
+                _mm_prefetch((const char *)(pf[i] + (b + 1) * BYTES + BYTES - 1), _MM_HINT_T0);
+            }
         FN(tb_block)(a, type, w, g, b, v);
         for (int i = 0; i < 4; i++) a0[i] = _mm256_add_ps(a0[i], v[i]);
         FN(tb_block)(a, type, w, g, b + 1, v);
@@ -962,7 +970,8 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
 }
 
 // Four rows (wr) × token groups [g0, g1).
-static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, int64_t g0, int64_t g1, float *out /* (g1-g0) × 4 × 8 */) {
+static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, const uint8_t *const *pf, int64_t g0, int64_t g1,
+                         float *out /* (g1-g0) × 4 × 8 */) {
     const int64_t nb = a->cols / 32;
     uint8_t *scratch = (uint8_t *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(4 * nb * (64 + 8)));
     if (!scratch) return;
@@ -972,7 +981,7 @@ static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, int64_t g0, i
     case TYPE:                                                                               \
         FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                 \
         for (int64_t g = g0; g < g1; g++) {                                                  \
-            FN(tb_tile)(a, TYPE, w, g, o);                                                   \
+            FN(tb_tile)(a, TYPE, w, g, g == g0 ? pf : NULL, o);                              \
             for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + ((g - g0) * 4 + i) * 8, o[i]); \
         }                                                                                    \
         return;
@@ -998,14 +1007,11 @@ static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; r += 4) {
             const uint8_t *wr[4];
             for (int i = 0; i < 4; i++) wr[i] = a->w + (r + i < r1 ? r + i : r1 - 1) * a->row_bytes;
-            // The next four rows, while these compute: the tile reads its rows in one burst and
-            // then computes for a while, which the hardware prefetchers do not run ahead of.
-            if (r + 4 < r1) {
-                const uint8_t *nx = a->w + (r + 4) * a->row_bytes;
-                const int64_t nbytes = ((r + 8 < r1 ? r + 8 : r1) - (r + 4)) * a->row_bytes;
-                for (int64_t o = 0; o < nbytes; o += 64) _mm_prefetch((const char *)(nx + o), _MM_HINT_T0);
-            }
-            FN(tb_rows4)(a, wr, gc, ge, out);
+            // The next four rows are prefetched while these compute (the tile reads its rows in
+            // one burst, which the hardware prefetchers do not run ahead of).
+            const uint8_t *pf[4];
+            for (int i = 0; i < 4; i++) pf[i] = a->w + (r + 4 + i < r1 ? r + 4 + i : r1 - 1) * a->row_bytes;
+            FN(tb_rows4)(a, wr, r + 4 < r1 ? pf : NULL, gc, ge, out);
             for (int64_t g = gc; g < ge; g++) {
                 const int64_t nt = T - 8 * g < 8 ? T - 8 * g : 8;
                 for (int i = 0; i < 4 && r + i < r1; i++)
