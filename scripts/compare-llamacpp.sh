@@ -8,6 +8,7 @@
 # all three hold the same network (the F16/Q8_0 copies carry Q4_1's rounding, which is fine for speed).
 #
 # Usage: LLAMA_CPP_DIR=/path/to/llama.cpp bash scripts/compare-llamacpp.sh [threads] [repetitions]
+# (SKIP_BUILD=1 uses the .build/release/chunkwise already there, e.g. the test command's build.)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -16,7 +17,7 @@ reps="${2:-5}"
 : "${LLAMA_CPP_DIR:?set LLAMA_CPP_DIR to a llama.cpp checkout with build/bin/llama-bench}"
 bench="$LLAMA_CPP_DIR/build/bin/llama-bench"
 bash scripts/fetch-model.sh
-swift build -c release --product chunkwise >&2
+[ -n "${SKIP_BUILD:-}" ] || swift build -c release --product chunkwise >&2
 models=".cache/models"
 q41="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
 for t in Q8_0 F16; do
