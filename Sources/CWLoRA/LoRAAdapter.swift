@@ -103,7 +103,7 @@ public struct LoRAAdapter: Sendable {
     public init(format: Format, path: String, peftType: String = "LORA", modules: [LoRAModule], qkRowOrder: RopeStyle,
                 rank: Int?, alpha: Double?, useRslora: Bool = false, useDora: Bool = false, targetModules: [String] = [],
                 baseModel: String? = nil, unplaced: [UnplacedTensor] = [], savedModules: [SavedModule] = []) {
-        let sorted = modules.sorted { ($0.layer, $0.projection.order) < ($1.layer, $1.projection.order) }
+        let sorted = modules.sorted { ($0.layer, $0.projection.index) < ($1.layer, $1.projection.index) }
         self.format = format
         self.path = path
         self.peftType = peftType
@@ -200,19 +200,6 @@ public struct LoRAAdapter: Sendable {
 }
 
 extension Projection {
-    /// Position in `Projection.allCases` (q, k, v, o, gate, up, down).
-    var order: Int {
-        switch self {
-        case .q: return 0
-        case .k: return 1
-        case .v: return 2
-        case .o: return 3
-        case .gate: return 4
-        case .up: return 5
-        case .down: return 6
-        }
-    }
-
     /// Maps a GGUF tensor base name (`attn_q`, `ffn_down`, ...) to a projection.
     init?(ggufComponent s: String) {
         switch s {

@@ -195,7 +195,7 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
             skipped += checked.skipped
             saved += binding.adapter.savedModules.map { ($0, binding.weight) }
             for m in checked.adapter.modules {
-                table[m.layer][m.projection.order].append(try BoundModule(module: m, adapterIndex: idx, weight: binding.weight, model: model, storage: storage))
+                table[m.layer][m.projection.index].append(try BoundModule(module: m, adapterIndex: idx, weight: binding.weight, model: model, storage: storage))
             }
         }
         self.table = table
@@ -235,7 +235,7 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
     public func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int,
                       positions: Range<Int>, y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         guard layer >= 0, layer < table.count else { return }
-        for m in table[layer][projection.order] { m.apply(x: x, tokens: tokens, y: y, callScale: scale, pool: pool) }
+        for m in table[layer][projection.index] { m.apply(x: x, tokens: tokens, y: y, callScale: scale, pool: pool) }
     }
 
     /// Adds (sign = 1) or subtracts (sign = -1) every bound plain-LoRA delta of `(layer, projection)`
@@ -244,7 +244,7 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
     /// (`|W'' − W| ≤ 2⁻²⁴ (|W'| + |W''|)` per element). DoRA modules are refused (not additive).
     public func addDelta(layer: Int, projection: Projection, to w: UnsafeMutablePointer<Float>, rows: Int, cols: Int, sign: Float = 1) throws {
         guard layer >= 0, layer < table.count else { return }
-        for m in table[layer][projection.order] {
+        for m in table[layer][projection.index] {
             guard m.doraFactor == nil else {
                 throw LoRAError(.unsupported, path: bindings[m.adapterIndex].adapter.path, "\(m.module.moduleName) is a DoRA module: its merge is not additive")
             }

@@ -70,7 +70,7 @@ extension LoRAStack {
         let pool = ThreadPool()
         for l in 0..<c.layers {
             for p in Projection.allCases {
-                let mods = table[l][p.order]
+                let mods = table[l][p.index]
                 guard !mods.isEmpty else { continue }
                 let orig = model.weights.layers[l].matrix(p)
                 let cols = orig.cols

@@ -270,7 +270,7 @@ public final class RankLadder: @unchecked Sendable {
     public let adapterHash: String
     /// True when directions keep the adapter's own order (AdaLoRA/DyLoRA), not sorted by σ.
     public let ordered: Bool
-    /// Module of (layer, projection) at `layer · 7 + projection.ladderSlot` (nil: not adapted).
+    /// Module of (layer, projection) at `layer · 7 + projection.index` (nil: not adapted).
     /// A flat array, not a keyed dictionary: `module(layer:projection:)` runs for every projection
     /// of every forward call.
     let table: [LadderModule?]
@@ -283,14 +283,14 @@ public final class RankLadder: @unchecked Sendable {
         self.adapterHash = adapterHash
         self.ordered = ordered
         let layers = (modules.map(\.layer).max() ?? -1) + 1
-        var t = [LadderModule?](repeating: nil, count: layers * Projection.ladderSlots)
-        for m in modules where m.layer >= 0 { t[m.layer * Projection.ladderSlots + m.projection.ladderSlot] = m }
+        var t = [LadderModule?](repeating: nil, count: layers * Projection.count)
+        for m in modules where m.layer >= 0 { t[m.layer * Projection.count + m.projection.index] = m }
         self.table = t
     }
 
     @inline(__always)
     public func module(layer: Int, projection: Projection) -> LadderModule? {
-        let i = layer * Projection.ladderSlots + projection.ladderSlot
+        let i = layer * Projection.count + projection.index
         return layer >= 0 && i < table.count ? table[i] : nil
     }
 
@@ -517,19 +517,3 @@ public final class RankLadder: @unchecked Sendable {
     }
 }
 
-extension Projection {
-    static let ladderSlots = 7
-    /// Position in `Projection.allCases` (q, k, v, o, gate, up, down).
-    @inline(__always)
-    var ladderSlot: Int {
-        switch self {
-        case .q: return 0
-        case .k: return 1
-        case .v: return 2
-        case .o: return 3
-        case .gate: return 4
-        case .up: return 5
-        case .down: return 6
-        }
-    }
-}

@@ -6,6 +6,24 @@ public enum Projection: String, Sendable, CaseIterable {
     case q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj"
     case gate = "gate_proj", up = "up_proj", down = "down_proj"
 
+    /// Number of projections per layer (the range of `index`).
+    public static let count = 7
+
+    /// Position in `allCases` (q, k, v, o, gate, up, down): per-layer tables of adapters and
+    /// ladder modules index by it.
+    @inline(__always)
+    public var index: Int {
+        switch self {
+        case .q: return 0
+        case .k: return 1
+        case .v: return 2
+        case .o: return 3
+        case .gate: return 4
+        case .up: return 5
+        case .down: return 6
+        }
+    }
+
     /// The HF module path of this projection in layer `layer` (as PEFT names it).
     public func hfModuleName(layer: Int) -> String {
         switch self {

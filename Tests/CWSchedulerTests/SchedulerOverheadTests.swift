@@ -125,16 +125,21 @@ final class SchedulerOverheadTests: XCTestCase {
 
     let pool = ThreadPool(threads: 2)
 
-    /// Prefill in one call (several ranks and cross-fades among the rows, with and without a merged
-    /// floor, α ≠ 1 on one tier) and token-by-token decode: bit-identical to the reference apply,
-    /// for fp32 factors under exact precision and fp16 factors under fast precision.
-    func testApplyIsBitIdenticalToReferenceGrouping() throws {
+    /// stories260K, its random rank-8 adapter and a golden prompt's ids.
+    func storiesWithRandomAdapter() throws -> (LlamaModel, LoRAAdapter, [Int]) {
         let bin = try TestPaths.sharedFile("models/stories260K/stories260K.bin")
         let model = try LlamaModel(llama2c: Llama2cFile(path: bin))
         let adapter = try LoRAAdapter.load(path: TestPaths.sharedFile("adapters/stories260K-random-r8"))
         let g = try TestPaths.json("golden/stories260k/goldens.json")
         let ps = try XCTUnwrap(g["prompts"] as? [[String: Any]])
-        let ids = try XCTUnwrap(ps[2]["ids"] as? [Int])
+        return (model, adapter, try XCTUnwrap(ps[2]["ids"] as? [Int]))
+    }
+
+    /// Prefill in one call (several ranks and cross-fades among the rows, with and without a merged
+    /// floor, α ≠ 1 on one tier) and token-by-token decode: bit-identical to the reference apply,
+    /// for fp32 factors under exact precision and fp16 factors under fast precision.
+    func testApplyIsBitIdenticalToReferenceGrouping() throws {
+        let (model, adapter, ids) = try storiesWithRandomAdapter()
         for (floor, storage, precision) in [(0, LowRankFactor.Storage.f32, Precision.exact), (2, .f32, .exact), (0, .f16, .fast), (3, .f16, .fast)] {
             var cfg = try SchedulerConfig.preset("balanced", maxRank: 8)
             cfg.minChunk = 2; cfg.maxChunk = 6; cfg.crossFade = 2; cfg.thresholds = [0.3, 0.4, 0.5]; cfg.topTierBudget = 0.6
@@ -172,12 +177,7 @@ final class SchedulerOverheadTests: XCTestCase {
     /// The estimator's scores (and so the plans) do not depend on the thread count of the pool
     /// that runs its layer-0 q/k products: `forward` hands it the forward pass's pool.
     func testScoresDoNotDependOnThePool() throws {
-        let bin = try TestPaths.sharedFile("models/stories260K/stories260K.bin")
-        let model = try LlamaModel(llama2c: Llama2cFile(path: bin))
-        let adapter = try LoRAAdapter.load(path: TestPaths.sharedFile("adapters/stories260K-random-r8"))
-        let g = try TestPaths.json("golden/stories260k/goldens.json")
-        let ps = try XCTUnwrap(g["prompts"] as? [[String: Any]])
-        let ids = try XCTUnwrap(ps[2]["ids"] as? [Int])
+        let (model, adapter, ids) = try storiesWithRandomAdapter()
         let cfg = try SchedulerConfig.preset("balanced", maxRank: 8)
         var runs: [ChunkWiseDelta] = []
         for (threads, oneCall) in [(1, true), (2, true), (2, false), (3, false)] {
