@@ -293,17 +293,12 @@ static void FN(dequant)(int type, const uint8_t *p, float *y, int64_t n) {
 // ---------------------------------------------------------------------------------------------
 // fp32 helpers
 
-CW_INLINE VF FN(vload)(const float *p) { VF v; memcpy(&v, p, sizeof v); return v; }
-CW_INLINE void FN(vstore)(float *p, VF v) { memcpy(p, &v, sizeof v); }
-
-// Fixed-order horizontal sum (pairwise halving), the same for every caller.
-CW_INLINE float FN(hsum)(VF v) {
-    float a[CW_VL];
-    memcpy(a, &v, sizeof v);
-    for (int w = CW_VL / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++) a[i] += a[i + w];
-    return a[0];
-}
+#define SC_VF VF
+#define SC_FN FN
+#define SC_VL CW_VL
+#define SC_X86 CW_X86
+#define SC_INLINE CW_INLINE
+#include "simd_common.h"
 
 static float FN(dot)(const float *a, const float *b, int64_t n) {
     VF s0 = 0, s1 = 0;
@@ -335,17 +330,7 @@ static float FN(sum)(const float *a, int64_t n) {
 
 // A vector of weights: fp32, or fp16 converted exactly (so F16 never needs a dequant buffer).
 CW_INLINE VF FN(wload)(const void *w, int64_t i, const int h) {
-    if (!h) return FN(vload)((const float *)w + i);
-    const uint16_t *p = (const uint16_t *)w + i;
-#if CW_X86 && CW_VL == 16
-    return (VF)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-#elif CW_X86 && CW_VL == 8
-    return (VF)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-#else
-    VF v;
-    for (int l = 0; l < CW_VL; l++) v[l] = FN(h2f)(p[l]);
-    return v;
-#endif
+    return h ? FN(h16load)((const uint16_t *)w + i) : FN(vload)((const float *)w + i);
 }
 CW_INLINE float FN(wat)(const void *w, int64_t i, const int h) {
     return h ? FN(h2f)(((const uint16_t *)w)[i]) : ((const float *)w)[i];

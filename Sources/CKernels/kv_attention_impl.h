@@ -12,16 +12,12 @@ typedef float KFN(vf) __attribute__((ext_vector_type(KV_VL)));
 #define KV_INLINE static inline __attribute__((always_inline))
 #define KV_FMA(a, b, c) ((a) * (b) + (c))
 
-KV_INLINE KVF KFN(vload)(const float *p) { KVF v; memcpy(&v, p, sizeof v); return v; }
-KV_INLINE void KFN(vstore)(float *p, KVF v) { memcpy(p, &v, sizeof v); }
-
-KV_INLINE float KFN(hsum)(KVF v) {
-    float a[KV_VL];
-    memcpy(a, &v, sizeof v);
-    for (int w = KV_VL / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++) a[i] += a[i + w];
-    return a[0];
-}
+#define SC_VF KVF
+#define SC_FN KFN
+#define SC_VL KV_VL
+#define SC_X86 KV_X86
+#define SC_INLINE KV_INLINE
+#include "simd_common.h"
 
 KV_INLINE float KFN(dot)(const float *a, const float *b, int64_t n) {
     KVF s0 = 0, s1 = 0;
@@ -201,16 +197,7 @@ KV_INLINE KVF KFN(ldv)(const int fmt, const void *base, int64_t i) {
         memcpy(&x, (const int8_t *)base + i, sizeof x);
         return __builtin_convertvector(x, KVF);
     }
-    const uint16_t *h = (const uint16_t *)base + i;
-#if KV_X86 && KV_VL == 16
-    return (KVF)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
-#elif KV_X86 && KV_VL == 8
-    return (KVF)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
-#else
-    float t[KV_VL];
-    for (int l = 0; l < KV_VL; l++) t[l] = cw_h2f_portable(h[l]);
-    return KFN(vload)(t);
-#endif
+    return KFN(h16load)((const uint16_t *)base + i);
 }
 
 KV_INLINE float KFN(ld1)(const int fmt, const void *base, int64_t i) {

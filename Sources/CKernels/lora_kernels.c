@@ -102,7 +102,7 @@ int cw_lora_up(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
     if ((type != CW_LORA_F32 && type != CW_LORA_F16) || k < 0 || out <= 0 || ldb < out || ku < k || ldy < out || tokens < 0) return -1;
     if (k == 0 || tokens == 0) return 0;
     if (!bt || !u || !y) return -1;
-    cw_lora_args g = {.type = type, .f = bt, .ldf = ldb, .k = k, .u = u, .ku = ku, .tokens = tokens,
+    cw_lora_args g = {.type = type, .f = bt, .ldf = ldb, .k = k, .u = (float *)u /* only read by up */, .ku = ku, .tokens = tokens,
                       .y = y, .ldy = ldy, .yrows = yrows};
     cw_lora_ctx c = {cw_lora_ops_current(), &g};
     if (k * out * tokens < CW_LORA_SERIAL_MACS) c.ops->up(&g, 0, out);

@@ -9,34 +9,20 @@ typedef float LFN(vf) __attribute__((ext_vector_type(LK_VL)));
 #define LVF LFN(vf)
 #define LK_INLINE static inline __attribute__((always_inline))
 
-LK_INLINE LVF LFN(vload)(const float *p) { LVF v; memcpy(&v, p, sizeof v); return v; }
-LK_INLINE void LFN(vstore)(float *p, LVF v) { memcpy(p, &v, sizeof v); }
+#define SC_VF LVF
+#define SC_FN LFN
+#define SC_VL LK_VL
+#define SC_X86 LK_X86
+#define SC_INLINE LK_INLINE
+#include "simd_common.h"
 
 // LK_VL elements of a factor row: fp32, or fp16 widened exactly.
 LK_INLINE LVF LFN(fload)(const void *w, int64_t i, const int h) {
-    if (!h) return LFN(vload)((const float *)w + i);
-    const uint16_t *p = (const uint16_t *)w + i;
-#if LK_X86 && LK_VL == 16
-    return (LVF)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-#elif LK_X86 && LK_VL == 8
-    return (LVF)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
-#else
-    LVF v;
-    for (int l = 0; l < LK_VL; l++) v[l] = cw_h2f_portable(p[l]);
-    return v;
-#endif
+    return h ? LFN(h16load)((const uint16_t *)w + i) : LFN(vload)((const float *)w + i);
 }
 LK_INLINE float LFN(fat)(const void *w, int64_t i, const int h) {
     return h ? cw_h2f_portable(((const uint16_t *)w)[i]) : ((const float *)w)[i];
 }
-LK_INLINE float LFN(hsum)(LVF v) {
-    float a[LK_VL];
-    memcpy(a, &v, sizeof v);
-    for (int w = LK_VL / 2; w >= 1; w /= 2)
-        for (int i = 0; i < w; i++) a[i] += a[i + w];
-    return a[0];
-}
-
 // R factor rows × T tokens, `in` long, register-blocked (R, T ≤ 4).
 LK_INLINE void LFN(down_tile)(const int R, const int T, const int h, const cw_lora_args *g, int64_t i0, int64_t t0) {
     LVF acc[4][4];
