@@ -212,17 +212,28 @@ struct cw_pool {
     void *ctx;
     int64_t count, g, units;
     int parts;
+    _Atomic int next; // the next part to take
 };
 
 static _Thread_local int cw_in_job = 0;
 enum { CW_SPIN = 1 << 14 }; // pause iterations (~0.5 ms) before a worker sleeps
 
-static void cw_pool_part(cw_pool *p, int i) {
-    if (i >= p->parts) return;
-    const int64_t s = p->units * i / p->parts * p->g;
-    int64_t e = p->units * (i + 1) / p->parts * p->g;
-    if (e > p->count) e = p->count;
-    if (s < e) p->fn(p->ctx, s, e);
+// A job is cut into up to CW_PARTS_PER_THREAD parts per thread, which the threads take in turn
+// until none is left: a thread that is descheduled for a while (a 2-core machine also runs the
+// server's other threads) holds up only the part it has, and one that wakes late finds the others
+// done. Tasks compute each index the same way whatever range it falls in, so results do not
+// depend on who took what.
+enum { CW_PARTS_PER_THREAD = 4 };
+
+static void cw_pool_work(cw_pool *p) {
+    for (;;) {
+        const int i = atomic_fetch_add_explicit(&p->next, 1, memory_order_relaxed);
+        if (i >= p->parts) return;
+        const int64_t s = p->units * i / p->parts * p->g;
+        int64_t e = p->units * (i + 1) / p->parts * p->g;
+        if (e > p->count) e = p->count;
+        if (s < e) p->fn(p->ctx, s, e);
+    }
 }
 
 typedef struct { cw_pool *p; int i; } cw_worker_arg;
@@ -252,7 +263,7 @@ static void *cw_worker(void *arg) {
         }
         if (atomic_load(&p->quit)) return NULL;
         seen = g;
-        cw_pool_part(p, wa.i);
+        cw_pool_work(p);
         atomic_fetch_sub_explicit(&p->pending, 1, memory_order_release);
     }
 }
@@ -310,7 +321,8 @@ void cw_pool_parallel_for(cw_pool *p, int64_t count, int64_t granularity, cw_ran
     p->count = count;
     p->g = g;
     p->units = units;
-    p->parts = (int)(units < p->n ? units : p->n);
+    p->parts = (int)(units < (int64_t)p->n * CW_PARTS_PER_THREAD ? units : (int64_t)p->n * CW_PARTS_PER_THREAD);
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
     atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
     atomic_fetch_add(&p->gen, 1); // seq_cst: publishes the job, ordered before the sleepers check
     if (atomic_load(&p->sleepers) > 0) {
@@ -319,7 +331,7 @@ void cw_pool_parallel_for(cw_pool *p, int64_t count, int64_t granularity, cw_ran
         pthread_mutex_unlock(&p->mu);
     }
     cw_in_job = 1;
-    cw_pool_part(p, 0);
+    cw_pool_work(p);
     cw_in_job = 0;
     for (long spin = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spin++) {
         if (spin < CW_SPIN && (spin & 63) != 63) cw_cpu_relax();
@@ -583,11 +595,25 @@ void cw_softmax(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
-void cw_silu_mul(float *gate, const float *up, int64_t n) {
+void cw_silu_mul(float *gate, const float *up, int64_t n) { cw_ops_current()->silu_mul(gate, up, n); }
+
+double cw_exp_weights(const float *x, int64_t n, float shift, float div, float *w) {
+    return n > 0 ? cw_ops_current()->exp_weights(x, n, shift, div, w) : 0;
+}
+
+float cw_expf(float x) {
+    float y;
+    cw_ops_current()->exp_weights(&x, 1, 0.0f, 1.0f, &y);
+    return y;
+}
+
+int64_t cw_cumulative_index(const float *w, int64_t n, double r) {
+    double acc = 0;
     for (int64_t i = 0; i < n; i++) {
-        const float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+        acc += w[i];
+        if (r < acc) return i;
     }
+    return n - 1;
 }
 
 void cw_add(float *a, const float *b, int64_t n) {

@@ -60,6 +60,8 @@ typedef struct {
     float (*dot)(const float *a, const float *b, int64_t n);
     float (*sum)(const float *a, int64_t n);
     void (*attn)(const cw_attn *a, int64_t i0, int64_t i1);
+    void (*silu_mul)(float *gate, const float *up, int64_t n);
+    double (*exp_weights)(const float *x, int64_t n, float shift, float div, float *w);
 } cw_ops;
 
 extern const cw_ops cw_ops_portable;

@@ -884,7 +884,7 @@ CW_INLINE __m256i FN(tb_dp)(__m256i acc, __m256i a, __m256i b) {
 // wq[(i·nb + b)·32 + j], dw and ow per row and block. Reading them back as 32-bit broadcasts
 // from memory (not shuffles of registers) keeps the shuffle units free; this pass runs before
 // the dot products, so the loads never wait on store forwarding.
-typedef struct { int16_t *wq; float *dw, *ow; } FN(tb_w);
+typedef struct { int16_t *wq; float *dw; /* dw, ow of each row and block, interleaved */ } FN(tb_w);
 
 CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int64_t nb, FN(tb_w) w) {
     const int BYTES = cw_block_bytes(type);
@@ -895,9 +895,16 @@ CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int6
             FN(tb_unpack)(type, p, &lo, &hi);
             _mm256_store_si256((__m256i *)(w.wq + (i * nb + b) * 32), lo);
             _mm256_store_si256((__m256i *)(w.wq + (i * nb + b) * 32 + 16), hi);
-            const float dw = FN(h2f)(cw_u16(p));
-            w.dw[i * nb + b] = dw;
-            w.ow[i * nb + b] = FN(tb_ow)(type, p, dw);
+            if (type == CW_TYPE_Q4_1 || type == CW_TYPE_Q5_1) {
+                // d and m side by side: one conversion of both (exact), one store.
+                uint32_t dm;
+                memcpy(&dm, p, 4);
+                _mm_storel_pi((__m64 *)(w.dw + 2 * (i * nb + b)), _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm)));
+            } else {
+                const float dw = FN(h2f)(cw_u16(p));
+                w.dw[2 * (i * nb + b)] = dw;
+                w.dw[2 * (i * nb + b) + 1] = FN(tb_ow)(type, p, dw);
+            }
         }
 }
 
@@ -922,8 +929,8 @@ CW_INLINE void FN(tb_block)(const cw_mm *a, const int type, FN(tb_w) w, int64_t 
                           _mm256_add_epi32(e3, o3)};
     const __m256 dxv = _mm256_loadu_ps(a->td + (g * nb + b) * 8), sdv = _mm256_loadu_ps(a->tsd + (g * nb + b) * 8);
     for (int i = 0; i < 4; i++) {
-        v[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(I[i]), _mm256_mul_ps(_mm256_set1_ps(w.dw[i * nb + b]), dxv));
-        if (type != CW_TYPE_Q8_0) v[i] = _mm256_fmadd_ps(_mm256_set1_ps(w.ow[i * nb + b]), sdv, v[i]);
+        v[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(I[i]), _mm256_mul_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b)]), dxv));
+        if (type != CW_TYPE_Q8_0) v[i] = _mm256_fmadd_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b) + 1]), sdv, v[i]);
     }
 }
 
@@ -960,7 +967,7 @@ static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, const uint8_t
     const int64_t nb = a->cols / 32;
     uint8_t *scratch = (uint8_t *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(4 * nb * (64 + 8)));
     if (!scratch) return;
-    FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + 4 * nb * 64), (float *)(scratch + 4 * nb * 68)};
+    FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + 4 * nb * 64)};
     __m256 o[4];
 #define CW_TB_CASE(TYPE)                                                                     \
     case TYPE:                                                                               \
@@ -999,8 +1006,24 @@ static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
             FN(tb_rows4)(a, wr, r + 4 < r1 ? pf : NULL, gc, ge, out);
             for (int64_t g = gc; g < ge; g++) {
                 const int64_t nt = T - 8 * g < 8 ? T - 8 * g : 8;
+                const float *o = out + (g - gc) * 32;
+                if (nt == 8 && r + 4 <= r1) {
+                    // 4 rows × 8 tokens transposed in registers: one 4-float store per token.
+                    const __m256 o0 = _mm256_loadu_ps(o), o1 = _mm256_loadu_ps(o + 8), o2 = _mm256_loadu_ps(o + 16),
+                                 o3 = _mm256_loadu_ps(o + 24);
+                    const __m256 t0 = _mm256_unpacklo_ps(o0, o1), t1 = _mm256_unpackhi_ps(o0, o1),
+                                 t2 = _mm256_unpacklo_ps(o2, o3), t3 = _mm256_unpackhi_ps(o2, o3);
+                    const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                                         _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+                    float *y = a->y + 8 * g * rows + r;
+                    for (int l = 0; l < 4; l++) {
+                        _mm_storeu_ps(y + l * rows, _mm256_castps256_ps128(u[l]));
+                        _mm_storeu_ps(y + (l + 4) * rows, _mm256_extractf128_ps(u[l], 1));
+                    }
+                    continue;
+                }
                 for (int i = 0; i < 4 && r + i < r1; i++)
-                    for (int64_t l = 0; l < nt; l++) a->y[(8 * g + l) * rows + r + i] = out[((g - gc) * 4 + i) * 8 + l];
+                    for (int64_t l = 0; l < nt; l++) a->y[(8 * g + l) * rows + r + i] = o[i * 8 + l];
             }
         }
     }
@@ -1044,6 +1067,84 @@ static void FN(attn)(const cw_attn *a, int64_t i0, int64_t i1) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Elementwise exp for SiLU and sampling weights: exp(x) = 2^n · p(r), x = n·ln2 + r, |r| ≤ ln2/2,
+// p a degree-6 polynomial (Cephes' expf coefficients; relative error ≤ 2 ulp against libm on
+// [-87, 88], tested). Not contracted, so every level computes the same bits. Results below
+// 2^-126 flush to 0; above 88.72 they are +inf, as libm's.
+
+CW_INLINE VF FN(vexp)(VF x) {
+#pragma clang fp contract(off)
+    typedef int32_t vi __attribute__((ext_vector_type(CW_VL)));
+    const VF hi = 88.7228393f, lo = -87.3365479f;
+    const vi over = x > hi, under = x < lo;
+    x = x > hi ? hi : x;
+    x = x < lo ? lo : x;
+    // n = round(x / ln2), by adding and subtracting 1.5·2^23 (round to nearest even).
+    const VF magic = 12582912.0f;
+    const VF fn = (x * 1.44269504088896341f + magic) - magic;
+    // r = x − n·ln2 in two parts (Cody–Waite), exact enough for |n| ≤ 127.
+    VF r = x - fn * 0.693359375f;
+    r = r - fn * -2.12194440e-4f;
+    VF p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    // 2^n: n ∈ [-126, 128]; 2^128 is done as 2·2^127.
+    vi n = __builtin_convertvector(fn, vi);
+    const vi big = n > 127;
+    n = big ? n - 1 : n;
+    VF two_n;
+    const vi bits = (n + 127) << 23;
+    memcpy(&two_n, &bits, sizeof two_n);
+    VF y = p * two_n;
+    y = big ? y * 2.0f : y;
+    const VF inf = __builtin_inff();
+    y = over ? inf : y;
+    y = under ? (VF)0.0f : y;
+    return y;
+}
+
+CW_INLINE float FN(sexp)(float x) {
+    VF v = x;
+    return FN(vexp)(v)[0];
+}
+
+// gate[i] = gate[i] / (1 + exp(−gate[i])) · up[i]
+static void FN(silu_mul)(float *gate, const float *up, int64_t n) {
+#pragma clang fp contract(off)
+    int64_t i = 0;
+    for (; i + CW_VL <= n; i += CW_VL) {
+        const VF g = FN(vload)(gate + i);
+        FN(vstore)(gate + i, g / (1.0f + FN(vexp)(-g)) * FN(vload)(up + i));
+    }
+    for (; i < n; i++) gate[i] = gate[i] / (1.0f + FN(sexp)(-gate[i])) * up[i];
+}
+
+// w[i] = exp((x[i] − shift) / div); returns Σ w[i] (in double, in index order within each lane,
+// lanes added in a fixed order).
+static double FN(exp_weights)(const float *x, int64_t n, float shift, float div, float *w) {
+#pragma clang fp contract(off)
+    typedef double vd __attribute__((ext_vector_type(CW_VL)));
+    vd acc = 0;
+    int64_t i = 0;
+    for (; i + CW_VL <= n; i += CW_VL) {
+        const VF e = FN(vexp)((FN(vload)(x + i) - shift) / div);
+        FN(vstore)(w + i, e);
+        acc += __builtin_convertvector(e, vd);
+    }
+    double total = 0;
+    for (int l = 0; l < CW_VL; l++) total += acc[l];
+    for (; i < n; i++) {
+        w[i] = FN(sexp)((x[i] - shift) / div);
+        total += w[i];
+    }
+    return total;
+}
+
 const cw_ops CW_CAT(cw_ops, CW_ISA) = {
     .name = CW_STR(CW_ISA),
     .dequant = FN(dequant),
@@ -1060,6 +1161,8 @@ const cw_ops CW_CAT(cw_ops, CW_ISA) = {
     .dot = FN(dot),
     .sum = FN(sum),
     .attn = FN(attn),
+    .silu_mul = FN(silu_mul),
+    .exp_weights = FN(exp_weights),
 };
 
 #undef VF

@@ -13,7 +13,21 @@ public enum VectorOps {
         cw_softmax(x, Int64(n))
     }
 
-    /// `gate[i] = silu(gate[i]) * up[i]`.
+    /// `w[i] = exp((x[i] − shift) / div)` with the kernels' vector exp (within 2 ulp of libm's
+    /// `expf` above 2⁻¹²⁶, flushing below); returns Σ w[i] accumulated in Double.
+    public static func expWeights(_ x: UnsafePointer<Float>, n: Int, shift: Float, div: Float, into w: UnsafeMutablePointer<Float>) -> Double {
+        cw_exp_weights(x, Int64(n), shift, div, w)
+    }
+
+    /// The kernels' vector exp of one value (as `expWeights` computes it).
+    public static func exp(_ x: Float) -> Float { cw_expf(x) }
+
+    /// The first `i` with `r < w[0] + … + w[i]` (sums in Double, in index order); `n − 1` if none.
+    public static func cumulativeIndex(_ w: UnsafePointer<Float>, n: Int, reaching r: Double) -> Int {
+        Int(cw_cumulative_index(w, Int64(n), r))
+    }
+
+    /// `gate[i] = silu(gate[i]) * up[i]` (the kernels' vector exp).
     public static func siluMul(_ gate: UnsafeMutablePointer<Float>, _ up: UnsafePointer<Float>, n: Int) {
         cw_silu_mul(gate, up, Int64(n))
     }

@@ -232,6 +232,9 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
     /// Rows are independent and positions unused: batches group sequences sharing this stack.
     public var isPositionIndependent: Bool { true }
 
+    /// Immutable: `apply` keeps nothing between calls (temporaries are per call).
+    public var isReentrant: Bool { true }
+
     public func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int,
                       positions: Range<Int>, y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         guard layer >= 0, layer < table.count else { return }

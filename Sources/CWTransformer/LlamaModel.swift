@@ -12,10 +12,15 @@ public protocol ProjectionDelta: AnyObject {
     /// then hands the rows of consecutive sequences sharing this delta to ONE call, so the
     /// adapter's factors are read once per step for all of them.
     var isPositionIndependent: Bool { get }
+    /// True when `apply` may run concurrently with itself (other projections, other rows): it
+    /// keeps no mutable state between calls. A batched step then runs all its sequences' (and a
+    /// shared input's projections') deltas as one pool job instead of one after another.
+    var isReentrant: Bool { get }
 }
 
 extension ProjectionDelta {
     public var isPositionIndependent: Bool { false }
+    public var isReentrant: Bool { false }
 }
 
 /// Which logits a forward pass returns.
@@ -224,6 +229,9 @@ public final class LlamaModel: @unchecked Sendable {
                 deltaRuns.append((delta, i, i))
             }
         }
+        // Small steps (decode) run their deltas' calls side by side; large ones (prefill) keep
+        // each call's own split over the pool.
+        let concurrentDeltas = n < 32 && deltaRuns.allSatisfy { $0.delta.isReentrant }
 
         /// y = W·x for all rows, then each segment's (or run of segments') delta on its own rows.
         func linear(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
@@ -239,17 +247,37 @@ public final class LlamaModel: @unchecked Sendable {
                 return
             }
             Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec, pool: pool)
+            if concurrentDeltas && deltaRuns.count * outs.count > 1 {
+                // Every (run, projection) pair writes its own rows of its own output: one job.
+                let pairs = deltaRuns.count * outs.count
+                pool.parallelFor(pairs) { lo, hi in
+                    for i in lo..<hi {
+                        let (p, m, y) = outs[i % outs.count]
+                        applyDelta(deltaRuns[i / outs.count], layer, p, m, x, y)
+                    }
+                }
+                return
+            }
             for (p, m, y) in outs { applyDeltas(layer, p, m, x, y) }
         }
 
+        func applyDelta(_ run: (delta: ProjectionDelta, first: Int, last: Int), _ layer: Int, _ p: Projection, _ m: WeightMatrix,
+                        _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+            let r = rowStart[run.first]
+            let len = rowStart[run.last] + items[run.last].tokens.count - r
+            let positions = run.first == run.last ? pos0[run.first]..<(pos0[run.first] + len) : 0..<len
+            run.delta.apply(layer: layer, projection: p, x: x + r * m.cols, tokens: len,
+                            positions: positions, y: y + r * m.rows, pool: pool)
+        }
+
         func applyDeltas(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
-            for run in deltaRuns {
-                let r = rowStart[run.first]
-                let len = rowStart[run.last] + items[run.last].tokens.count - r
-                let positions = run.first == run.last ? pos0[run.first]..<(pos0[run.first] + len) : 0..<len
-                run.delta.apply(layer: layer, projection: p, x: x + r * m.cols, tokens: len,
-                                positions: positions, y: y + r * m.rows, pool: pool)
+            if concurrentDeltas && deltaRuns.count > 1 {
+                pool.parallelFor(deltaRuns.count) { lo, hi in
+                    for i in lo..<hi { applyDelta(deltaRuns[i], layer, p, m, x, y) }
+                }
+                return
             }
+            for run in deltaRuns { applyDelta(run, layer, p, m, x, y) }
         }
 
         for (l, lw) in w.layers.enumerated() {

@@ -142,6 +142,13 @@ double cw_read_probe(const float *a, int64_t n, cw_pool *pool);
 void cw_rms_norm(const float *x, const float *weight, float *out, int64_t n, float eps);
 void cw_softmax(float *x, int64_t n);
 void cw_silu_mul(float *gate, const float *up, int64_t n);
+/// w[i] = exp((x[i] - shift) / div) with the kernels' vector exp (≤ 2 ulp from libm); returns the
+/// sum of w in double (a fixed order for a given n and instruction-set level).
+double cw_exp_weights(const float *x, int64_t n, float shift, float div, float *w);
+/// The kernels' exp of one value (for tests).
+float cw_expf(float x);
+/// The first i with r < w[0] + … + w[i] (sums in double, index order); n - 1 if none.
+int64_t cw_cumulative_index(const float *w, int64_t n, double r);
 void cw_add(float *a, const float *b, int64_t n);
 
 #ifdef __cplusplus
