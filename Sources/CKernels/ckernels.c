@@ -223,7 +223,7 @@ enum { CW_SPIN = 1 << 14 }; // pause iterations (~0.5 ms) before a worker sleeps
 // server's other threads) holds up only the part it has, and one that wakes late finds the others
 // done. Tasks compute each index the same way whatever range it falls in, so results do not
 // depend on who took what.
-enum { CW_PARTS_PER_THREAD = 4 };
+enum { CW_PARTS_PER_THREAD = 8 };
 
 static void cw_pool_work(cw_pool *p) {
     for (;;) {
@@ -605,6 +605,20 @@ float cw_expf(float x) {
     float y;
     cw_ops_current()->exp_weights(&x, 1, 0.0f, 1.0f, &y);
     return y;
+}
+
+float cw_max_f32(const float *x, int64_t n) {
+    typedef float v8 __attribute__((ext_vector_type(8)));
+    v8 m = -INFINITY;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8 v;
+        memcpy(&v, x + i, sizeof v);
+        m = __builtin_elementwise_max(m, v);
+    }
+    float r = __builtin_reduce_max(m);
+    for (; i < n; i++) r = x[i] > r ? x[i] : r;
+    return r;
 }
 
 int64_t cw_cumulative_index(const float *w, int64_t n, double r) {

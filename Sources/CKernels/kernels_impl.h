@@ -422,8 +422,11 @@ CW_INLINE int FN(q16)(float v) {
 
 // One block of 32: int16 quants, the scale d and d·Σq.
 CW_INLINE void FN(q16_block)(const float *x, int16_t *qs, float *dout, float *sdout) {
-    float amax = 0;
-    for (int j = 0; j < 32; j++) { const float v = fabsf(x[j]); amax = v > amax ? v : amax; }
+    // max |x| lane-wise, then across lanes (max is exact, so the order does not matter; NaNs
+    // are skipped as the scalar `v > amax` did).
+    VF m = 0.0f;
+    for (int j = 0; j < 32; j += CW_VL) m = __builtin_elementwise_max(m, __builtin_elementwise_abs(FN(vload)(x + j)));
+    const float amax = __builtin_reduce_max(m);
     const float d = amax / (float)CW_Q16_MAX, id = d != 0 ? 1.0f / d : 0.0f;
     int s = 0;
     for (int j = 0; j < 32; j++) {

@@ -22,6 +22,9 @@ public enum VectorOps {
     /// The kernels' vector exp of one value (as `expWeights` computes it).
     public static func exp(_ x: Float) -> Float { cw_expf(x) }
 
+    /// The largest element (NaNs skipped; −∞ when there is none).
+    public static func max(_ x: UnsafePointer<Float>, n: Int) -> Float { cw_max_f32(x, Int64(n)) }
+
     /// The first `i` with `r < w[0] + … + w[i]` (sums in Double, in index order); `n − 1` if none.
     public static func cumulativeIndex(_ w: UnsafePointer<Float>, n: Int, reaching r: Double) -> Int {
         Int(cw_cumulative_index(w, Int64(n), r))

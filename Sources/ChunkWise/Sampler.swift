@@ -118,8 +118,7 @@ public struct Sampler: Sendable {
     public static func pick(_ logits: [Float], _ p: SamplingParameters, unit: Double) -> Int {
         let n = logits.count
         guard n > 1 else { return 0 }
-        var maxLogit = -Float.infinity
-        for v in logits where v > maxLogit { maxLogit = v }
+        let maxLogit = logits.withUnsafeBufferPointer { $0.baseAddress.map { VectorOps.max($0, n: n) } ?? -.infinity }
         guard maxLogit.isFinite else { return argmax(logits) }
         // Weights exp((logit − max) / T) by the kernels' vector exp (a 49k vocabulary per token
         // with libm's expf was ~5% of a batched server step).

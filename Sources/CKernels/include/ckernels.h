@@ -147,6 +147,8 @@ void cw_silu_mul(float *gate, const float *up, int64_t n);
 double cw_exp_weights(const float *x, int64_t n, float shift, float div, float *w);
 /// The kernels' exp of one value (for tests).
 float cw_expf(float x);
+/// max x[i] (NaNs skipped; -inf when n is 0 or all are NaN).
+float cw_max_f32(const float *x, int64_t n);
 /// The first i with r < w[0] + … + w[i] (sums in double, index order); n - 1 if none.
 int64_t cw_cumulative_index(const float *w, int64_t n, double r);
 void cw_add(float *a, const float *b, int64_t n);
