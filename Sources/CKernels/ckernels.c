@@ -481,7 +481,7 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
     if (precision == CW_PRECISION_FAST && cw_tiled_type(type) && tokens >= CW_TILED_MIN_TOKENS &&
         tokens <= cw_tiled_max() && c.ops->tiled_rows) {
         if (cw_fast_prepare(&a, 1) != 0) return -1;
-        if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, 1, cw_mm_tquant_task, &c);
+        if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, 8, cw_mm_tquant_task, &c);
         else c.ops->quantize_tiled(&a, 0, tokens);
         cw_pool_parallel_for(pool, rows, 16, cw_mm_tiled_task, &c);
     } else if (precision == CW_PRECISION_FAST && be > 1 && tokens < CW_FAST_MAX_TOKENS) {
@@ -552,7 +552,7 @@ int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, 
     cw_mm *a = &c.mm[0];
     cw_mm_ctx qc = {c.ops, a};
     if (cw_fast_prepare(a, tiled) != 0) return -1;
-    if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, 1, tiled ? cw_mm_tquant_task : cw_mm_quant_task, &qc);
+    if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, tiled ? 8 : 1, tiled ? cw_mm_tquant_task : cw_mm_quant_task, &qc);
     else if (tiled) c.ops->quantize_tiled(a, 0, tokens);
     else c.ops->quantize(a, 0, tokens);
     for (int i = 1; i < count; i++) {

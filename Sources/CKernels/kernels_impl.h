@@ -828,10 +828,50 @@ CW_INLINE int64_t FN(tb_x)(int64_t nb, int64_t t, int64_t b, int j) {
 CW_INLINE int64_t FN(tb_s)(int64_t nb, int64_t t, int64_t b) { return ((t / 8) * nb + b) * 8 + t % 8; }
 
 // Quantizes tokens [t0, t1) into that layout (the padding lanes of the last group are zeroed by
-// the driver).
+// the driver). A group whose tokens all lie in the range (its existing ones, for the last) is
+// quantized block by block for its eight tokens at once and transposed in registers (16 row
+// stores per block instead of 128 pair stores); tokens of groups cut by the range are scattered
+// pair by pair (no other thread writes their lanes).
 static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
-    const int64_t nb = a->cols / 32;
-    for (int64_t t = t0; t < t1; t++)
+    const int64_t nb = a->cols / 32, T = a->tokens;
+    int64_t t = t0;
+    while (t < t1) {
+        const int64_t g = t / 8, ge = 8 * g + 8 < T ? 8 * g + 8 : T;
+        if (t == 8 * g && ge <= t1) {
+            for (int64_t b = 0; b < nb; b++) {
+                // q[l] = token 8g+l's block b (zeros past the last token): 16 element pairs.
+                int16_t q[8][32] __attribute__((aligned(32)));
+                for (int l = 0; l < 8; l++) {
+                    const int64_t s = FN(tb_s)(nb, 8 * g + l, b);
+                    if (8 * g + l < ge) FN(q16_block)(a->x + (8 * g + l) * a->cols + 32 * b, q[l], a->td + s, a->tsd + s);
+                    else memset(q[l], 0, sizeof q[l]);
+                }
+                // Two 8×8 transposes of 32-bit pairs: row p of the output holds pair p of the 8 tokens.
+                int16_t *dst = a->tq + FN(tb_x)(nb, 8 * g, b, 0);
+                for (int h = 0; h < 2; h++) {
+                    __m256i r[8], u[8];
+                    for (int l = 0; l < 8; l++) r[l] = _mm256_load_si256((const __m256i *)(q[l] + 16 * h));
+                    for (int l = 0; l < 8; l += 2) {
+                        u[l] = _mm256_unpacklo_epi32(r[l], r[l + 1]);
+                        u[l + 1] = _mm256_unpackhi_epi32(r[l], r[l + 1]);
+                    }
+                    for (int l = 0; l < 8; l += 4) {
+                        r[l] = _mm256_unpacklo_epi64(u[l], u[l + 2]);
+                        r[l + 1] = _mm256_unpackhi_epi64(u[l], u[l + 2]);
+                        r[l + 2] = _mm256_unpacklo_epi64(u[l + 1], u[l + 3]);
+                        r[l + 3] = _mm256_unpackhi_epi64(u[l + 1], u[l + 3]);
+                    }
+                    // r[0..3]: pairs {0,4},{1,5},{2,6},{3,7} of tokens 0-3 (low lane: pairs 0-3);
+                    // r[4..7]: the same of tokens 4-7.
+                    for (int p = 0; p < 4; p++) {
+                        _mm256_storeu_si256((__m256i *)(dst + 16 * (8 * h + p)), _mm256_permute2x128_si256(r[p], r[p + 4], 0x20));
+                        _mm256_storeu_si256((__m256i *)(dst + 16 * (8 * h + p + 4)), _mm256_permute2x128_si256(r[p], r[p + 4], 0x31));
+                    }
+                }
+            }
+            t = ge;
+            continue;
+        }
         for (int64_t b = 0; b < nb; b++) {
             int16_t q[32];
             const int64_t s = FN(tb_s)(nb, t, b);
@@ -840,6 +880,8 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
             int16_t *dst = a->tq + FN(tb_x)(nb, t, b, 0);
             for (int p = 0; p < 16; p++) memcpy(dst + 16 * p, q + 2 * p, 4);
         }
+        t++;
+    }
 }
 
 // The offset coefficient ow of a weight block (see above); 0 for Q8_0.
