@@ -497,13 +497,14 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
 
 // ---- Several matrices, one activation ----------------------------------------------------
 
-enum { CW_MANY_MAX = 8 };
+enum { CW_MANY_MAX = 8, CW_PF_MAX = 64 };
 
 typedef struct {
     const cw_ops *ops;
     cw_mm mm[CW_MANY_MAX];
     int64_t start[CW_MANY_MAX + 1]; // first concatenated row of each matrix
     int count, tiled;
+    double pf_per_row[CW_PF_MAX];
 } cw_many_ctx;
 
 static void cw_many_task(void *c, int64_t s, int64_t e) {
@@ -518,6 +519,11 @@ static void cw_many_task(void *c, int64_t s, int64_t e) {
 
 int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                    cw_pool *pool) {
+    return cw_matmul_many_pf(mats, count, cols, x, tokens, precision, NULL, 0, pool);
+}
+
+int cw_matmul_many_pf(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
+                      const cw_span *spans, int nspans, cw_pool *pool) {
     if (count <= 0 || tokens < 0) return count == 0 ? 0 : -1;
     int shared = count <= CW_MANY_MAX && precision == CW_PRECISION_FAST && tokens > 0;
     int tiled = 1, be0 = cw_block_elems(mats[0].type);
@@ -547,6 +553,17 @@ int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, 
         c.mm[i] = (cw_mm){.type = mats[i].type, .w = (const uint8_t *)mats[i].w, .rows = mats[i].rows, .cols = cols,
                           .row_bytes = mats[i].row_bytes, .x = x, .tokens = tokens, .y = mats[i].y};
         c.start[i + 1] = c.start[i] + mats[i].rows;
+    }
+    if (tiled && spans && nspans > 0) {
+        if (nspans > CW_PF_MAX) nspans = CW_PF_MAX;
+        for (int k = 0; k < nspans; k++) c.pf_per_row[k] = (double)spans[k].bytes / (double)c.start[count];
+        for (int i = 0; i < count; i++) {
+            c.mm[i].pf = spans;
+            c.mm[i].pf_per_row = c.pf_per_row;
+            c.mm[i].npf = nspans;
+            c.mm[i].pf_row0 = c.start[i];
+            c.mm[i].pf_rows = c.start[count];
+        }
     }
     // Quantize once, into the layout of the kernel that runs, for the first matrix; share it.
     cw_mm *a = &c.mm[0];

@@ -38,6 +38,12 @@ typedef struct {
     // padding, so a vector load of 8 scales from any token is in bounds).
     int16_t *tq;
     float *td, *tsd;
+    // Batched kernel: spans prefetched while rows compute; this matrix's rows are rows
+    // [pf_row0, pf_row0 + rows) of pf_rows in all (see cw_matmul_many_pf).
+    const cw_span *pf;
+    const double *pf_per_row; // bytes of each span per row of the call
+    int npf;
+    int64_t pf_row0, pf_rows;
 } cw_mm;
 
 typedef struct {

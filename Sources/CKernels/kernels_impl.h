@@ -1048,6 +1048,17 @@ static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
             // one burst, which the hardware prefetchers do not run ahead of).
             const uint8_t *pf[4];
             for (int i = 0; i < 4; i++) pf[i] = a->w + (r + 4 + i < r1 ? r + 4 + i : r1 - 1) * a->row_bytes;
+            if (a->npf && gc == 0) {
+                // This tile's share of the spans to prefetch (each line once over the whole call).
+                const int64_t g0 = a->pf_row0 + r, g1 = g0 + 4 < a->pf_row0 + r1 ? g0 + 4 : a->pf_row0 + r1;
+                // (Boundaries from one function of the row, so the tiles' slices tile each span.)
+                for (int k = 0; k < a->npf; k++) {
+                    const char *base = (const char *)a->pf[k].p;
+                    const int64_t lo = (int64_t)((double)g0 * a->pf_per_row[k]) & ~(int64_t)63;
+                    const int64_t hi = g1 == a->pf_rows ? a->pf[k].bytes : (int64_t)((double)g1 * a->pf_per_row[k]) & ~(int64_t)63;
+                    for (int64_t o = lo; o < hi; o += 64) _mm_prefetch(base + o, _MM_HINT_T1);
+                }
+            }
             FN(tb_rows4)(a, wr, r + 4 < r1 ? pf : NULL, gc, ge, out);
             for (int64_t g = gc; g < ge; g++) {
                 const int64_t nt = T - 8 * g < 8 ? T - 8 * g : 8;

@@ -46,6 +46,10 @@ public struct LowRankFactor: @unchecked Sendable {
     /// Bytes held.
     public var bytes: Int { buffer.bytes }
 
+    /// The stored elements, for prefetching (`Kernels.matmul(…, prefetch:)`); valid while this
+    /// factor (or a copy of it) lives.
+    public var memory: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: buffer.raw, count: buffer.bytes) }
+
     /// Element (r, c) as fp32.
     public func value(_ r: Int, _ c: Int) -> Float {
         let i = r * cols + c

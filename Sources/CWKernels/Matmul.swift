@@ -23,9 +23,13 @@ public enum Kernels {
     /// `matmul` for several matrices with the same `cols` and the same activations (a layer's
     /// q/k/v, or gate/up): the same results as one call per matrix, with the activations
     /// quantized once and one thread-pool job for all the rows.
+    ///
+    /// `prefetch`: memory the caller reads right after (e.g. the LoRA factors of these
+    /// projections), pulled into cache while the batched integer kernel computes (4+ tokens in
+    /// `fast`; ignored otherwise). It changes no result.
     public static func matmul(
         _ targets: [(w: WeightMatrix, y: UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>, tokens: Int,
-        precision: Precision = .exact, pool: ThreadPool
+        precision: Precision = .exact, prefetch: [UnsafeRawBufferPointer] = [], pool: ThreadPool
     ) {
         guard let cols = targets.first?.w.cols else { return }
         guard targets.allSatisfy({ $0.w.cols == cols }) else {
@@ -33,9 +37,13 @@ public enum Kernels {
             return
         }
         let mats = targets.map { cw_mat(type: Int32($0.w.type.rawValue), w: $0.w.base, rows: Int64($0.w.rows), row_bytes: Int64($0.w.rowBytes), y: $0.y) }
+        let spans = prefetch.compactMap { b in b.baseAddress.map { cw_span(p: $0, bytes: Int64(b.count)) } }
         _ = mats.withUnsafeBufferPointer { mp in
-            cw_matmul_many(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens),
-                           precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue), pool.handle)
+            spans.withUnsafeBufferPointer { sp in
+                cw_matmul_many_pf(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens),
+                                  precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue),
+                                  sp.baseAddress, Int32(sp.count), pool.handle)
+            }
         }
     }
 }

@@ -235,6 +235,12 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
     /// Immutable: `apply` keeps nothing between calls (temporaries are per call).
     public var isReentrant: Bool { true }
 
+    /// Every bound module's A and Bᵀ of `(layer, projection)`.
+    public func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] {
+        guard layer >= 0, layer < table.count else { return [] }
+        return table[layer][projection.index].flatMap { [$0.a.memory, $0.bt.memory] }
+    }
+
     public func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int,
                       positions: Range<Int>, y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         guard layer >= 0, layer < table.count else { return }

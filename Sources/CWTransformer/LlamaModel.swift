@@ -16,11 +16,15 @@ public protocol ProjectionDelta: AnyObject {
     /// keeps no mutable state between calls. A batched step then runs all its sequences' (and a
     /// shared input's projections') deltas as one pool job instead of one after another.
     var isReentrant: Bool { get }
+    /// The memory `apply(layer:projection:…)` will read (its factors), for the batched kernel to
+    /// prefetch while the base product computes. Empty by default.
+    func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer]
 }
 
 extension ProjectionDelta {
     public var isPositionIndependent: Bool { false }
     public var isReentrant: Bool { false }
+    public func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] { [] }
 }
 
 /// Which logits a forward pass returns.
@@ -232,11 +236,26 @@ public final class LlamaModel: @unchecked Sendable {
         // Small steps (decode) run their deltas' calls side by side; large ones (prefill) keep
         // each call's own split over the pool.
         let concurrentDeltas = n < 32 && deltaRuns.allSatisfy { $0.delta.isReentrant }
+        // A batched step (the integer kernel, compute-bound) pulls the deltas' factors into cache
+        // while it computes; one or two tokens stream weights and gain nothing from it.
+        let prefetchDeltas = !deltaRuns.isEmpty && prec == .fast && n >= 4
 
         /// y = W·x for all rows, then each segment's (or run of segments') delta on its own rows.
         func linear(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
-            Kernels.matmul(m, x, tokens: n, y, precision: options.exactProjections.contains(p) ? .exact : prec, pool: pool)
+            let exact = options.exactProjections.contains(p)
+            if prefetchDeltas && !exact {
+                Kernels.matmul([(w: m, y: y)], x, tokens: n, precision: prec, prefetch: deltaMemory(layer, [p]), pool: pool)
+            } else {
+                Kernels.matmul(m, x, tokens: n, y, precision: exact ? .exact : prec, pool: pool)
+            }
             applyDeltas(layer, p, m, x, y)
+        }
+
+        /// The deltas' factors for these projections (prefetched during a batched product).
+        func deltaMemory(_ layer: Int, _ ps: [Projection]) -> [UnsafeRawBufferPointer] {
+            var spans: [UnsafeRawBufferPointer] = []
+            for run in deltaRuns { for p in ps { spans += run.delta.memory(layer: layer, projection: p) } }
+            return spans
         }
 
         /// Several projections of the same input (q/k/v, gate/up): one matmul call for all of
@@ -246,7 +265,8 @@ public final class LlamaModel: @unchecked Sendable {
                 for (p, m, y) in outs { linear(layer, p, m, x, y) }
                 return
             }
-            Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec, pool: pool)
+            Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec,
+                           prefetch: prefetchDeltas ? deltaMemory(layer, outs.map(\.0)) : [], pool: pool)
             if concurrentDeltas && deltaRuns.count * outs.count > 1 {
                 // Every (run, projection) pair writes its own rows of its own output: one job.
                 let pairs = deltaRuns.count * outs.count

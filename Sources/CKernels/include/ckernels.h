@@ -130,6 +130,19 @@ typedef struct {
 int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                    cw_pool *pool);
 
+/// Memory to pull into cache while a product computes (e.g. the LoRA factors applied next).
+typedef struct {
+    const void *p;
+    int64_t bytes;
+} cw_span;
+
+/// `cw_matmul_many`, and while the batched integer kernel runs (4+ tokens, `fast`, 32-element
+/// types; ignored otherwise), `spans` are prefetched a slice per 4-row tile, in proportion to the
+/// rows done: a compute-bound batched product leaves memory idle, and the adapter factors read
+/// right after it then come from cache instead of DRAM. Results are those of `cw_matmul_many`.
+int cw_matmul_many_pf(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
+                      const cw_span *spans, int nspans, cw_pool *pool);
+
 /// Causal grouped-query attention (see Attention.causal in CWKernels).
 void cw_attention(const float *q, const float *k, const float *v, float *out, int64_t tokens,
                   int64_t start_pos, int heads, int kv_heads, int head_dim, int64_t kv_stride,
