@@ -624,6 +624,17 @@ float cw_expf(float x) {
     return y;
 }
 
+double cw_normalized_entropy(const float *x, int64_t n) {
+    if (n < 2 || !x) return -1;
+    const float m = cw_max_f32(x, n);
+    if (!isfinite(m)) return -1;
+    double z, ez;
+    cw_ops_current()->entropy_sums(x, n, m, &z, &ez);
+    if (!isfinite(z) || !isfinite(ez) || !(z > 0)) return -1; // a NaN logit propagates here
+    const double h = (log(z) - ez / z) / log((double)n);
+    return h < 0 ? 0 : h > 1 ? 1 : h;
+}
+
 float cw_max_f32(const float *x, int64_t n) {
     typedef float v8 __attribute__((ext_vector_type(8)));
     v8 m = -INFINITY;

@@ -68,6 +68,7 @@ typedef struct {
     void (*attn)(const cw_attn *a, int64_t i0, int64_t i1);
     void (*silu_mul)(float *gate, const float *up, int64_t n);
     double (*exp_weights)(const float *x, int64_t n, float shift, float div, float *w);
+    void (*entropy_sums)(const float *x, int64_t n, float m, double *z, double *ez);
 } cw_ops;
 
 extern const cw_ops cw_ops_portable;

@@ -1126,11 +1126,11 @@ static void FN(attn)(const cw_attn *a, int64_t i0, int64_t i1) {
 // ---------------------------------------------------------------------------------------------
 // Elementwise exp for SiLU and sampling weights: exp(x) = 2^n · p(r), x = n·ln2 + r, |r| ≤ ln2/2,
 // p a degree-6 polynomial (Cephes' expf coefficients; relative error ≤ 2 ulp against libm on
-// [-87, 88], tested). Not contracted, so every level computes the same bits. Results below
-// 2^-126 flush to 0; above 88.72 they are +inf, as libm's.
+// [-87, 88], tested). The x86 levels fuse the same multiply-adds (-ffp-contract=fast), so AVX2
+// and AVX-512 give the same bits (tested); the portable level, without FMA, may differ in the
+// last bit. Results below 2^-126 flush to 0; above 88.72 they are +inf, as libm's.
 
 CW_INLINE VF FN(vexp)(VF x) {
-#pragma clang fp contract(off)
     typedef int32_t vi __attribute__((ext_vector_type(CW_VL)));
     const VF hi = 88.7228393f, lo = -87.3365479f;
     const vi over = x > hi, under = x < lo;
@@ -1171,7 +1171,6 @@ CW_INLINE float FN(sexp)(float x) {
 
 // gate[i] = gate[i] / (1 + exp(−gate[i])) · up[i]
 static void FN(silu_mul)(float *gate, const float *up, int64_t n) {
-#pragma clang fp contract(off)
     int64_t i = 0;
     for (; i + CW_VL <= n; i += CW_VL) {
         const VF g = FN(vload)(gate + i);
@@ -1183,7 +1182,6 @@ static void FN(silu_mul)(float *gate, const float *up, int64_t n) {
 // w[i] = exp((x[i] − shift) / div); returns Σ w[i] (in double, in index order within each lane,
 // lanes added in a fixed order).
 static double FN(exp_weights)(const float *x, int64_t n, float shift, float div, float *w) {
-#pragma clang fp contract(off)
     typedef double vd __attribute__((ext_vector_type(CW_VL)));
     vd acc = 0;
     int64_t i = 0;
@@ -1199,6 +1197,33 @@ static double FN(exp_weights)(const float *x, int64_t n, float shift, float div,
         total += w[i];
     }
     return total;
+}
+
+// Softmax entropy sums over d = x − m (m = max x): Z = Σ e, EZ = Σ e·d with e = exp(max(d, −87))
+// (a −∞ logit then adds a negligible term, not a NaN). Lanes accumulate in fp32 and are folded
+// into double every 64 vectors. H = log Z − EZ / Z.
+static void FN(entropy_sums)(const float *x, int64_t n, float m, double *zo, double *ezo) {
+    double z = 0, ez = 0;
+    int64_t i = 0;
+    while (i + CW_VL <= n) {
+        const int64_t end = i + 64 * CW_VL < n ? i + 64 * CW_VL : n;
+        VF zv = 0.0f, ezv = 0.0f;
+        for (; i + CW_VL <= end; i += CW_VL) {
+            VF d = FN(vload)(x + i) - m;
+            d = d < -87.0f ? (VF)-87.0f : d;
+            const VF e = FN(vexp)(d);
+            zv += e;
+            ezv += e * d;
+        }
+        for (int l = 0; l < CW_VL; l++) { z += zv[l]; ez += ezv[l]; }
+    }
+    for (; i < n; i++) {
+        const float d = x[i] - m < -87.0f ? -87.0f : x[i] - m, e = FN(sexp)(d);
+        z += e;
+        ez += e * d;
+    }
+    *zo = z;
+    *ezo = ez;
 }
 
 const cw_ops CW_CAT(cw_ops, CW_ISA) = {
@@ -1219,6 +1244,7 @@ const cw_ops CW_CAT(cw_ops, CW_ISA) = {
     .attn = FN(attn),
     .silu_mul = FN(silu_mul),
     .exp_weights = FN(exp_weights),
+    .entropy_sums = FN(entropy_sums),
 };
 
 #undef VF

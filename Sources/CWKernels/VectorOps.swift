@@ -22,6 +22,13 @@ public enum VectorOps {
     /// The kernels' vector exp of one value (as `expWeights` computes it).
     public static func exp(_ x: Float) -> Float { cw_expf(x) }
 
+    /// Entropy of softmax(x) ÷ log(n), in [0, 1]; nil for n < 2 or logits that are not all
+    /// finite-or-−∞ (see `cw_normalized_entropy`).
+    public static func normalizedEntropy(_ x: UnsafePointer<Float>, n: Int) -> Double? {
+        let h = cw_normalized_entropy(x, Int64(n))
+        return h < 0 ? nil : h
+    }
+
     /// The largest element (NaNs skipped; −∞ when there is none).
     public static func max(_ x: UnsafePointer<Float>, n: Int) -> Float { cw_max_f32(x, Int64(n)) }
 

@@ -165,6 +165,8 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
     /// Element type of the bound factors.
     public let storage: LowRankFactor.Storage
     let table: [[[BoundModule]]]
+    /// table's factors' memory, per layer and projection (for `memory(layer:projection:)`).
+    let spans: [[[UnsafeRawBufferPointer]]]
     let savedModules: [(SavedModule, Double)]
 
     /// Binds adapters to `model`, checking every module against the model's shapes.
@@ -199,6 +201,7 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
             }
         }
         self.table = table
+        self.spans = table.map { $0.map { $0.flatMap { [$0.a.memory, $0.bt.memory] } } }
         self.skipped = skipped
         self.savedModules = saved
     }
@@ -210,6 +213,7 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
         storage = other.storage
         skipped = other.skipped
         table = other.table
+        spans = other.spans
         savedModules = other.savedModules
     }
 
@@ -237,8 +241,8 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
 
     /// Every bound module's A and Bᵀ of `(layer, projection)`.
     public func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] {
-        guard layer >= 0, layer < table.count else { return [] }
-        return table[layer][projection.index].flatMap { [$0.a.memory, $0.bt.memory] }
+        guard layer >= 0, layer < spans.count else { return [] }
+        return spans[layer][projection.index]
     }
 
     public func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int,

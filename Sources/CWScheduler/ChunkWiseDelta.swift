@@ -274,6 +274,12 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         position >= 0 && position < plans.count ? plans[position] : TokenPlan(inRank: moduleRank, inAlpha: 1)
     }
 
+    /// `static` reads its plain LoRA factors (prefetched during batched products); the ladder
+    /// policies choose their slices per call and prefetch nothing.
+    public func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] {
+        staticStack?.memory(layer: layer, projection: projection) ?? []
+    }
+
     public func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens n: Int,
                       positions: Range<Int>, y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         if let s = staticStack {

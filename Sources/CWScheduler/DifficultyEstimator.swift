@@ -83,83 +83,13 @@ public final class DifficultyEstimator: @unchecked Sendable {
     /// they are not all finite-or-−∞ (a NaN/+∞ logit, or every logit −∞).
     ///
     /// H = log Z − Σ eᵢ dᵢ / Z with dᵢ = xᵢ − max, eᵢ = exp(dᵢ), Z = Σ eᵢ: a max pass and one exp
-    /// pass in Float over 16 lanes (`Self.exp`, a vectorizable polynomial, relative error < 1.5e-7),
-    /// with the lane sums carried into Double every 1024 logits. Nothing is allocated. Against
-    /// a Double evaluation with the libm exp it differs by < 1e-5 (normalized), see
+    /// pass in the kernels (`VectorOps.normalizedEntropy`: the same vector exp as SiLU and
+    /// sampling, fp32 lanes carried into Double every 64 vectors). Nothing is allocated. Against a
+    /// Double evaluation with the libm exp it differs by < 1e-5 (normalized), see
     /// `EntropyTests`. Deterministic: the same logits always give the same value.
     public static func normalizedEntropy(_ logits: UnsafeBufferPointer<Float>) -> Double? {
-        let n = logits.count
-        guard n > 1, let base = logits.baseAddress else { return nil }
-        typealias V = SIMD16<Float>
-        let raw = UnsafeRawPointer(base)
-        let vn = n / V.scalarCount
-        // Max pass.
-        var mv = V(repeating: -.infinity)
-        for b in 0..<vn {
-            let v = raw.loadUnaligned(fromByteOffset: b * MemoryLayout<V>.stride, as: V.self)
-            mv.replace(with: v, where: v .> mv)  // a compare and a blend (`pointwiseMax` is not vectorized)
-        }
-        var m = mv.max()
-        for i in (vn * V.scalarCount)..<n { m = Swift.max(m, base[i]) }
-        guard m.isFinite else { return nil }
-        // Exp pass: Z and Σ e·d per lane in Float, folded into Double every `block` vectors.
-        let block = 64
-        var z = 0.0, ez = 0.0
-        let mm = V(repeating: m)
-        var b = 0
-        while b < vn {
-            let end = Swift.min(vn, b + block)
-            var zv = V(), ezv = V()
-            while b < end {
-                var d = raw.loadUnaligned(fromByteOffset: b * MemoryLayout<V>.stride, as: V.self) - mm
-                d.replace(with: Self.expFloor, where: d .< Self.expFloor)  // −∞ logits: e·d → tiny, not NaN
-                let e = Self.exp(d)
-                zv += e
-                ezv += e * d
-                b += 1
-            }
-            z += Double(zv.sum())
-            ez += Double(ezv.sum())
-        }
-        for i in (vn * V.scalarCount)..<n {
-            let d = Swift.max(base[i] - m, Self.expFloor)
-            let e = Self.exp(SIMD16<Float>(repeating: d))[0]
-            z += Double(e)
-            ez += Double(e * d)
-        }
-        guard z.isFinite, ez.isFinite, z > 0 else { return nil }  // a NaN logit propagates here
-        let h = Foundation.log(z) - ez / z
-        return Swift.max(0, Swift.min(1, h / Foundation.log(Double(n))))
-    }
-
-    /// Logits more than 87 below the max count as exactly 87 below (e⁻⁸⁷ ≈ 1.6e−38, negligible
-    /// next to the max term's 1, and still a normal float).
-    static let expFloor: Float = -87
-
-    /// eᵈ for d ≤ 0 lane by lane (d below `expFloor` is taken as `expFloor`). Cody–Waite reduction
-    /// d = k·ln2 + r, |r| ≤ ln2/2, a degree-6 polynomial for eʳ (Cephes `expf`), and 2ᵏ built in
-    /// the exponent bits. Portable SIMD, no libm call.
-    @inline(__always)
-    static func exp(_ d: SIMD16<Float>) -> SIMD16<Float> {
-        typealias V = SIMD16<Float>
-        let x = d.replacing(with: expFloor, where: d .< expFloor)
-        // k = round(x / ln2) via the 1.5·2²³ shifter (|x / ln2| < 126).
-        let shifter = V(repeating: 12_582_912)
-        let t = x * 1.442_695_04 + shifter
-        let k = t - shifter
-        var r = x - k * 0.693_359_375
-        r = r - k * -2.121_944_4e-4
-        var p = V(repeating: 1.987_569_15e-4)
-        p = p * r + 1.398_199_950_7e-3
-        p = p * r + 8.333_451_907_3e-3
-        p = p * r + 4.166_579_589_4e-2
-        p = p * r + 1.666_666_545_9e-1
-        p = p * r + 5.000_000_120_1e-1
-        let er = p * (r * r) + r + 1
-        // 2ᵏ: (k + 127) << 23 as a float's bits, k ∈ [−126, 0]; t's low mantissa bits hold
-        // k + 0x40_0000 (t ∈ [2²³, 2²⁴), one exponent), so bits(t) − bits(shifter) = k.
-        let kb = unsafeBitCast(t, to: SIMD16<UInt32>.self) &- 0x4B40_0000 &+ 127
-        return er * unsafeBitCast(kb &<< 23, to: V.self)
+        guard logits.count > 1, let base = logits.baseAddress else { return nil }
+        return VectorOps.normalizedEntropy(base, n: logits.count)
     }
 
     /// Scores the next tokens (which the model is about to run) and advances.

@@ -270,8 +270,14 @@ final class MatmulTests: XCTestCase {
                         }
                         defer { raws.forEach { $0.deallocate() }; ys.forEach { $0.deallocate() } }
                         let mats = try zip(cases, raws).map { try WeightMatrix(type: $0.type, rows: $0.rows, cols: $0.cols, base: UnsafeRawPointer($1), owner: nil) }
+                        // Half the calls also prefetch memory (odd sizes, unaligned): no effect on results.
+                        let extra = UnsafeMutableRawPointer.allocate(byteCount: 100_003, alignment: 64)
+                        defer { extra.deallocate() }
+                        let spans = gi % 2 == 0 ? [] : [UnsafeRawBufferPointer(start: extra + 3, count: 100_000),
+                                                         UnsafeRawBufferPointer(start: raws[0], count: 77), UnsafeRawBufferPointer(start: nil, count: 0)]
                         x.withUnsafeBufferPointer { xb in
-                            Kernels.matmul(zip(mats, ys).map { (w: $0.0, y: $0.1) }, xb.baseAddress!, tokens: tokens, precision: precision, pool: pool4)
+                            Kernels.matmul(zip(mats, ys).map { (w: $0.0, y: $0.1) }, xb.baseAddress!, tokens: tokens, precision: precision,
+                                           prefetch: spans, pool: pool4)
                         }
                         let outs = zip(cases, ys).map { Array(UnsafeBufferPointer(start: $1, count: tokens * $0.rows)) }
                         for i in cases.indices where outs[i].map(\.bitPattern) != separate[i].map(\.bitPattern) {
@@ -432,6 +438,45 @@ final class AttentionAndVectorTests: XCTestCase {
             let d = VectorOps.dot(x, w, n: n)
             let ref = zip(x, w).reduce(0.0) { $0 + Double($1.0) * Double($1.1) }
             XCTAssertEqual(Double(d), ref, accuracy: 1e-4 * x.reduce(0.0) { $0 + Double(abs($1)) })
+        }
+    }
+
+    /// The kernels' vector exp (SiLU, sampling weights): within 2 ulp of libm above 2⁻¹²⁶, the same
+    /// bits on the x86 levels; expWeights' sum and cumulativeIndex agree with plain loops.
+    func testVectorExpAndSamplingHelpers() {
+        var byPath: [[UInt32]] = []
+        forEachPath { path in
+            var worst = 0.0
+            var bits: [UInt32] = []
+            var d: Float = -87.3
+            while d < 88.7 {
+                let e = VectorOps.exp(d), ref = Foundation.exp(Double(d))
+                worst = max(worst, abs(Double(e) - ref) / ref)
+                bits.append(e.bitPattern)
+                d += 0.0137
+            }
+            XCTAssertLessThan(worst, 2.5e-7, "\(path)")
+            XCTAssertEqual(VectorOps.exp(0), 1)
+            XCTAssertEqual(VectorOps.exp(100), .infinity)
+            XCTAssertEqual(VectorOps.exp(-100), 0)
+            if path != .portable { byPath.append(bits) }
+        }
+        for other in byPath.dropFirst() where other != byPath[0] { XCTFail("exp differs between the AVX2 and AVX-512 levels") }
+        let x = randomX(1003, seed: 9).map { $0 * 20 }
+        var w = [Float](repeating: 0, count: x.count)
+        let m = VectorOps.max(x, n: x.count)
+        XCTAssertEqual(m, x.max())
+        XCTAssertEqual(VectorOps.max([.nan, -3, .nan, -1], n: 4), -1)
+        let total = VectorOps.expWeights(x, n: x.count, shift: m, div: 0.7, into: &w)
+        for i in x.indices {
+            let ref = Foundation.exp(Double((x[i] - m) / 0.7))  // the argument as the kernel rounds it
+            XCTAssertEqual(Double(w[i]), ref, accuracy: 2.5e-7 * ref)
+        }
+        XCTAssertEqual(total, w.reduce(0.0) { $0 + Double($1) }, accuracy: 1e-9 * total)
+        for r in [0.0, 0.3 * total, 0.999 * total, 2 * total] {
+            var acc = 0.0, expected = x.count - 1
+            for i in w.indices { acc += Double(w[i]); if r < acc { expected = i; break } }
+            XCTAssertEqual(VectorOps.cumulativeIndex(w, n: w.count, reaching: r), expected)
         }
     }
 

@@ -63,20 +63,6 @@ final class SchedulerOverheadTests: XCTestCase {
         XCTAssertNil(entropy([-.infinity, -.infinity]))
     }
 
-    func testVectorExpAccuracy() {
-        var worst: Float = 0
-        var d: Float = -87
-        while d <= 0 {
-            let e = DifficultyEstimator.exp(SIMD16<Float>(repeating: d))[0]
-            let ref = Foundation.exp(Double(d))
-            worst = max(worst, Float(abs(Double(e) - ref) / ref))
-            d += 0.000_731
-        }
-        print("[exp] worst relative error \(worst)")
-        XCTAssertLessThan(worst, 1.5e-7)  // the bound `DifficultyEstimator.normalizedEntropy` states
-        XCTAssertEqual(DifficultyEstimator.exp(SIMD16<Float>(repeating: 0))[0], 1)
-    }
-
     // MARK: apply
 
     /// The apply of the previous release: per call, every row's plan in an array, rows grouped

@@ -160,6 +160,11 @@ void cw_silu_mul(float *gate, const float *up, int64_t n);
 double cw_exp_weights(const float *x, int64_t n, float shift, float div, float *w);
 /// The kernels' exp of one value (for tests).
 float cw_expf(float x);
+/// Entropy of softmax(x) divided by log(n), in [0, 1], or -1 when n < 2 or the logits are not all
+/// finite or -inf (a NaN or +inf logit, or every logit -inf). H = log Z - Σ e·d / Z over
+/// d = x - max, e = exp(max(d, -87)) with the kernels' vector exp (fp32 lanes folded into
+/// double every 64 vectors); within 1e-5 of a double evaluation with libm (tested).
+double cw_normalized_entropy(const float *x, int64_t n);
 /// max x[i] (NaNs skipped; -inf when n is 0 or all are NaN).
 float cw_max_f32(const float *x, int64_t n);
 /// The first i with r < w[0] + … + w[i] (sums in double, index order); n - 1 if none.
