@@ -812,10 +812,12 @@ static void FN(fast_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
 // each pair of elements of the group's eight tokens side by side (one 256-bit vector of int16
 // per element pair), and each weight element pair is broadcast to all lanes, so one s16×s16
 // pair-dot instruction (vpdpwssd / vpmaddwd) advances eight tokens' dot products by two elements
-// with no horizontal sums. Four rows' blocks are unpacked once for up to 16 groups (128 tokens)
-// and share every activation load. Per output (row r, token t) and block b:
-//     I = Σ_j q_j·x_j (exact in int32);  v = float(I)·(dw·dx);  v = ow·sd + v;  acc[b mod 2] += v
-// and y = acc[0] + acc[1]. `ow` is the coefficient of the activation block's scaled sum sd:
+// with no horizontal sums. A tile of TB_R rows (4 on AVX2, 8 on AVX-512, which has the registers
+// for 16 integer and 8 float accumulators) has its blocks unpacked once for up to 16 groups
+// (128 tokens) and shares every activation load. Per output (row r, token t) and block b:
+//     I = Σ_j q_j·x_j (exact in int32);  v = float(I)·(dw·dx);  v = ow·sd + v;  y += v
+// (blocks in order), whatever the tile height, so both levels give the same bits. `ow` is the
+// coefficient of the activation block's scaled sum sd:
 // m for Q4_1/Q5_1, -8·dw for Q4_0, -16·dw for Q5_0 (both exact), none for Q8_0.
 // Bounds: |I| ≤ 32·128·32767 < 2^28 (Q8_0); float(I) is exact below 2^24 (the Q4 types).
 
@@ -925,7 +927,14 @@ CW_INLINE __m256i FN(tb_dp)(__m256i acc, __m256i a, __m256i b) {
 #endif
 }
 
-// Four rows' weights unpacked once (they then serve every token group): int16 quants
+// Rows per tile of the batched kernel.
+#if CW_VNNI
+#define TB_R 8
+#else
+#define TB_R 4
+#endif
+
+// A tile's weights unpacked once (they then serve every token group): int16 quants
 // wq[(i·nb + b)·32 + j], dw and ow per row and block. Reading them back as 32-bit broadcasts
 // from memory (not shuffles of registers) keeps the shuffle units free; this pass runs before
 // the dot products, so the loads never wait on store forwarding.
@@ -933,7 +942,7 @@ typedef struct { int16_t *wq; float *dw; /* dw, ow of each row and block, interl
 
 CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int64_t nb, FN(tb_w) w) {
     const int BYTES = cw_block_bytes(type);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < TB_R; i++)
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *p = wr[i] + b * BYTES;
             __m256i lo, hi;
@@ -955,72 +964,65 @@ CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int6
 
 CW_INLINE __m256i FN(tb_bc)(const int16_t *p) { int32_t v; memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
 
-// Block b of four rows × the eight tokens of group g: v per row (lanes = tokens).
-CW_INLINE void FN(tb_block)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, int64_t b, __m256 v[4]) {
+// Block b of the tile's rows × the eight tokens of group g, added to acc (lanes = tokens). Even
+// and odd element pairs go to separate integer accumulators (2·TB_R independent chains).
+CW_INLINE void FN(tb_block)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, int64_t b, __m256 acc[TB_R]) {
     const int64_t nb = a->cols / 32;
     const int16_t *xb = a->tq + (g * nb + b) * 256;
-    const int16_t *w0 = w.wq + b * 32, *w1 = w0 + nb * 32, *w2 = w1 + nb * 32, *w3 = w2 + nb * 32;
-    __m256i e0 = _mm256_setzero_si256(), e1 = e0, e2 = e0, e3 = e0, o0 = e0, o1 = e0, o2 = e0, o3 = e0;
+    __m256i e[TB_R], o[TB_R];
+    for (int i = 0; i < TB_R; i++) e[i] = o[i] = _mm256_setzero_si256();
 #pragma clang loop unroll(full)
     for (int p = 0; p < 16; p += 2) {
         const __m256i xe = _mm256_loadu_si256((const __m256i *)(xb + 16 * p));
         const __m256i xo = _mm256_loadu_si256((const __m256i *)(xb + 16 * p + 16));
-        e0 = FN(tb_dp)(e0, xe, FN(tb_bc)(w0 + 2 * p)); o0 = FN(tb_dp)(o0, xo, FN(tb_bc)(w0 + 2 * p + 2));
-        e1 = FN(tb_dp)(e1, xe, FN(tb_bc)(w1 + 2 * p)); o1 = FN(tb_dp)(o1, xo, FN(tb_bc)(w1 + 2 * p + 2));
-        e2 = FN(tb_dp)(e2, xe, FN(tb_bc)(w2 + 2 * p)); o2 = FN(tb_dp)(o2, xo, FN(tb_bc)(w2 + 2 * p + 2));
-        e3 = FN(tb_dp)(e3, xe, FN(tb_bc)(w3 + 2 * p)); o3 = FN(tb_dp)(o3, xo, FN(tb_bc)(w3 + 2 * p + 2));
+#pragma clang loop unroll(full)
+        for (int i = 0; i < TB_R; i++) {
+            e[i] = FN(tb_dp)(e[i], xe, FN(tb_bc)(w.wq + (i * nb + b) * 32 + 2 * p));
+            o[i] = FN(tb_dp)(o[i], xo, FN(tb_bc)(w.wq + (i * nb + b) * 32 + 2 * p + 2));
+        }
     }
-    const __m256i I[4] = {_mm256_add_epi32(e0, o0), _mm256_add_epi32(e1, o1), _mm256_add_epi32(e2, o2),
-                          _mm256_add_epi32(e3, o3)};
     const __m256 dxv = _mm256_loadu_ps(a->td + (g * nb + b) * 8), sdv = _mm256_loadu_ps(a->tsd + (g * nb + b) * 8);
-    for (int i = 0; i < 4; i++) {
-        v[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(I[i]), _mm256_mul_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b)]), dxv));
-        if (type != CW_TYPE_Q8_0) v[i] = _mm256_fmadd_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b) + 1]), sdv, v[i]);
+#pragma clang loop unroll(full)
+    for (int i = 0; i < TB_R; i++) {
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(e[i], o[i])),
+                                 _mm256_mul_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b)]), dxv));
+        if (type != CW_TYPE_Q8_0) v = _mm256_fmadd_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b) + 1]), sdv, v);
+        acc[i] = _mm256_add_ps(acc[i], v);
     }
 }
 
-// Four rows × the eight tokens of group g: out[i] lanes = tokens.
-CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, const uint8_t *const *pf, __m256 out[4]) {
+// The tile's rows × the eight tokens of group g: out[i] lanes = tokens. The next tile's rows are
+// prefetched a block pair at a time, spread over the computation so that the misses overlap it
+// without filling the miss buffers in one burst.
+CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, const uint8_t *const *pf, __m256 out[TB_R]) {
     const int64_t nb = a->cols / 32;
     const int BYTES = cw_block_bytes(type);
-    __m256 a0[4], a1[4], v[4];
-    for (int i = 0; i < 4; i++) a0[i] = a1[i] = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        // The next tile's rows, a block pair at a time: spread over the computation so that the
-        // misses overlap it without filling the miss buffers in one burst.
-        if (pf)
-            for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < TB_R; i++) out[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        if (pf && (b & 1) == 0)
+            for (int i = 0; i < TB_R; i++) {
                 _mm_prefetch((const char *)(pf[i] + b * BYTES), _MM_HINT_T0);
-                _mm_prefetch((const char *)(pf[i] + (b + 1) * BYTES + BYTES - 1), _MM_HINT_T0);
+                _mm_prefetch((const char *)(pf[i] + (b + 1 < nb ? b + 2 : b + 1) * BYTES - 1), _MM_HINT_T0);
             }
-        FN(tb_block)(a, type, w, g, b, v);
-        for (int i = 0; i < 4; i++) a0[i] = _mm256_add_ps(a0[i], v[i]);
-        FN(tb_block)(a, type, w, g, b + 1, v);
-        for (int i = 0; i < 4; i++) a1[i] = _mm256_add_ps(a1[i], v[i]);
+        FN(tb_block)(a, type, w, g, b, out);
     }
-    if (b < nb) {
-        FN(tb_block)(a, type, w, g, b, v);
-        for (int i = 0; i < 4; i++) a0[i] = _mm256_add_ps(a0[i], v[i]);
-    }
-    for (int i = 0; i < 4; i++) out[i] = _mm256_add_ps(a0[i], a1[i]);
 }
 
-// Four rows (wr) × token groups [g0, g1).
-static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, const uint8_t *const *pf, int64_t g0, int64_t g1,
-                         float *out /* (g1-g0) × 4 × 8 */) {
+// A tile's rows (wr) × token groups [g0, g1).
+static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t *const *pf, int64_t g0, int64_t g1,
+                        float *out /* (g1-g0) × TB_R × 8 */) {
     const int64_t nb = a->cols / 32;
-    uint8_t *scratch = (uint8_t *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(4 * nb * (64 + 8)));
+    uint8_t *scratch = (uint8_t *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(TB_R * nb * (64 + 8)));
     if (!scratch) return;
-    FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + 4 * nb * 64)};
-    __m256 o[4];
-#define CW_TB_CASE(TYPE)                                                                     \
-    case TYPE:                                                                               \
-        FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                 \
-        for (int64_t g = g0; g < g1; g++) {                                                  \
-            FN(tb_tile)(a, TYPE, w, g, g == g0 ? pf : NULL, o);                              \
-            for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + ((g - g0) * 4 + i) * 8, o[i]); \
-        }                                                                                    \
+    FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + TB_R * nb * 64)};
+    __m256 o[TB_R];
+#define CW_TB_CASE(TYPE)                                                                        \
+    case TYPE:                                                                                  \
+        FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                    \
+        for (int64_t g = g0; g < g1; g++) {                                                     \
+            FN(tb_tile)(a, TYPE, w, g, g == g0 ? pf : NULL, o);                                 \
+            for (int i = 0; i < TB_R; i++) _mm256_storeu_ps(out + ((g - g0) * TB_R + i) * 8, o[i]); \
+        }                                                                                       \
         return;
     switch (a->type) {
     CW_TB_CASE(CW_TYPE_Q4_0)
@@ -1032,26 +1034,27 @@ static void FN(tb_rows4)(const cw_mm *a, const uint8_t *const *wr, const uint8_t
     switch (a->type) { CW_TB_CASE(CW_TYPE_Q8_0) default: return; }
 #undef CW_TB_CASE
 }
+
 // Rows [r0, r1) × all tokens: token groups in chunks of up to 16 (128 tokens, whose quantized
-// activations stay in L2 while all the rows stream past), four rows at a time (unpacked once per
+// activations stay in L2 while all the rows stream past), TB_R rows at a time (unpacked once per
 // chunk); a tile that runs past r1 repeats the last row and drops it.
 static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
     const int64_t T = a->tokens, rows = a->rows, G = (T + 7) / 8;
     enum { GC = 16 };
-    float out[GC * 4 * 8];
+    float out[GC * TB_R * 8];
     for (int64_t gc = 0; gc < G; gc += GC) {
         const int64_t ge = gc + GC < G ? gc + GC : G;
-        for (int64_t r = r0; r < r1; r += 4) {
-            const uint8_t *wr[4];
-            for (int i = 0; i < 4; i++) wr[i] = a->w + (r + i < r1 ? r + i : r1 - 1) * a->row_bytes;
-            // The next four rows are prefetched while these compute (the tile reads its rows in
+        for (int64_t r = r0; r < r1; r += TB_R) {
+            const uint8_t *wr[TB_R];
+            for (int i = 0; i < TB_R; i++) wr[i] = a->w + (r + i < r1 ? r + i : r1 - 1) * a->row_bytes;
+            // The next tile's rows are prefetched while these compute (the tile reads its rows in
             // one burst, which the hardware prefetchers do not run ahead of).
-            const uint8_t *pf[4];
-            for (int i = 0; i < 4; i++) pf[i] = a->w + (r + 4 + i < r1 ? r + 4 + i : r1 - 1) * a->row_bytes;
+            const uint8_t *pf[TB_R];
+            for (int i = 0; i < TB_R; i++) pf[i] = a->w + (r + TB_R + i < r1 ? r + TB_R + i : r1 - 1) * a->row_bytes;
             if (a->npf && gc == 0) {
-                // This tile's share of the spans to prefetch (each line once over the whole call).
-                const int64_t g0 = a->pf_row0 + r, g1 = g0 + 4 < a->pf_row0 + r1 ? g0 + 4 : a->pf_row0 + r1;
-                // (Boundaries from one function of the row, so the tiles' slices tile each span.)
+                // This tile's share of the spans to prefetch (each line once over the whole call;
+                // boundaries from one function of the row, so the tiles' slices tile each span).
+                const int64_t g0 = a->pf_row0 + r, g1 = g0 + TB_R < a->pf_row0 + r1 ? g0 + TB_R : a->pf_row0 + r1;
                 for (int k = 0; k < a->npf; k++) {
                     const char *base = (const char *)a->pf[k].p;
                     const int64_t lo = (int64_t)((double)g0 * a->pf_per_row[k]) & ~(int64_t)63;
@@ -1059,31 +1062,36 @@ static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
                     for (int64_t o = lo; o < hi; o += 64) _mm_prefetch(base + o, _MM_HINT_T1);
                 }
             }
-            FN(tb_rows4)(a, wr, r + 4 < r1 ? pf : NULL, gc, ge, out);
+            FN(tb_rows)(a, wr, r + TB_R < r1 ? pf : NULL, gc, ge, out);
             for (int64_t g = gc; g < ge; g++) {
                 const int64_t nt = T - 8 * g < 8 ? T - 8 * g : 8;
-                const float *o = out + (g - gc) * 32;
-                if (nt == 8 && r + 4 <= r1) {
-                    // 4 rows × 8 tokens transposed in registers: one 4-float store per token.
-                    const __m256 o0 = _mm256_loadu_ps(o), o1 = _mm256_loadu_ps(o + 8), o2 = _mm256_loadu_ps(o + 16),
-                                 o3 = _mm256_loadu_ps(o + 24);
-                    const __m256 t0 = _mm256_unpacklo_ps(o0, o1), t1 = _mm256_unpackhi_ps(o0, o1),
-                                 t2 = _mm256_unpacklo_ps(o2, o3), t3 = _mm256_unpackhi_ps(o2, o3);
-                    const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
-                                         _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
-                    float *y = a->y + 8 * g * rows + r;
-                    for (int l = 0; l < 4; l++) {
-                        _mm_storeu_ps(y + l * rows, _mm256_castps256_ps128(u[l]));
-                        _mm_storeu_ps(y + (l + 4) * rows, _mm256_extractf128_ps(u[l], 1));
+                for (int q = 0; q < TB_R; q += 4) {
+                    const float *o = out + ((g - gc) * TB_R + q) * 8;
+                    const int64_t rq = r + q;
+                    if (rq >= r1) break;
+                    if (nt == 8 && rq + 4 <= r1) {
+                        // 4 rows × 8 tokens transposed in registers: one 4-float store per token.
+                        const __m256 o0 = _mm256_loadu_ps(o), o1 = _mm256_loadu_ps(o + 8), o2 = _mm256_loadu_ps(o + 16),
+                                     o3 = _mm256_loadu_ps(o + 24);
+                        const __m256 t0 = _mm256_unpacklo_ps(o0, o1), t1 = _mm256_unpackhi_ps(o0, o1),
+                                     t2 = _mm256_unpacklo_ps(o2, o3), t3 = _mm256_unpackhi_ps(o2, o3);
+                        const __m256 u[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xEE),
+                                             _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xEE)};
+                        float *y = a->y + 8 * g * rows + rq;
+                        for (int l = 0; l < 4; l++) {
+                            _mm_storeu_ps(y + l * rows, _mm256_castps256_ps128(u[l]));
+                            _mm_storeu_ps(y + (l + 4) * rows, _mm256_extractf128_ps(u[l], 1));
+                        }
+                        continue;
                     }
-                    continue;
+                    for (int i = 0; i < 4 && rq + i < r1; i++)
+                        for (int64_t l = 0; l < nt; l++) a->y[(8 * g + l) * rows + rq + i] = o[i * 8 + l];
                 }
-                for (int i = 0; i < 4 && r + i < r1; i++)
-                    for (int64_t l = 0; l < nt; l++) a->y[(8 * g + l) * rows + r + i] = o[i * 8 + l];
             }
         }
     }
 }
+#undef TB_R
 
 #endif // CW_X86 (the portable level has no batched kernel: plain C ran it ~4× slower than the fp32 GEMM)
 
