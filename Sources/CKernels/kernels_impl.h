@@ -774,6 +774,19 @@ static float FN(vd_q6_k)(const uint8_t *w, const cw_q16k *x, int64_t nb) {
 
 typedef float (*FN(vd_fn))(const uint8_t *, const void *, int64_t);
 
+// Rows [r, r_end) of this matrix are about to compute: prefetch their share of the call's spans
+// (cw_matmul_many_pf), each line once over the whole call. The boundaries come from one function
+// of the row index across the concatenated matrices, so the slices of all tiles tile each span.
+CW_INLINE void FN(pf_slice)(const cw_mm *a, int64_t r, int64_t r_end) {
+    const int64_t g0 = a->pf_row0 + r, g1 = a->pf_row0 + r_end;
+    for (int k = 0; k < a->npf; k++) {
+        const char *base = (const char *)a->pf[k].p;
+        const int64_t lo = (int64_t)((double)g0 * a->pf_per_row[k]) & ~(int64_t)63;
+        const int64_t hi = g1 == a->pf_rows ? a->pf[k].bytes : (int64_t)((double)g1 * a->pf_per_row[k]) & ~(int64_t)63;
+        for (int64_t o = lo; o < hi; o += 64) __builtin_prefetch(base + o, 0, 2);
+    }
+}
+
 static void FN(fast_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
     const int be = cw_block_elems(a->type);
     const int64_t nb = a->cols / be;
@@ -1051,17 +1064,7 @@ static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
             // one burst, which the hardware prefetchers do not run ahead of).
             const uint8_t *pf[TB_R];
             for (int i = 0; i < TB_R; i++) pf[i] = a->w + (r + TB_R + i < r1 ? r + TB_R + i : r1 - 1) * a->row_bytes;
-            if (a->npf && gc == 0) {
-                // This tile's share of the spans to prefetch (each line once over the whole call;
-                // boundaries from one function of the row, so the tiles' slices tile each span).
-                const int64_t g0 = a->pf_row0 + r, g1 = g0 + TB_R < a->pf_row0 + r1 ? g0 + TB_R : a->pf_row0 + r1;
-                for (int k = 0; k < a->npf; k++) {
-                    const char *base = (const char *)a->pf[k].p;
-                    const int64_t lo = (int64_t)((double)g0 * a->pf_per_row[k]) & ~(int64_t)63;
-                    const int64_t hi = g1 == a->pf_rows ? a->pf[k].bytes : (int64_t)((double)g1 * a->pf_per_row[k]) & ~(int64_t)63;
-                    for (int64_t o = lo; o < hi; o += 64) _mm_prefetch(base + o, _MM_HINT_T1);
-                }
-            }
+            if (a->npf && gc == 0) FN(pf_slice)(a, r, r + TB_R < r1 ? r + TB_R : r1);
             FN(tb_rows)(a, wr, r + TB_R < r1 ? pf : NULL, gc, ge, out);
             for (int64_t g = gc; g < ge; g++) {
                 const int64_t nt = T - 8 * g < 8 ? T - 8 * g : 8;

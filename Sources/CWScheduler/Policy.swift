@@ -157,7 +157,7 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
             c.tiers = ranks([0.5, 0.75, 1])
             c.thresholds = Self.spread([0.3, 0.45], count: c.tiers.count - 1)
         default:
-            throw SchedulerError("unknown policy '\(name)' (known: static, static:K, base, balanced, aggressive, quality, or a config file)")
+            throw SchedulerError("unknown policy '\(name)' (known: static, static:K, base, balanced, aggressive, quality, or a .json/.yaml config file)")
         }
         c.alphas = [Double](repeating: 1, count: c.tiers.count)
         // KV per chunk: the chunks below the top tier are "easy" — int8 keys/values (KIVI-style,
@@ -175,9 +175,11 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
         return (0..<count).map { i in v[min(v.count - 1, i * v.count / count)] }
     }
 
-    /// A preset name or a YAML/JSON file (`.json` decoded as JSON, anything else as YAML).
+    /// A preset name or a YAML/JSON file (`.json` decoded as JSON, anything else as YAML). A
+    /// `policy` ending in .json/.yaml/.yml is read as a config file too (`--policy my.yaml`).
     public static func resolve(policy: String?, configFile: String?, maxRank: Int) throws -> SchedulerConfig {
         if let f = configFile { return try load(path: f) }
+        if let p = policy, [".json", ".yaml", ".yml"].contains(where: { p.lowercased().hasSuffix($0) }) { return try load(path: p) }
         return try preset(policy ?? "balanced", maxRank: maxRank)
     }
 

@@ -237,7 +237,7 @@ public final class LlamaModel: @unchecked Sendable {
         // each call's own split over the pool.
         let concurrentDeltas = n < 32 && deltaRuns.allSatisfy { $0.delta.isReentrant }
         // A batched step (the integer kernel, compute-bound) pulls the deltas' factors into cache
-        // while it computes; one or two tokens stream weights and gain nothing from it.
+        // while it computes (one token streams the weights; prefetching there made no difference).
         let prefetchDeltas = !deltaRuns.isEmpty && prec == .fast && n >= 4
 
         /// y = W·x for all rows, then each segment's (or run of segments') delta on its own rows.
