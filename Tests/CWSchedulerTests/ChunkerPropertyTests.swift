@@ -103,6 +103,9 @@ func runChunker(_ c: SchedulerConfig, _ d: [Double]) -> (Chunker, [TokenPlan]) {
         #expect(c.alphas == [1, 1, 1])
         #expect(c.minChunk == 4)
         #expect(c.weights.novelty == 0 && c.weights.entropy == 1)
+        // `--policy FILE.yaml` resolves like `--policy-config FILE.yaml`.
+        #expect(try SchedulerConfig.resolve(policy: p, configFile: nil, maxRank: 16) == c)
+        #expect(throws: SchedulerError.self) { try SchedulerConfig.resolve(policy: "nope", configFile: nil, maxRank: 16) }
         try "tiers: [0, 2]\nthresholds: [0.3, 0.6]\n".write(toFile: p, atomically: true, encoding: .utf8)
         #expect(throws: SchedulerError.self) { try SchedulerConfig.load(path: p) }
         // YAML round trip.
