@@ -497,7 +497,7 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
 
 // ---- Several matrices, one activation ----------------------------------------------------
 
-enum { CW_MANY_MAX = 8, CW_PF_MAX = 64 };
+enum { CW_MANY_MAX = 8, CW_PF_MAX = 256 };
 
 typedef struct {
     const cw_ops *ops;

@@ -192,6 +192,12 @@ public final class KVCache {
         }
     }
 
+    /// Layer `layer`'s block storage, for prefetching before its attention (the weights streamed
+    /// through the caches since the last step have evicted it).
+    public func memory(layer: Int) -> [UnsafeRawBufferPointer] {
+        table.indices.contains(layer) ? table[layer].map(\.memory) : []
+    }
+
     /// Causal attention of `tokens` queries (`q`: `tokens × heads·headDim`, the positions just
     /// appended) over layer `layer`'s retained entries; writes `out` (same shape). `fast`: fp32
     /// blocks go through the blocked kernel as well (equal to rounding); otherwise an all-fp32

@@ -239,6 +239,9 @@ public final class LlamaModel: @unchecked Sendable {
         // A batched step (the integer kernel, compute-bound) pulls the deltas' factors into cache
         // while it computes (one token streams the weights; prefetching there made no difference).
         let prefetchDeltas = !deltaRuns.isEmpty && prec == .fast && n >= 4
+        // Likewise the KV blocks of a step of several sequences (evicted by the weights since the
+        // last step); one sequence's step is not compute-bound enough to hide them.
+        let prefetchCaches = items.count > 1 && prec == .fast && n >= 4
 
         /// y = W·x for all rows, then each segment's (or run of segments') delta on its own rows.
         func linear(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
@@ -260,13 +263,14 @@ public final class LlamaModel: @unchecked Sendable {
 
         /// Several projections of the same input (q/k/v, gate/up): one matmul call for all of
         /// them (activations quantized once, one pool job), then each one's deltas.
-        func linear(_ layer: Int, _ x: UnsafeMutablePointer<Float>, _ outs: [(Projection, WeightMatrix, UnsafeMutablePointer<Float>)]) {
+        func linear(_ layer: Int, _ x: UnsafeMutablePointer<Float>, _ outs: [(Projection, WeightMatrix, UnsafeMutablePointer<Float>)],
+                    alsoPrefetch: [UnsafeRawBufferPointer] = []) {
             if outs.contains(where: { options.exactProjections.contains($0.0) }) {
                 for (p, m, y) in outs { linear(layer, p, m, x, y) }
                 return
             }
             Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec,
-                           prefetch: prefetchDeltas ? deltaMemory(layer, outs.map(\.0)) : [], pool: pool)
+                           prefetch: (prefetchDeltas ? deltaMemory(layer, outs.map(\.0)) : []) + alsoPrefetch, pool: pool)
             if concurrentDeltas && deltaRuns.count * outs.count > 1 {
                 // Every (run, projection) pair writes its own rows of its own output: one job.
                 let pairs = deltaRuns.count * outs.count
@@ -305,7 +309,9 @@ public final class LlamaModel: @unchecked Sendable {
             lw.attentionNorm.withUnsafeBufferPointer { g in
                 for t in 0..<n { VectorOps.rmsNorm(s.x + t * d, g.baseAddress!, s.xb + t * d, n: d, eps: c.rmsNormEps) }
             }
-            linear(l, s.xb, [(.q, lw.wq, s.q), (.k, lw.wk, s.k), (.v, lw.wv, s.v)])
+            // A batched step's caches for this layer are pulled in while q/k/v compute.
+            linear(l, s.xb, [(.q, lw.wq, s.q), (.k, lw.wk, s.k), (.v, lw.wv, s.v)],
+                   alsoPrefetch: prefetchCaches ? items.flatMap { $0.cache.memory(layer: l) } : [])
             if let b = lw.bq { addBias(s.q, b, n) }
             if let b = lw.bk { addBias(s.k, b, n) }
             if let b = lw.bv { addBias(s.v, b, n) }

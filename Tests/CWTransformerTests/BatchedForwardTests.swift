@@ -35,6 +35,38 @@ final class BatchedForwardTests: XCTestCase {
         }
     }
 
+    /// `fast`: a step of several sequences takes the batched integer kernel and prefetches their KV
+    /// blocks while q/k/v compute; each sequence's logits stay within the fast path's rounding of
+    /// its separate run (one token at a time takes the per-pair kernel).
+    func testFastBatchOfFiveSequencesMatchesSeparateRuns() throws {
+        let model = try LlamaModel(llama2c: Llama2cFile(path: TestPaths.sharedFile("models/stories260K/stories260K.bin")))
+        let pool = ThreadPool(threads: 2)
+        let opts = ForwardOptions(precision: .fast, pool: pool, logits: .last)
+        let prompts = [[1, 403, 407, 261, 378], [1, 385, 328], [1, 300, 301, 302, 303, 304, 305], [1, 290], [1, 411, 412, 413]]
+        var separate: [[[Float]]] = []
+        for p in prompts {
+            let cache = model.makeCache()
+            var outs = [try model.forward(p, cache: cache, options: opts)]
+            for step in 0..<3 { outs.append(try model.forward([10 + step], cache: cache, options: opts)) }
+            separate.append(outs)
+        }
+        let caches = prompts.map { _ in model.makeCache() }
+        var batched = try model.forward(batch: zip(prompts, caches).map { LlamaModel.BatchItem(tokens: $0, cache: $1) }, options: opts).map { [$0] }
+        for step in 0..<3 {
+            let outs = try model.forward(batch: caches.map { LlamaModel.BatchItem(tokens: [10 + step], cache: $0) }, options: opts)
+            for i in outs.indices { batched[i].append(outs[i]) }
+        }
+        for i in prompts.indices {
+            for step in 0..<4 {
+                let a = batched[i][step], b = separate[i][step]
+                let num = zip(a, b).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+                let den = b.reduce(0.0) { $0 + Double($1) * Double($1) }
+                XCTAssertLessThanOrEqual((num / den).squareRoot(), 2e-3, "sequence \(i) step \(step)")
+            }
+            XCTAssertEqual(caches[i].count, prompts[i].count + 3)
+        }
+    }
+
     /// A row-wise delta shared by several sequences is applied once per projection for all of
     /// their rows (one adapter read per step), with the same logits as separate runs.
     func testSharedPositionIndependentDeltaIsOneCallPerProjection() throws {

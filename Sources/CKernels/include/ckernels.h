@@ -140,7 +140,8 @@ typedef struct {
 /// types; ignored otherwise), `spans` are prefetched a slice per row tile, in proportion to the
 /// rows done: a compute-bound batched product leaves memory idle, and the adapter factors read
 /// right after it then come from cache instead of DRAM (for one token, whose product streams the
-/// weights, it made no difference measured). Results are those of `cw_matmul_many`.
+/// weights, it made no difference measured). Up to 256 spans are used (later ones are ignored).
+/// Results are those of `cw_matmul_many`.
 int cw_matmul_many_pf(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                       const cw_span *spans, int nspans, cw_pool *pool);
 

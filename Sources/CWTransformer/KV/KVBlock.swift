@@ -77,6 +77,9 @@ final class KVBlock {
         return b
     }
 
+    /// The block's storage (every head's K and V rows and scales), for prefetching.
+    var memory: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: raw, count: allocatedBytes) }
+
     /// Bytes counted for this block (storage + metadata).
     var byteCount: Int { allocatedBytes + KVBlock.metadataBytes(rows: rowCapacity, policy: policy) }
 
