@@ -6,26 +6,33 @@ import XCTest
 
 /// Several sequences in one pass (continuous batching) give each sequence the logits it gets alone.
 final class BatchedForwardTests: XCTestCase {
+    /// Each prompt run alone (prefill, then `decodeSteps` one-token steps), and all of them
+    /// batched (all prefills in one pass, then all decode steps in one pass each): the logits of
+    /// every step, per sequence, and the batched run's caches.
+    func runSeparateAndBatched(_ model: LlamaModel, _ prompts: [[Int]], decodeSteps: Int, _ opts: ForwardOptions) throws
+        -> (separate: [[[Float]]], batched: [[[Float]]], caches: [KVCache]) {
+        var separate: [[[Float]]] = []
+        for p in prompts {
+            let cache = model.makeCache()
+            var outs = [try model.forward(p, cache: cache, options: opts)]
+            for step in 0..<decodeSteps { outs.append(try model.forward([10 + step], cache: cache, options: opts)) }
+            separate.append(outs)
+        }
+        let caches = prompts.map { _ in model.makeCache() }
+        var batched = try model.forward(batch: zip(prompts, caches).map { LlamaModel.BatchItem(tokens: $0, cache: $1) }, options: opts).map { [$0] }
+        for step in 0..<decodeSteps {
+            let outs = try model.forward(batch: caches.map { LlamaModel.BatchItem(tokens: [10 + step], cache: $0) }, options: opts)
+            for i in outs.indices { batched[i].append(outs[i]) }
+        }
+        return (separate, batched, caches)
+    }
+
     func testBatchEqualsSeparateRuns() throws {
         let model = try LlamaModel(llama2c: Llama2cFile(path: TestPaths.sharedFile("models/stories260K/stories260K.bin")))
         let pool = ThreadPool(threads: 2)
         let opts = ForwardOptions(precision: .exact, pool: pool, logits: .last)
         let prompts = [[1, 403, 407, 261, 378], [1, 385, 328], [1, 300, 301, 302, 303, 304, 305]]
-        // Separate: prefill, then two decode steps each.
-        var separate: [[[Float]]] = []
-        for p in prompts {
-            let cache = model.makeCache()
-            var outs = [try model.forward(p, cache: cache, options: opts)]
-            for step in 0..<2 { outs.append(try model.forward([10 + step], cache: cache, options: opts)) }
-            separate.append(outs)
-        }
-        // Batched: all prefills in one pass, then all decode steps in one pass each.
-        let caches = prompts.map { _ in model.makeCache() }
-        var batched = try model.forward(batch: zip(prompts, caches).map { LlamaModel.BatchItem(tokens: $0, cache: $1) }, options: opts).map { [$0] }
-        for step in 0..<2 {
-            let outs = try model.forward(batch: caches.map { LlamaModel.BatchItem(tokens: [10 + step], cache: $0) }, options: opts)
-            for i in outs.indices { batched[i].append(outs[i]) }
-        }
+        let (separate, batched, caches) = try runSeparateAndBatched(model, prompts, decodeSteps: 2, opts)
         for i in prompts.indices {
             for step in 0..<3 {
                 let diff = Compare.maxAbsDiff(batched[i][step][...], separate[i][step][...])
@@ -43,19 +50,7 @@ final class BatchedForwardTests: XCTestCase {
         let pool = ThreadPool(threads: 2)
         let opts = ForwardOptions(precision: .fast, pool: pool, logits: .last)
         let prompts = [[1, 403, 407, 261, 378], [1, 385, 328], [1, 300, 301, 302, 303, 304, 305], [1, 290], [1, 411, 412, 413]]
-        var separate: [[[Float]]] = []
-        for p in prompts {
-            let cache = model.makeCache()
-            var outs = [try model.forward(p, cache: cache, options: opts)]
-            for step in 0..<3 { outs.append(try model.forward([10 + step], cache: cache, options: opts)) }
-            separate.append(outs)
-        }
-        let caches = prompts.map { _ in model.makeCache() }
-        var batched = try model.forward(batch: zip(prompts, caches).map { LlamaModel.BatchItem(tokens: $0, cache: $1) }, options: opts).map { [$0] }
-        for step in 0..<3 {
-            let outs = try model.forward(batch: caches.map { LlamaModel.BatchItem(tokens: [10 + step], cache: $0) }, options: opts)
-            for i in outs.indices { batched[i].append(outs[i]) }
-        }
+        let (separate, batched, caches) = try runSeparateAndBatched(model, prompts, decodeSteps: 3, opts)
         for i in prompts.indices {
             for step in 0..<4 {
                 let a = batched[i][step], b = separate[i][step]
