@@ -309,9 +309,11 @@ public final class LlamaModel: @unchecked Sendable {
             lw.attentionNorm.withUnsafeBufferPointer { g in
                 for t in 0..<n { VectorOps.rmsNorm(s.x + t * d, g.baseAddress!, s.xb + t * d, n: d, eps: c.rmsNormEps) }
             }
-            // A batched step's caches for this layer are pulled in while q/k/v compute.
-            linear(l, s.xb, [(.q, lw.wq, s.q), (.k, lw.wk, s.k), (.v, lw.wv, s.v)],
-                   alsoPrefetch: prefetchCaches ? items.flatMap { $0.cache.memory(layer: l) } : [])
+            // A batched step's caches for this layer are pulled in while q/k/v compute — up to 2 MiB
+            // (an L2's worth; long contexts would only evict what was prefetched first).
+            var kvSpans: [UnsafeRawBufferPointer] = prefetchCaches ? items.flatMap { $0.cache.memory(layer: l) } : []
+            if kvSpans.reduce(0, { $0 + $1.count }) > 2 << 20 { kvSpans = [] }
+            linear(l, s.xb, [(.q, lw.wq, s.q), (.k, lw.wk, s.k), (.v, lw.wv, s.v)], alsoPrefetch: kvSpans)
             if let b = lw.bq { addBias(s.q, b, n) }
             if let b = lw.bk { addBias(s.k, b, n) }
             if let b = lw.bv { addBias(s.v, b, n) }
