@@ -236,7 +236,7 @@ static void cw_pool_work(cw_pool *p) {
     }
 }
 
-typedef struct { cw_pool *p; int i; } cw_worker_arg;
+typedef struct { cw_pool *p; } cw_worker_arg;
 
 static void *cw_worker(void *arg) {
     cw_worker_arg wa = *(cw_worker_arg *)arg;
@@ -283,7 +283,6 @@ cw_pool *cw_pool_create(int threads) {
             cw_worker_arg *wa = (cw_worker_arg *)malloc(sizeof *wa);
             if (!wa) break;
             wa->p = p;
-            wa->i = i;
             if (pthread_create(&p->th[i - 1], NULL, cw_worker, wa) != 0) { free(wa); break; }
             started++;
         }
@@ -460,6 +459,18 @@ static void cw_mm_quant_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw
 static void cw_mm_tiled_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->tiled_rows(m->a, s, e); }
 static void cw_mm_tquant_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (cw_mm_ctx *)c; m->ops->quantize_tiled(m->a, s, e); }
 
+// Prepares the scratch and quantizes a product's activations into the layout of the kernel that
+// runs (tiled or one row per token): on the calling thread below CW_QUANT_PARALLEL_TOKENS tokens,
+// otherwise over the pool (the tiled layout in steps of 8 tokens, one group per writer).
+static int cw_fast_quantize(cw_mm_ctx *c, int tiled, cw_pool *pool) {
+    if (cw_fast_prepare(c->a, tiled) != 0) return -1;
+    const int64_t tokens = c->a->tokens;
+    if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, tiled ? 8 : 1, tiled ? cw_mm_tquant_task : cw_mm_quant_task, c);
+    else if (tiled) c->ops->quantize_tiled(c->a, 0, tokens);
+    else c->ops->quantize(c->a, 0, tokens);
+    return 0;
+}
+
 int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_bytes,
               const float *x, int64_t tokens, float *y, int precision, cw_pool *pool) {
     const int be = cw_block_elems(type);
@@ -480,14 +491,10 @@ int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_b
 #endif
     if (precision == CW_PRECISION_FAST && cw_tiled_type(type) && tokens >= CW_TILED_MIN_TOKENS &&
         tokens <= cw_tiled_max() && c.ops->tiled_rows) {
-        if (cw_fast_prepare(&a, 1) != 0) return -1;
-        if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, 8, cw_mm_tquant_task, &c);
-        else c.ops->quantize_tiled(&a, 0, tokens);
+        if (cw_fast_quantize(&c, 1, pool) != 0) return -1;
         cw_pool_parallel_for(pool, rows, 16, cw_mm_tiled_task, &c);
     } else if (precision == CW_PRECISION_FAST && be > 1 && tokens < CW_FAST_MAX_TOKENS) {
-        if (cw_fast_prepare(&a, 0) != 0) return -1;
-        if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, 1, cw_mm_quant_task, &c);
-        else c.ops->quantize(&a, 0, tokens);
+        if (cw_fast_quantize(&c, 0, pool) != 0) return -1;
         cw_pool_parallel_for(pool, rows, 16, cw_mm_fast_task, &c);
     } else {
         cw_pool_parallel_for(pool, rows, 16, cw_mm_exact_task, &c);
@@ -568,10 +575,7 @@ int cw_matmul_many_pf(const cw_mat *mats, int count, int64_t cols, const float *
     // Quantize once, into the layout of the kernel that runs, for the first matrix; share it.
     cw_mm *a = &c.mm[0];
     cw_mm_ctx qc = {c.ops, a};
-    if (cw_fast_prepare(a, tiled) != 0) return -1;
-    if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, tiled ? 8 : 1, tiled ? cw_mm_tquant_task : cw_mm_quant_task, &qc);
-    else if (tiled) c.ops->quantize_tiled(a, 0, tokens);
-    else c.ops->quantize(a, 0, tokens);
+    if (cw_fast_quantize(&qc, tiled, pool) != 0) return -1;
     for (int i = 1; i < count; i++) {
         c.mm[i].xq = a->xq; c.mm[i].xq_row_bytes = a->xq_row_bytes;
         c.mm[i].tq = a->tq; c.mm[i].td = a->td; c.mm[i].tsd = a->tsd;
@@ -604,11 +608,7 @@ void cw_rms_norm(const float *x, const float *weight, float *out, int64_t n, flo
 
 void cw_softmax(float *x, int64_t n) {
     if (n <= 0) return;
-    float m = x[0];
-    for (int64_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
-    float s = 0;
-    for (int64_t i = 0; i < n; i++) { const float e = expf(x[i] - m); x[i] = e; s += e; }
-    const float inv = 1.0f / s;
+    const float inv = (float)(1.0 / cw_exp_weights(x, n, cw_max_f32(x, n), 1.0f, x));
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 

@@ -33,9 +33,9 @@ typedef struct {
     float *y;             // tokens × rows
     uint8_t *xq;          // fast mode: quantized activations, one row per token
     int64_t xq_row_bytes;
-    // Fast mode, tiled kernel (32-element block types): activations block-major, so the tokens
-    // of one block sit together: tq[(b·tokens + t)·32 + j], td/tsd[b·tokens + t] (+ 8 floats of
-    // padding, so a vector load of 8 scales from any token is in bounds).
+    // Fast mode, batched kernel (32-element block types): activations in groups of 8 tokens,
+    // block-major, each element pair of the group's tokens side by side (layout: FN(tb_x) in
+    // kernels_impl.h); td/tsd: scale and scaled sum per (group, block, lane).
     int16_t *tq;
     float *td, *tsd;
     // Batched kernel: spans prefetched while rows compute; this matrix's rows are rows

@@ -774,19 +774,6 @@ static float FN(vd_q6_k)(const uint8_t *w, const cw_q16k *x, int64_t nb) {
 
 typedef float (*FN(vd_fn))(const uint8_t *, const void *, int64_t);
 
-// Rows [r, r_end) of this matrix are about to compute: prefetch their share of the call's spans
-// (cw_matmul_many_pf), each line once over the whole call. The boundaries come from one function
-// of the row index across the concatenated matrices, so the slices of all tiles tile each span.
-CW_INLINE void FN(pf_slice)(const cw_mm *a, int64_t r, int64_t r_end) {
-    const int64_t g0 = a->pf_row0 + r, g1 = a->pf_row0 + r_end;
-    for (int k = 0; k < a->npf; k++) {
-        const char *base = (const char *)a->pf[k].p;
-        const int64_t lo = (int64_t)((double)g0 * a->pf_per_row[k]) & ~(int64_t)63;
-        const int64_t hi = g1 == a->pf_rows ? a->pf[k].bytes : (int64_t)((double)g1 * a->pf_per_row[k]) & ~(int64_t)63;
-        for (int64_t o = lo; o < hi; o += 64) __builtin_prefetch(base + o, 0, 2);
-    }
-}
-
 static void FN(fast_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
     const int be = cw_block_elems(a->type);
     const int64_t nb = a->cols / be;
@@ -899,14 +886,9 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
     }
 }
 
-// The offset coefficient ow of a weight block (see above); 0 for Q8_0.
-CW_INLINE float FN(tb_ow)(int type, const uint8_t *p, float dw) {
-    switch (type) {
-    case CW_TYPE_Q4_0: return -8.0f * dw;
-    case CW_TYPE_Q5_0: return -16.0f * dw;
-    case CW_TYPE_Q4_1: case CW_TYPE_Q5_1: return FN(h2f)(cw_u16(p + 2));
-    default: return 0.0f;
-    }
+// The offset coefficient ow of a Q4_0/Q5_0/Q8_0 block (see above; Q4_1/Q5_1 store theirs, m).
+CW_INLINE float FN(tb_ow)(int type, float dw) {
+    return type == CW_TYPE_Q4_0 ? -8.0f * dw : type == CW_TYPE_Q5_0 ? -16.0f * dw : 0.0f;
 }
 
 // Weight quants of one block as int16: lo = elements 0..15, hi = 16..31 (ggml order).
@@ -970,7 +952,7 @@ CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int6
             } else {
                 const float dw = FN(h2f)(cw_u16(p));
                 w.dw[2 * (i * nb + b)] = dw;
-                w.dw[2 * (i * nb + b) + 1] = FN(tb_ow)(type, p, dw);
+                w.dw[2 * (i * nb + b) + 1] = FN(tb_ow)(type, dw);
             }
         }
 }
@@ -1046,6 +1028,19 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
     }
     switch (a->type) { CW_TB_CASE(CW_TYPE_Q8_0) default: return; }
 #undef CW_TB_CASE
+}
+
+// Rows [r, r_end) of this matrix are about to compute: prefetch their share of the call's spans
+// (cw_matmul_many_pf), each line once over the whole call. The boundaries come from one function
+// of the row index across the concatenated matrices, so the slices of all tiles tile each span.
+CW_INLINE void FN(pf_slice)(const cw_mm *a, int64_t r, int64_t r_end) {
+    const int64_t g0 = a->pf_row0 + r, g1 = a->pf_row0 + r_end;
+    for (int k = 0; k < a->npf; k++) {
+        const char *base = (const char *)a->pf[k].p;
+        const int64_t lo = (int64_t)((double)g0 * a->pf_per_row[k]) & ~(int64_t)63;
+        const int64_t hi = g1 == a->pf_rows ? a->pf[k].bytes : (int64_t)((double)g1 * a->pf_per_row[k]) & ~(int64_t)63;
+        for (int64_t o = lo; o < hi; o += 64) __builtin_prefetch(base + o, 0, 2);
+    }
 }
 
 // Rows [r0, r1) × all tokens: token groups in chunks of up to 16 (128 tokens, whose quantized

@@ -270,13 +270,13 @@ public final class RankLadder: @unchecked Sendable {
     public let adapterHash: String
     /// True when directions keep the adapter's own order (AdaLoRA/DyLoRA), not sorted by σ.
     public let ordered: Bool
-    /// Module of (layer, projection) at `layer · 7 + projection.index` (nil: not adapted).
+    /// Module of (layer, projection) at `layer · Projection.count + projection.index` (nil: not adapted).
     /// A flat array, not a keyed dictionary: `module(layer:projection:)` runs for every projection
     /// of every forward call.
     let table: [LadderModule?]
 
     init(modules: [LadderModule], tierRanks: [Int], qkRowOrder: RopeStyle, adapterHash: String, ordered: Bool) {
-        self.modules = modules.sorted { ($0.layer, Projection.allCases.firstIndex(of: $0.projection) ?? 0) < ($1.layer, Projection.allCases.firstIndex(of: $1.projection) ?? 0) }
+        self.modules = modules.sorted { ($0.layer, $0.projection.index) < ($1.layer, $1.projection.index) }
         self.maxRank = modules.map(\.rank).max() ?? 0
         self.tierRanks = tierRanks
         self.qkRowOrder = qkRowOrder
@@ -516,4 +516,3 @@ public final class RankLadder: @unchecked Sendable {
         return RankLadder(modules: mods, tierRanks: header.tierRanks, qkRowOrder: order, adapterHash: header.adapterHash, ordered: header.ordered)
     }
 }
-

@@ -35,7 +35,7 @@ final class SchedulerOverheadTests: XCTestCase {
     static let entropyTolerance = 1e-5
 
     func testEntropyMatchesDoubleReference() throws {
-        var rng = OverheadTestRNG(seed: 7)
+        var rng = TestRNG(7)
         var cases: [(String, [Float])] = []
         for (n, spread) in [(49_152, Float(3)), (49_152, 12), (49_152, 40), (32_000, 1), (1_000 + 7, 5), (17, 2), (2, 1)] {
             cases.append(("n=\(n) spread=\(spread)", (0..<n).map { _ in Float.random(in: -spread...spread, using: &rng) }))
@@ -182,18 +182,5 @@ final class SchedulerOverheadTests: XCTestCase {
             XCTAssertEqual(d.signals, d0.signals)
             XCTAssertEqual(d.plans, d0.plans)
         }
-    }
-}
-
-/// A small deterministic generator for test data (SplitMix64).
-struct OverheadTestRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE5_E4B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49EB_133E_D111
-        return z ^ (z >> 31)
     }
 }
