@@ -512,10 +512,20 @@ typedef struct {
     int64_t start[CW_MANY_MAX + 1]; // first concatenated row of each matrix
     int count, tiled;
     double pf_per_row[CW_PF_MAX];
+    const cw_side *side;
+    int64_t side_idx;  // side tasks take the first side->count units (CW_MANY_GRAIN indices each)
 } cw_many_ctx;
+
+enum { CW_MANY_GRAIN = 16 };
 
 static void cw_many_task(void *c, int64_t s, int64_t e) {
     cw_many_ctx *m = (cw_many_ctx *)c;
+    if (m->side_idx > 0) {
+        for (int64_t i = s; i < e && i < m->side_idx; i += CW_MANY_GRAIN) m->side->fn(m->side->ctx, i / CW_MANY_GRAIN);
+        s = s > m->side_idx ? s - m->side_idx : 0;
+        e -= m->side_idx;
+        if (e <= s) return;
+    }
     for (int i = 0; i < m->count; i++) {
         const int64_t lo = s > m->start[i] ? s : m->start[i], hi = e < m->start[i + 1] ? e : m->start[i + 1];
         if (lo >= hi) continue;
@@ -529,9 +539,23 @@ int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, 
     return cw_matmul_many_pf(mats, count, cols, x, tokens, precision, NULL, 0, pool);
 }
 
+static void cw_side_task(void *c, int64_t s, int64_t e) {
+    const cw_side *side = (const cw_side *)c;
+    for (int64_t i = s; i < e; i++) side->fn(side->ctx, i);
+}
+
 int cw_matmul_many_pf(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                       const cw_span *spans, int nspans, cw_pool *pool) {
-    if (count <= 0 || tokens < 0) return count == 0 ? 0 : -1;
+    return cw_matmul_many_side(mats, count, cols, x, tokens, precision, spans, nspans, NULL, pool);
+}
+
+int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
+                        const cw_span *spans, int nspans, const cw_side *side, cw_pool *pool) {
+    if (side && (side->count <= 0 || !side->fn)) side = NULL;
+    if (count <= 0 || tokens < 0) {
+        if (count == 0 && side) cw_pool_parallel_for(pool, side->count, 1, cw_side_task, (void *)side);
+        return count == 0 ? 0 : -1;
+    }
     int shared = count <= CW_MANY_MAX && precision == CW_PRECISION_FAST && tokens > 0;
     int tiled = 1, be0 = cw_block_elems(mats[0].type);
     for (int i = 0; i < count && shared; i++) {
@@ -544,6 +568,7 @@ int cw_matmul_many_pf(const cw_mat *mats, int count, int64_t cols, const float *
     tiled = tiled && tokens >= CW_TILED_MIN_TOKENS && tokens <= cw_tiled_max() && cw_ops_current()->tiled_rows;
     if (shared && !tiled && tokens >= CW_FAST_MAX_TOKENS) shared = 0;
     if (!shared) {
+        if (side) cw_pool_parallel_for(pool, side->count, 1, cw_side_task, (void *)side);
         for (int i = 0; i < count; i++) {
             const int rc = cw_matmul(mats[i].type, mats[i].w, mats[i].rows, cols, mats[i].row_bytes, x, tokens, mats[i].y,
                                      precision, pool);
@@ -580,7 +605,9 @@ int cw_matmul_many_pf(const cw_mat *mats, int count, int64_t cols, const float *
         c.mm[i].xq = a->xq; c.mm[i].xq_row_bytes = a->xq_row_bytes;
         c.mm[i].tq = a->tq; c.mm[i].td = a->td; c.mm[i].tsd = a->tsd;
     }
-    cw_pool_parallel_for(pool, c.start[count], 16, cw_many_task, &c);
+    c.side = side;
+    c.side_idx = side ? side->count * CW_MANY_GRAIN : 0;
+    cw_pool_parallel_for(pool, c.side_idx + c.start[count], CW_MANY_GRAIN, cw_many_task, &c);
     return 0;
 }
 

@@ -84,7 +84,7 @@ static void cw_lora_up_cols(void *c, int64_t s, int64_t e) {
 int cw_lora_down(int type, const void *a, int64_t lda, int64_t k, int64_t in,
                  const float *x, int64_t ldx, const int32_t *xrows, int64_t tokens,
                  float *u, int64_t ku, cw_pool *pool) {
-    if ((type != CW_LORA_F32 && type != CW_LORA_F16) || k < 0 || in <= 0 || lda < in || ldx < in || ku < k || tokens < 0) return -1;
+    if ((type != CW_LORA_F32 && type != CW_LORA_F16 && type != CW_LORA_Q8) || k < 0 || in <= 0 || lda < in || ldx < in || ku < k || tokens < 0) return -1;
     if (k == 0 || tokens == 0) return 0;
     if (!a || !x || !u) return -1;
     cw_lora_args g = {.type = type, .f = a, .ldf = lda, .k = k, .in = in, .x = x, .ldx = ldx, .xrows = xrows,
@@ -99,7 +99,7 @@ int cw_lora_down(int type, const void *a, int64_t lda, int64_t k, int64_t in,
 int cw_lora_up(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
                const float *u, int64_t ku, int64_t tokens, float *y, int64_t ldy,
                const int32_t *yrows, cw_pool *pool) {
-    if ((type != CW_LORA_F32 && type != CW_LORA_F16) || k < 0 || out <= 0 || ldb < out || ku < k || ldy < out || tokens < 0) return -1;
+    if ((type != CW_LORA_F32 && type != CW_LORA_F16 && type != CW_LORA_Q8) || k < 0 || out <= 0 || ldb < out || ku < k || ldy < out || tokens < 0) return -1;
     if (k == 0 || tokens == 0) return 0;
     if (!bt || !u || !y) return -1;
     cw_lora_args g = {.type = type, .f = bt, .ldf = ldb, .k = k, .u = (float *)u /* only read by up */, .ku = ku, .tokens = tokens,
@@ -108,6 +108,32 @@ int cw_lora_up(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
     if (k * out * tokens < CW_LORA_SERIAL_MACS) c.ops->up(&g, 0, out);
     else cw_pool_parallel_for(pool, out, 64, cw_lora_up_cols, &c);
     return 0;
+}
+
+int64_t cw_lora_row_bytes(int type, int64_t ld) {
+    switch (type) {
+    case CW_LORA_F16: return 2 * ld;
+    case CW_LORA_Q8: return 4 * ((ld + 31) / 32) + ld;
+    default: return 4 * ld;
+    }
+}
+
+void cw_lora_q8_row(const float *src, void *dst, int64_t n) {
+    const int64_t nb = (n + 31) / 32;
+    float *scales = (float *)dst;
+    int8_t *q = (int8_t *)dst + 4 * nb;
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t c0 = b * 32, c1 = c0 + 32 < n ? c0 + 32 : n;
+        float amax = 0;
+        for (int64_t c = c0; c < c1; c++) amax = fabsf(src[c]) > amax ? fabsf(src[c]) : amax;
+        const float d = amax / 127.0f, inv = d > 0 ? 1.0f / d : 0.0f;
+        float dv = d;
+        memcpy(scales + b, &dv, 4);
+        for (int64_t c = c0; c < c1; c++) {
+            const float v = roundf(src[c] * inv);
+            q[c] = (int8_t)(v > 127 ? 127 : (v < -127 ? -127 : v));
+        }
+    }
 }
 
 void cw_f32_to_f16_row(const float *src, uint16_t *dst, int64_t n) {

@@ -1,7 +1,7 @@
 import CKernels
 
-/// One factor of a low-rank update, stored as `rows` rows of `cols` elements (fp32 or fp16) so that
-/// a rank-k slice of an ordered factorization is its first k rows (see `lora_kernels.h`):
+/// One factor of a low-rank update, stored as `rows` rows of `cols` elements (fp32, fp16 or int8
+/// blocks) so that a rank-k slice of an ordered factorization is its first k rows (see `lora_kernels.h`):
 /// a LoRA `A` / ladder `Vᵀ` is `rank × in`; a LoRA `B` / ladder `U·S` is kept transposed, `rank × out`.
 public struct LowRankFactor: @unchecked Sendable {
     /// Element type of the stored factor.
@@ -10,6 +10,10 @@ public struct LowRankFactor: @unchecked Sendable {
         case f32
         /// fp16: half the bytes read per token (relative rounding ≤ 2⁻¹¹ of each element).
         case f16
+        /// int8 with one fp32 scale per 32 elements of a row (max|x|/127; `--precision fast`):
+        /// 0.56× the bytes of fp16 at 576 columns; each element within half a step, i.e.
+        /// ≤ max|block|/254.
+        case q8
     }
 
     public let storage: Storage
@@ -17,17 +21,30 @@ public struct LowRankFactor: @unchecked Sendable {
     public let cols: Int
     let buffer: FactorBuffer
 
+    /// Bytes of one stored row.
+    public var rowBytes: Int { Int(cw_lora_row_bytes(cType, Int64(cols))) }
+
     /// From row-major `rows × cols` fp32 values (missing values read as 0; callers check shapes).
     public init(rows: Int, cols: Int, storage: Storage, values: UnsafeBufferPointer<Float>) {
         self.rows = rows
         self.cols = cols
         self.storage = storage
-        buffer = FactorBuffer(bytes: rows * cols * (storage == .f16 ? 2 : 4))
+        let rb = Int(cw_lora_row_bytes(Self.cType(storage), Int64(cols)))
+        buffer = FactorBuffer(bytes: rows * rb)
         let n = min(values.count, rows * cols)
         guard let src = values.baseAddress, n > 0 else { return }
         switch storage {
         case .f32: buffer.raw.copyMemory(from: src, byteCount: n * 4)
         case .f16: cw_f32_to_f16_row(src, buffer.raw.assumingMemoryBound(to: UInt16.self), Int64(n))
+        case .q8:
+            let row = UnsafeMutablePointer<Float>.allocate(capacity: max(1, cols))
+            defer { row.deallocate() }
+            for r in 0..<rows {
+                let have = max(0, min(cols, n - r * cols))
+                row.update(repeating: 0, count: cols)
+                if have > 0 { row.update(from: src + r * cols, count: have) }
+                cw_lora_q8_row(row, buffer.raw + r * rb, Int64(cols))
+            }
         }
     }
 
@@ -52,10 +69,14 @@ public struct LowRankFactor: @unchecked Sendable {
 
     /// Element (r, c) as fp32.
     public func value(_ r: Int, _ c: Int) -> Float {
-        let i = r * cols + c
         switch storage {
-        case .f32: return buffer.raw.assumingMemoryBound(to: Float.self)[i]
-        case .f16: return cw_fp16_to_fp32(buffer.raw.assumingMemoryBound(to: UInt16.self)[i])
+        case .f32: return buffer.raw.assumingMemoryBound(to: Float.self)[r * cols + c]
+        case .f16: return cw_fp16_to_fp32(buffer.raw.assumingMemoryBound(to: UInt16.self)[r * cols + c])
+        case .q8:
+            let row = buffer.raw + r * rowBytes
+            let scale = row.load(fromByteOffset: 4 * (c / 32), as: Float.self)
+            let q = row.load(fromByteOffset: 4 * ((cols + 31) / 32) + c, as: Int8.self)
+            return Float(q) * scale
         }
     }
 
@@ -67,11 +88,20 @@ public struct LowRankFactor: @unchecked Sendable {
         case .f16:
             let h = buffer.raw.assumingMemoryBound(to: UInt16.self)
             return (0..<n).map { cw_fp16_to_fp32(h[$0]) }
+        case .q8:
+            return (0..<n).map { value($0 / cols, $0 % cols) }
         }
     }
 
-    var cType: Int32 { storage == .f16 ? Int32(CW_LORA_F16.rawValue) : Int32(CW_LORA_F32.rawValue) }
-    func rowPointer(_ r: Int) -> UnsafeRawPointer { UnsafeRawPointer(buffer.raw + r * cols * (storage == .f16 ? 2 : 4)) }
+    static func cType(_ s: Storage) -> Int32 {
+        switch s {
+        case .f32: return Int32(CW_LORA_F32.rawValue)
+        case .f16: return Int32(CW_LORA_F16.rawValue)
+        case .q8: return Int32(CW_LORA_Q8.rawValue)
+        }
+    }
+    var cType: Int32 { Self.cType(storage) }
+    func rowPointer(_ r: Int) -> UnsafeRawPointer { UnsafeRawPointer(buffer.raw + r * rowBytes) }
 }
 
 /// Heap storage of a factor (64-byte aligned), freed with the last value that refers to it.

@@ -27,25 +27,47 @@ public enum Kernels {
     /// `prefetch`: memory the caller reads right after (e.g. the LoRA factors of these
     /// projections), pulled into cache while the batched integer kernel computes (4+ tokens in
     /// `fast`; ignored otherwise). It changes no result.
+    ///
+    /// `side`: `count` tasks run in the same pool job as the product, each whole on one thread and
+    /// handed out first (a decode step's LoRA products, which then overlap the weight stream). They
+    /// must not touch the targets' outputs; the call returns after all of them.
     public static func matmul(
         _ targets: [(w: WeightMatrix, y: UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>, tokens: Int,
-        precision: Precision = .exact, prefetch: [UnsafeRawBufferPointer] = [], pool: ThreadPool
+        precision: Precision = .exact, prefetch: [UnsafeRawBufferPointer] = [],
+        side: (count: Int, run: (Int) -> Void)? = nil, pool: ThreadPool
     ) {
-        guard let cols = targets.first?.w.cols else { return }
-        guard targets.allSatisfy({ $0.w.cols == cols }) else {
+        guard let cols = targets.first?.w.cols, targets.allSatisfy({ $0.w.cols == cols }) else {
+            if let side { for i in 0..<side.count { side.run(i) } }
             for t in targets { matmul(t.w, x, tokens: tokens, t.y, precision: precision, pool: pool) }
             return
         }
         let mats = targets.map { cw_mat(type: Int32($0.w.type.rawValue), w: $0.w.base, rows: Int64($0.w.rows), row_bytes: Int64($0.w.rowBytes), y: $0.y) }
         let spans = prefetch.compactMap { b in b.baseAddress.map { cw_span(p: $0, bytes: Int64(b.count)) } }
-        _ = mats.withUnsafeBufferPointer { mp in
+        let prec = precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue)
+        mats.withUnsafeBufferPointer { mp in
             spans.withUnsafeBufferPointer { sp in
-                cw_matmul_many_pf(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens),
-                                  precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue),
-                                  sp.baseAddress, Int32(sp.count), pool.handle)
+                guard let side, side.count > 0 else {
+                    _ = cw_matmul_many_pf(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens), prec,
+                                          sp.baseAddress, Int32(sp.count), pool.handle)
+                    return
+                }
+                withoutActuallyEscaping(side.run) { run in
+                    var box = SideTasks(run: run)
+                    withUnsafeMutablePointer(to: &box) { bp in
+                        var c = cw_side(fn: { ctx, i in ctx?.assumingMemoryBound(to: SideTasks.self).pointee.run(Int(i)) },
+                                        ctx: UnsafeMutableRawPointer(bp), count: Int64(side.count))
+                        _ = cw_matmul_many_side(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens), prec,
+                                                sp.baseAddress, Int32(sp.count), &c, pool.handle)
+                    }
+                }
             }
         }
     }
+}
+
+/// The side tasks of a product, reached from C through a context pointer.
+private struct SideTasks {
+    let run: (Int) -> Void
 }
 
 /// The kernel implementation levels, chosen at run time from the CPU's features.

@@ -49,4 +49,12 @@ public struct WeightMatrix: @unchecked Sendable {
     public func dequantizeRow(_ r: Int, into dst: UnsafeMutablePointer<Float>) {
         _ = cw_dequantize_row(Int32(type.rawValue), row(r), dst, Int64(cols))
     }
+
+    /// Row `r` with `delta` (`cols` floats) merged in, written in this matrix's own encoding to
+    /// `dst` (`rowBytes` bytes): quantized blocks keep their scales and each index moves by an
+    /// unbiased stochastic rounding of δ/step, drawn from `seed` and the row and column (see
+    /// `cw_grid_merge_row`); F32 adds exactly, F16 rounds. False for K-quants and BF16.
+    public func gridMergeRow(_ r: Int, delta: UnsafePointer<Float>, into dst: UnsafeMutableRawPointer, seed: UInt64) -> Bool {
+        cw_grid_merge_row(Int32(type.rawValue), row(r), delta, dst, Int64(cols), seed, Int64(r)) == 0
+    }
 }

@@ -238,6 +238,8 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
 
     /// Immutable: `apply` keeps nothing between calls (temporaries are per call).
     public var isReentrant: Bool { true }
+    /// Plain LoRA only adds `s·B·A·x` (and bias deltas); a DoRA module rescales the output.
+    public var isAdditive: Bool { table.allSatisfy { $0.allSatisfy { $0.allSatisfy { $0.doraFactor == nil } } } }
 
     /// Every bound module's A and Bᵀ of `(layer, projection)`.
     public func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] {

@@ -27,7 +27,8 @@
 ///   prefill in one call, prefill in pieces and token-by-token decode make the same decisions, and a
 ///   KV cache never holds keys computed under a rank that would later be revised.
 /// - Merged floor (`mergedFloor = k₀`): the first k₀ directions are merged into fp32 (fp16 under fast
-///   precision) copies of the touched base matrices (`MergedFloor`); the delta adds only directions ≥ k₀ on chunks whose rank
+///   precision, or the base's own encoding with `mergeFormat: .base`) copies of the touched base
+///   matrices (`MergedFloor`); the delta adds only directions ≥ k₀ on chunks whose rank
 ///   is above k₀. Every token then gets at least rank k₀ at zero per-token cost; α does not apply to
 ///   the merged part.
 /// - Any rank costs exactly that rank (a prefix of the factors' rows); the ladder's tier boundaries
@@ -98,7 +99,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
     /// `storage` is the element type of the factors applied per token (`.f16` halves the bytes read;
     /// the engine uses it with `--precision fast`); the merged floor is always built from fp32.
     public init(model: LlamaModel, adapter: LoRAAdapter, config: SchedulerConfig, ladder: RankLadder? = nil,
-                storage: LowRankFactor.Storage = .f32) throws {
+                storage: LowRankFactor.Storage = .f32, mergeFormat: MergeFormat? = nil) throws {
         try config.validate()
         self.model = model
         self.config = config
@@ -118,7 +119,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         }
         staticStack = config.mode == .static ? try LoRAStack(model: model, adapter: adapter, storage: storage) : nil
         if config.mode != .static, config.mergedFloor > 0 {
-            mergedFloor = try MergedFloor(model: model, ladder: lad, rank: config.mergedFloor, format: storage)
+            mergedFloor = try MergedFloor(model: model, ladder: lad, rank: config.mergedFloor, format: mergeFormat ?? MergeFormat(storage))
         } else {
             mergedFloor = nil
         }
@@ -137,11 +138,11 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
 
     /// From a policy name (or config file) as the CLI gives them.
     public convenience init(model: LlamaModel, adapter: LoRAAdapter, policy: String?, configFile: String?, ladderFile: String? = nil,
-                            storage: LowRankFactor.Storage = .f32) throws {
+                            storage: LowRankFactor.Storage = .f32, mergeFormat: MergeFormat? = nil) throws {
         let maxRank = adapter.modules.map(\.rank).max() ?? 0
         let cfg = try SchedulerConfig.resolve(policy: policy, configFile: configFile, maxRank: maxRank)
         let lad = try ladderFile.map { try RankLadder.load(from: $0) }
-        try self.init(model: model, adapter: adapter, config: cfg, ladder: lad, storage: storage)
+        try self.init(model: model, adapter: adapter, config: cfg, ladder: lad, storage: storage, mergeFormat: mergeFormat)
     }
 
     /// Bytes held for the adapter: the ladder's factors (or the static stack's), plus the merged floor's copies.
@@ -399,7 +400,8 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
     }
 }
 
-/// The first `rank` ladder directions merged into fp32 (or fp16) copies of the touched base matrices.
+/// The first `rank` ladder directions merged into copies of the touched base matrices (fp32, fp16 or
+/// the base's encoding: `MergeFormat`).
 public struct MergedFloor: Sendable {
     public let model: LlamaModel
     public let rank: Int
@@ -415,7 +417,8 @@ public struct MergedFloor: Sendable {
             let cols = orig.cols
             let kk = min(k0, m.rank)
             let us = m.usMatrix(), vt = m.vtMatrix(), r = m.rank
-            let (copy, bytes) = try mergedCopy(of: orig, format: format, pool: pool) { o, row in
+            let seed = UInt64(m.layer * Projection.count + m.projection.index)
+            let (copy, bytes) = try mergedCopy(of: orig, format: format, pool: pool, seed: seed) { o, row in
                 for j in 0..<kk {
                     let u = us[o * r + j]
                     if u == 0 { continue }

@@ -62,7 +62,7 @@ public final class ServerState: Sendable {
         self.contextLength = min(config.contextLength ?? loaded.model.config.maxContext, loaded.model.config.maxContext)
         self.metrics = ServerMetrics()
         self.registry = AdapterRegistry(model: loaded.model, baseModelID: modelID, adapterDir: config.adapterDir,
-                                        storage: config.precision == .exact ? .f32 : .f16)
+                                        storage: config.precision == .exact ? .f32 : .q8)
         let limits = SchedulerLimits(maxRunning: max(1, config.maxConcurrent), maxWaiting: max(0, config.maxQueue),
                                      kvBudgetBytes: config.kvBudgetBytes ?? (1 << 30), prefillTokensPerStep: max(1, config.prefillTokensPerStep))
         self.scheduler = BatchScheduler(model: loaded.model, tokenizer: loaded.tokenizer, contextLength: contextLength,

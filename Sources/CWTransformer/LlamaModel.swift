@@ -16,6 +16,10 @@ public protocol ProjectionDelta: AnyObject {
     /// keeps no mutable state between calls. A batched step then runs all its sequences' (and a
     /// shared input's projections') deltas as one pool job instead of one after another.
     var isReentrant: Bool { get }
+    /// True when `apply` only adds to `y` something computed from `x` (plain LoRA; not DoRA, which
+    /// rescales `y`): a small step may then compute it into a zeroed buffer while the base product
+    /// is still writing `y`, and add it afterwards.
+    var isAdditive: Bool { get }
     /// The memory `apply(layer:projection:…)` will read (its factors), for the batched kernel to
     /// prefetch while the base product computes. Empty by default.
     func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer]
@@ -24,6 +28,7 @@ public protocol ProjectionDelta: AnyObject {
 extension ProjectionDelta {
     public var isPositionIndependent: Bool { false }
     public var isReentrant: Bool { false }
+    public var isAdditive: Bool { false }
     public func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] { [] }
 }
 
@@ -236,6 +241,10 @@ public final class LlamaModel: @unchecked Sendable {
         // Small steps (decode) run their deltas' calls side by side; large ones (prefill) keep
         // each call's own split over the pool.
         let concurrentDeltas = n < 32 && deltaRuns.allSatisfy { $0.delta.isReentrant }
+        // ... and, when they only add to the output, inside the base product's pool job (`side`
+        // tasks): their small, latency-bound factor reads overlap the weight stream instead of
+        // running on one thread after it while the other threads wait.
+        let sideDeltas = concurrentDeltas && !deltaRuns.isEmpty && deltaRuns.allSatisfy { $0.delta.isAdditive }
         // A batched step (the integer kernel, compute-bound) pulls the deltas' factors into cache
         // while it computes (one token streams the weights; prefetching there made no difference).
         let prefetchDeltas = !deltaRuns.isEmpty && prec == .fast && n >= 4
@@ -246,6 +255,10 @@ public final class LlamaModel: @unchecked Sendable {
         /// y = W·x for all rows, then each segment's (or run of segments') delta on its own rows.
         func linear(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
             let exact = options.exactProjections.contains(p)
+            if sideDeltas && !exact {
+                linearWithSideDeltas(layer, x, [(p, m, y)], alsoPrefetch: [])
+                return
+            }
             if prefetchDeltas && !exact {
                 Kernels.matmul([(w: m, y: y)], x, tokens: n, precision: prec, prefetch: deltaMemory(layer, [p]), pool: pool)
             } else {
@@ -269,6 +282,10 @@ public final class LlamaModel: @unchecked Sendable {
                 for (p, m, y) in outs { linear(layer, p, m, x, y) }
                 return
             }
+            if sideDeltas {
+                linearWithSideDeltas(layer, x, outs, alsoPrefetch: alsoPrefetch)
+                return
+            }
             Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec,
                            prefetch: (prefetchDeltas ? deltaMemory(layer, outs.map(\.0)) : []) + alsoPrefetch, pool: pool)
             if concurrentDeltas && deltaRuns.count * outs.count > 1 {
@@ -283,6 +300,30 @@ public final class LlamaModel: @unchecked Sendable {
                 return
             }
             for (p, m, y) in outs { applyDeltas(layer, p, m, x, y) }
+        }
+
+        /// The projections of one input with every (run, projection) delta as a side task of the
+        /// product's pool job, each into its own zeroed buffer, added to the outputs afterwards —
+        /// bit-identical to adding in place (the up kernel sums from zero, then adds).
+        func linearWithSideDeltas(_ layer: Int, _ x: UnsafeMutablePointer<Float>, _ outs: [(Projection, WeightMatrix, UnsafeMutablePointer<Float>)],
+                                  alsoPrefetch: [UnsafeRawBufferPointer]) {
+            let total = outs.reduce(0) { $0 + n * $1.1.rows }
+            let z = UnsafeMutablePointer<Float>.allocate(capacity: total)
+            z.initialize(repeating: 0, count: total)
+            defer { z.deallocate() }
+            var zs: [UnsafeMutablePointer<Float>] = []
+            var offset = 0
+            for o in outs { zs.append(z + offset); offset += n * o.1.rows }
+            Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec,
+                           prefetch: (prefetchDeltas ? deltaMemory(layer, outs.map(\.0)) : []) + alsoPrefetch,
+                           side: (deltaRuns.count * outs.count, { i in
+                               let j = i % outs.count
+                               applyDelta(deltaRuns[i / outs.count], layer, outs[j].0, outs[j].1, x, zs[j])
+                           }), pool: pool)
+            for (j, o) in outs.enumerated() {
+                let y = o.2, zj = zs[j]
+                for i in 0..<(n * o.1.rows) { y[i] += zj[i] }
+            }
         }
 
         func applyDelta(_ run: (delta: ProjectionDelta, first: Int, last: Int), _ layer: Int, _ p: Projection, _ m: WeightMatrix,

@@ -21,6 +21,13 @@ public struct EngineOptions: Sendable {
     /// Merge the adapters into (fp32 copies of) the touched base matrices instead of applying
     /// them unmerged.
     public var mergeAdapters = false
+    /// How unmerged adapter factors are stored (`--factor-storage`): nil = fp32 under exact
+    /// precision, int8 blocks (`.q8`) under fast.
+    public var factorStorage: LowRankFactor.Storage? = nil
+    /// The encoding of merged copies (`--merge-format`; also the scheduler's merged floor): nil =
+    /// fp32 under exact precision, fp16 under fast; `.base` keeps each matrix in the base's own
+    /// encoding (a Q4_1 model stays Q4_1: no extra bytes per token, lossy rounding of the delta).
+    public var mergeFormat: MergeFormat? = nil
     /// The ChunkWise policy: nil or `static` = the adapters at full rank (plain LoRA), `base` =
     /// no adapter, `merged` = merged adapters, `static:K`, `balanced`, `aggressive`, `quality`
     /// = the scheduler (rank ladder, chunker, per-chunk rank and scale).
@@ -90,7 +97,7 @@ public actor Engine {
         let bindings = try options.adapters.map { try $0.load() }
         // Adapter factors follow the engine's precision: fp32 for exact (golden parity), fp16 for
         // fast (half the bytes each token reads).
-        let factorStorage: LowRankFactor.Storage = options.precision == .exact ? .f32 : .f16
+        let factorStorage: LowRankFactor.Storage = options.factorStorage ?? (options.precision == .exact ? .f32 : .q8)
         if policy != "static" && policy != "merged" || options.policyConfig != nil {
             guard bindings.count == 1, let only = bindings.first else {
                 throw EngineError.invalidParameter("policy \(policy) schedules one adapter; \(bindings.count) were given")
@@ -99,7 +106,8 @@ public actor Engine {
                 throw EngineError.invalidParameter("policy \(policy) sets the adapter scale per chunk; drop the :WEIGHT and --adapter-scale")
             }
             let s = try ChunkWiseDelta(model: model.model, adapter: only.adapter, policy: options.policy,
-                                       configFile: options.policyConfig, ladderFile: options.ladderFile, storage: factorStorage)
+                                       configFile: options.policyConfig, ladderFile: options.ladderFile, storage: factorStorage,
+                                       mergeFormat: options.mergeFormat)
             // An explicit --kv-policy holds for every chunk; otherwise the policy's per-tier KV applies.
             s.managesKVPolicy = options.kvPolicy == .full
             self.loaded = LoadedModel(model: s.forwardModel, tokenizer: model.tokenizer, name: model.name, chatTemplate: model.chatTemplate)
@@ -111,7 +119,8 @@ public actor Engine {
         self.scheduler = nil
         if options.mergeAdapters || policy == "merged" {
             let merged = try LoRAStack.merged(model: model.model, adapters: bindings, scale: options.adapterScale,
-                                              allowPartial: options.allowPartialAdapter, format: factorStorage)
+                                              allowPartial: options.allowPartialAdapter,
+                                              format: options.mergeFormat ?? MergeFormat(factorStorage))
             self.loaded = LoadedModel(model: merged.model, tokenizer: model.tokenizer, name: model.name, chatTemplate: model.chatTemplate)
             self.delta = nil
             self.adapterByteCount = merged.extraBytes

@@ -1,5 +1,6 @@
 import ArgumentParser
 import ChunkWise
+import CWKernels
 import CWLoRA
 import Foundation
 
@@ -41,6 +42,12 @@ struct ModelOptions: ParsableArguments {
     @Flag(name: .customLong("merge-adapters"), help: "Merge adapters into copies of the touched weights (fp32 with --precision exact, fp16 with fast) instead of applying them unmerged.")
     var mergeAdapters = false
 
+    @Option(name: .customLong("factor-storage"), help: "How unmerged adapter factors are stored: f32, f16, or q8 (int8 with a scale per 32 elements). Default: f32 with --precision exact, q8 with fast.")
+    var factorStorage: FactorStorageArgument?
+
+    @Option(name: .customLong("merge-format"), help: "Encoding of merged copies (--merge-adapters, --policy merged, a merged floor): f32, f16, or base = the base matrix's own encoding (a Q4_1 model stays Q4_1 and reads no extra bytes per token; the delta is rounded stochastically onto each block's grid, which costs some of its quality). Default: f32 with --precision exact, f16 with fast.")
+    var mergeFormat: MergeFormatArgument?
+
     @Option(name: .long, help: "ChunkWise policy: static (plain LoRA), static:K, balanced, aggressive, quality, base, merged.")
     var policy: String?
 
@@ -72,15 +79,28 @@ struct ModelOptions: ParsableArguments {
     }
 
     func baseEngineOptions() throws -> EngineOptions {
-        EngineOptions(precision: precision.value, threads: threads, contextLength: context,
-                      adapters: try adapters.map(AdapterSpec.parse), adapterScale: adapterScale,
-                      allowPartialAdapter: allowPartialAdapter, mergeAdapters: mergeAdapters,
-                      policy: policy, policyConfig: policyConfig, ladderFile: ladder)
+        var o = EngineOptions(precision: precision.value, threads: threads, contextLength: context,
+                              adapters: try adapters.map(AdapterSpec.parse), adapterScale: adapterScale,
+                              allowPartialAdapter: allowPartialAdapter, mergeAdapters: mergeAdapters,
+                              policy: policy, policyConfig: policyConfig, ladderFile: ladder)
+        o.mergeFormat = mergeFormat?.value
+        o.factorStorage = factorStorage?.value
+        return o
     }
 
     func makeEngine() throws -> Engine {
         try Engine(modelPath: model, tokenizerPath: tokenizer, options: engineOptions())
     }
+}
+
+enum FactorStorageArgument: String, ExpressibleByArgument, CaseIterable {
+    case f32, f16, q8
+    var value: LowRankFactor.Storage { LowRankFactor.Storage(rawValue: rawValue) ?? .q8 }
+}
+
+enum MergeFormatArgument: String, ExpressibleByArgument, CaseIterable {
+    case f32, f16, base
+    var value: MergeFormat { MergeFormat(rawValue: rawValue) ?? .f16 }
 }
 
 enum PrecisionArgument: String, ExpressibleByArgument, CaseIterable {

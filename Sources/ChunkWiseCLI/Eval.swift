@@ -29,7 +29,7 @@ enum CLIPolicyHooks {
     }
 
     static func runner(policy: String?, model: LoadedModel, options: EngineOptions) -> EnginePolicyRunner {
-        let p = policy ?? (options.adapters.isEmpty ? "base" : "static")
+        let p = policy ?? (options.adapters.isEmpty ? "base" : options.mergeAdapters ? "merged" : "static")
         return EnginePolicyRunner(policy: p, model: model, baseOptions: options, configure: configure, statistics: statistics)
     }
 

@@ -275,9 +275,17 @@ final class MatmulTests: XCTestCase {
                         defer { extra.deallocate() }
                         let spans = gi % 2 == 0 ? [] : [UnsafeRawBufferPointer(start: extra + 3, count: 100_000),
                                                          UnsafeRawBufferPointer(start: raws[0], count: 77), UnsafeRawBufferPointer(start: nil, count: 0)]
+                        // Some calls also run side tasks in the same job: each exactly once, results unchanged.
+                        let sideCount = gi % 3 == 0 ? 0 : 2 * gi + 1
+                        let ran = UnsafeMutablePointer<Int>.allocate(capacity: max(1, sideCount))
+                        ran.initialize(repeating: 0, count: max(1, sideCount))
+                        defer { ran.deallocate() }
                         x.withUnsafeBufferPointer { xb in
                             Kernels.matmul(zip(mats, ys).map { (w: $0.0, y: $0.1) }, xb.baseAddress!, tokens: tokens, precision: precision,
-                                           prefetch: spans, pool: pool4)
+                                           prefetch: spans, side: sideCount == 0 ? nil : (sideCount, { ran[$0] += 1 }), pool: pool4)
+                        }
+                        for i in 0..<sideCount where ran[i] != 1 {
+                            XCTFail("\(path) \(precision) group \(gi), \(tokens) tokens: side task \(i) ran \(ran[i]) times")
                         }
                         let outs = zip(cases, ys).map { Array(UnsafeBufferPointer(start: $1, count: tokens * $0.rows)) }
                         for i in cases.indices where outs[i].map(\.bitPattern) != separate[i].map(\.bitPattern) {
@@ -286,6 +294,97 @@ final class MatmulTests: XCTestCase {
                     }
                 }
             }
+        }
+    }
+
+    /// Merging a delta into a row in its own encoding (`WeightMatrix.gridMergeRow`): block scales
+    /// and mins unchanged; every weight moves to one of the two grid points around W + δ (or stops
+    /// at the end of the index range); over many seeds the change averages to δ (unbiased);
+    /// the same seed gives the same bytes. F32 adds exactly, F16 rounds the sum once.
+    func testGridMergeKeepsScalesAndIsUnbiased() throws {
+        let rows = 8, cols = 64
+        for type in [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .f16, .f32] {
+            let c = makeCase(type, rows: rows, cols: cols, seed: 7 + UInt64(type.rawValue))
+            var rng = RNG(99)
+            let delta = (0..<(rows * cols)).map { _ in rng.float(-0.03, 0.03) }
+            let rb = type.byteCount(elements: cols)
+            var sumSteps = 0.0, sumTarget = 0.0, unclamped = 0
+            var first: [UInt8] = []
+            try c.bytes.withUnsafeBytes { wb in
+                let m = try WeightMatrix(type: type, rows: rows, cols: cols, base: wb.baseAddress!, owner: nil)
+                let seeds: [UInt64] = type.isQuantized ? Array(0..<200) : [0]
+                var clamped = Set<Int>()
+                var steps = [Double](repeating: 0, count: rows * cols)
+                for seed in seeds {
+                    var out = [UInt8](repeating: 0, count: rows * rb)
+                    for r in 0..<rows {
+                        let ok = delta.withUnsafeBufferPointer { d in
+                            out.withUnsafeMutableBytes { ob in m.gridMergeRow(r, delta: d.baseAddress! + r * cols, into: ob.baseAddress! + r * rb, seed: seed) }
+                        }
+                        XCTAssertTrue(ok)
+                    }
+                    if seed == 0 { first = out }
+                    if seed == 1 {  // the same seed again gives the same bytes
+                        var again = [UInt8](repeating: 0, count: rows * rb)
+                        for r in 0..<rows {
+                            _ = delta.withUnsafeBufferPointer { d in
+                                again.withUnsafeMutableBytes { ob in m.gridMergeRow(r, delta: d.baseAddress! + r * cols, into: ob.baseAddress! + r * rb, seed: 0) }
+                            }
+                        }
+                        XCTAssertEqual(again, first, "\(type): same seed, same bytes")
+                        XCTAssertNotEqual(out, first, "\(type): another seed, other draws")
+                    }
+                    for r in 0..<rows {
+                        let merged = refDequantRow(type, out, r * rb, cols)
+                        for col in 0..<cols {
+                            let i = r * cols + col
+                            let w = c.w[i], d = delta[i]
+                            switch type {
+                            case .f32: XCTAssertEqual(merged[col], w + d)
+                            case .f16: XCTAssertEqual(merged[col], Float(Float16(w + d)))
+                            default:
+                                let blockStart = r * rb + col / 32 * type.blockBytes
+                                let headerBytes = type == .q4_1 || type == .q5_1 ? 4 : 2
+                                XCTAssertEqual(Array(out[blockStart..<(blockStart + headerBytes)]), Array(c.bytes[blockStart..<(blockStart + headerBytes)]),
+                                               "\(type): block scale (and min) unchanged")
+                                let step = Double(f16(UInt16(c.bytes[blockStart]) | UInt16(c.bytes[blockStart + 1]) << 8))
+                                let k = ((Double(merged[col]) - Double(w)) / step).rounded()
+                                let t = Double(d) / step
+                                if k == t.rounded(.down) || k == t.rounded(.down) + 1 {
+                                    steps[i] += k
+                                } else {
+                                    // only the end of the index range may stop a move short
+                                    XCTAssertTrue(abs(k) < abs(t) + 1 && (k == 0 || k.sign == t.sign), "\(type) [\(r),\(col)]: moved \(k) steps for \(t)")
+                                    clamped.insert(i)
+                                }
+                            }
+                        }
+                    }
+                }
+                if type.isQuantized {
+                    for r in 0..<rows {
+                        for col in 0..<cols where !clamped.contains(r * cols + col) {
+                            let i = r * cols + col
+                            let blockStart = r * rb + col / 32 * type.blockBytes
+                            let step = Double(f16(UInt16(c.bytes[blockStart]) | UInt16(c.bytes[blockStart + 1]) << 8))
+                            sumSteps += steps[i] / Double(seeds.count)
+                            sumTarget += Double(delta[i]) / step
+                            unclamped += 1
+                        }
+                    }
+                    XCTAssertGreaterThan(unclamped, rows * cols / 2, "\(type)")
+                    // mean over seeds and weights of (steps moved − δ/step): 0 ± a few σ/√(200·n)
+                    XCTAssertEqual(sumSteps / Double(unclamped), sumTarget / Double(unclamped), accuracy: 0.01, "\(type): unbiased")
+                }
+            }
+        }
+        // K-quants are refused (the merge then keeps an fp16 copy).
+        let k = makeCase(.q4_K, rows: 1, cols: 256, seed: 1)
+        try k.bytes.withUnsafeBytes { wb in
+            let m = try WeightMatrix(type: .q4_K, rows: 1, cols: 256, base: wb.baseAddress!, owner: nil)
+            var out = [UInt8](repeating: 0, count: k.bytes.count)
+            let d = [Float](repeating: 0, count: 256)
+            XCTAssertFalse(d.withUnsafeBufferPointer { db in out.withUnsafeMutableBytes { m.gridMergeRow(0, delta: db.baseAddress!, into: $0.baseAddress!, seed: 0) } })
         }
     }
 

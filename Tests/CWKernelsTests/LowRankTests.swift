@@ -107,6 +107,51 @@ final class LowRankTests: XCTestCase {
         XCTAssertEqual(t.floats(), [v[0], v[3], v[1], v[4], v[2], v[5]])
     }
 
+    /// q8 storage: one fp32 scale per 32 elements of a row (max|x|/127), each element within half a
+    /// step of its value; rows of any length (a partial last block), 0.56× fp16's bytes at 576 columns.
+    func testQ8StorageRoundsEachBlock() {
+        var rng = RNG(5)
+        for cols in [1, 31, 33, 172, 576] {
+            let rows = 3
+            let v = (0..<(rows * cols)).map { i in rng.float(-1, 1) * (i % 7 == 0 ? 10 : 0.1) }
+            let f = LowRankFactor(rows: rows, cols: cols, storage: .q8, values: v)
+            XCTAssertEqual(f.bytes, rows * (4 * ((cols + 31) / 32) + cols))
+            for r in 0..<rows {
+                for b in stride(from: 0, to: cols, by: 32) {
+                    let block = (b..<min(cols, b + 32)).map { v[r * cols + $0] }
+                    let amax = block.map(abs).max() ?? 0
+                    for c in b..<min(cols, b + 32) {
+                        XCTAssertEqual(f.value(r, c), v[r * cols + c], accuracy: amax / 254 * 1.0001 + 1e-12, "cols \(cols) [\(r),\(c)]")
+                    }
+                }
+            }
+        }
+        let f16 = LowRankFactor(rows: 16, cols: 576, storage: .f16, values: [Float](repeating: 1, count: 16 * 576))
+        let q8 = LowRankFactor(rows: 16, cols: 576, storage: .q8, values: [Float](repeating: 1, count: 16 * 576))
+        XCTAssertEqual(Double(q8.bytes) / Double(f16.bytes), 0.5625, accuracy: 1e-9)
+    }
+
+    /// The up product sums from zero and then adds to y, so accumulating into a zeroed buffer and
+    /// adding that to y gives the same bits as accumulating into y (the model's side-task path).
+    func testUpIntoZeroThenAddEqualsInPlace() {
+        var rng = RNG(8)
+        let pool = ThreadPool(threads: 2)
+        for storage in LowRankFactor.Storage.allCases {
+            for (k, out, tokens) in [(16, 576, 1), (7, 1000, 3), (16, 1536, 9)] {
+                let bt = LowRankFactor(rows: k, cols: out, storage: storage, values: (0..<(k * out)).map { _ in rng.float() })
+                let u = (0..<(tokens * k)).map { _ in rng.float() }
+                let y0 = (0..<(tokens * out)).map { _ in rng.float(-3, 3) }
+                var inPlace = y0, z = [Float](repeating: 0, count: tokens * out)
+                u.withUnsafeBufferPointer { ub in
+                    inPlace.withUnsafeMutableBufferPointer { LowRank.up(bt, rows: 0..<k, u: ub.baseAddress!, ldu: k, tokens: tokens, y: $0.baseAddress!, ldy: out, pool: pool) }
+                    z.withUnsafeMutableBufferPointer { LowRank.up(bt, rows: 0..<k, u: ub.baseAddress!, ldu: k, tokens: tokens, y: $0.baseAddress!, ldy: out, pool: pool) }
+                }
+                let later = zip(y0, z).map { $0 + $1 }
+                XCTAssertEqual(later.map(\.bitPattern), inPlace.map(\.bitPattern), "\(storage) k \(k) out \(out) tokens \(tokens)")
+            }
+        }
+    }
+
     func testShortValuesAreZeroFilledNotTrapped() {
         let f = LowRankFactor(rows: 2, cols: 2, storage: .f32, values: [1, 2, 3])
         XCTAssertEqual(f.floats(), [1, 2, 3, 0])

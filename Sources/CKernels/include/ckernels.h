@@ -40,6 +40,14 @@ float cw_bf16_to_fp32(uint16_t h);
 /// Returns 0 on success, -1 for an unsupported type.
 int cw_dequantize_row(int type, const void *src, float *dst, int64_t n);
 
+/// Merges `delta` (n floats) into one row of `type` without changing its encoding, writing the
+/// row to `dst` (may equal `src`). Quantized blocks (Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) keep their
+/// scale and min; each index moves by floor(delta/step + u), u uniform in [0,1) drawn from a hash
+/// of (seed, row, column) — an unbiased rounding onto the block's own grid, clamped to the
+/// index range. F32 adds exactly; F16 rounds the sum to nearest. Returns 0, -1 for a bad
+/// argument, -2 for a type it cannot merge into (K-quants, BF16).
+int cw_grid_merge_row(int type, const void *src, const float *delta, void *dst, int64_t n, uint64_t seed, int64_t row);
+
 /// Dot product of two float vectors.
 float cw_dot_f32(const float *a, const float *b, int64_t n);
 
@@ -144,6 +152,22 @@ typedef struct {
 /// Results are those of `cw_matmul_many`.
 int cw_matmul_many_pf(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                       const cw_span *spans, int nspans, cw_pool *pool);
+
+/// Work run beside a product in the same pool job: `fn(ctx, i)` for `i < count`, each task whole on
+/// one thread, handed out before the product's rows (so the threads that take them do fewer rows).
+typedef struct {
+    void (*fn)(void *ctx, int64_t i);
+    void *ctx;
+    int64_t count;
+} cw_side;
+
+/// `cw_matmul_many_pf` with `side` tasks (may be NULL) in the same job: a decode step's LoRA
+/// products (latency-bound reads of small factors) then overlap the weight stream instead of
+/// running on one thread after it while the others wait. The side tasks must not touch the
+/// products' outputs. Without the shared product path (exact precision, mixed widths) the side
+/// tasks run first, split over the pool, then the products.
+int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
+                        const cw_span *spans, int nspans, const cw_side *side, cw_pool *pool);
 
 /// Causal grouped-query attention (see Attention.causal in CWKernels).
 void cw_attention(const float *q, const float *k, const float *v, float *out, int64_t tokens,

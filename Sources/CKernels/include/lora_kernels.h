@@ -18,8 +18,17 @@
 extern "C" {
 #endif
 
-/// Element types of a low-rank factor.
-enum cw_lora_type { CW_LORA_F32 = 0, CW_LORA_F16 = 1 };
+/// Element types of a low-rank factor. CW_LORA_Q8: each row is `ceil(ld/32)` fp32 block scales
+/// followed by `ld` int8 values (element c = q[c] · scale[c/32]); its row stride is
+/// `cw_lora_row_bytes(CW_LORA_Q8, ld)` bytes, where `ld` is the `lda`/`ldb` argument.
+enum cw_lora_type { CW_LORA_F32 = 0, CW_LORA_F16 = 1, CW_LORA_Q8 = 2 };
+
+/// Bytes of one factor row of `ld` elements in `type`.
+int64_t cw_lora_row_bytes(int type, int64_t ld);
+
+/// Quantizes `n` floats to one CW_LORA_Q8 row (`dst` holds cw_lora_row_bytes(CW_LORA_Q8, n) bytes):
+/// per block of 32, scale = max|x|/127 and q = round(x/scale).
+void cw_lora_q8_row(const float *src, void *dst, int64_t n);
 
 /// `u[t·ku + i] = Σ_c A[i·lda + c] · x[row(t)·ldx + c]` for `i < k`, `t < tokens`, where
 /// `row(t) = xrows ? xrows[t] : t`. Returns 0, or -1 for a bad argument.
@@ -28,7 +37,8 @@ int cw_lora_down(int type, const void *a, int64_t lda, int64_t k, int64_t in,
                  float *u, int64_t ku, cw_pool *pool);
 
 /// `y[row(t)·ldy + o] += Σ_i u[t·ku + i] · Bt[i·ldb + o]` for `i < k`, `o < out`, where
-/// `row(t) = yrows ? yrows[t] : t`; the i-sum runs in order 0..k-1, fused into y. Returns 0 or -1.
+/// `row(t) = yrows ? yrows[t] : t`; the i-sum runs in order 0..k-1 from zero and is then added to y
+/// (so `y + (sum into a zeroed buffer)` is bit-identical). Returns 0 or -1.
 int cw_lora_up(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
                const float *u, int64_t ku, int64_t tokens, float *y, int64_t ldy,
                const int32_t *yrows, cw_pool *pool);
