@@ -268,6 +268,14 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         var offsets: [Int] = []
     }
     var callGroups = CallGroups()
+    let groupsLock = NSLock()
+
+    /// Between `prepare` and the end of the forward pass the plans are fixed: `apply` only reads
+    /// them (and builds the call's groups once, under a lock), so a small step may run this
+    /// sequence's projections side by side, beside the base product.
+    public var isReentrant: Bool { true }
+    /// The ladder slices only add to the output; `static` is plain LoRA (additive unless DoRA).
+    public var isAdditive: Bool { staticStack?.isAdditive ?? true }
 
     /// The plan of `position` (full rank, α = 1 for positions never prepared).
     @inline(__always)
@@ -298,9 +306,13 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
             }
             return
         }
+        // Projections of one pass may run side by side (`isReentrant`); they all ask for the same
+        // positions, so the first builds the groups and the others only read them.
+        groupsLock.lock()
         if !callGroups.valid || callGroups.positions != positions || callGroups.moduleRank != m.rank || callGroups.plans.count != n {
             buildGroups(positions: positions, tokens: n, moduleRank: m.rank)
         }
+        groupsLock.unlock()
         let groups = callGroups.groups
         for g in groups {
             if g.count == n {
