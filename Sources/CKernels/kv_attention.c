@@ -139,19 +139,45 @@ void kv_f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = cw_h2f_portable(src[i]);
 }
 
+// Round to nearest (ties to even) by the 1.5·2²³ trick after clamping to ±127: plain adds, so the
+// loops below vectorize even at the baseline ISA this file is compiled for (roundf was a libm call
+// per element, ~1% of a `balanced` prefill's samples).
 static inline int8_t kv_q8(float x, float inv) {
-    float r = roundf(x * inv);
+    float r = x * inv;
     r = r > 127 ? 127 : (r < -127 ? -127 : r);
-    return (int8_t)r;
+    r = (r + 12582912.0f) - 12582912.0f;
+    return (int8_t)(int)r;
 }
 
+enum { KV_Q_MAX_HEAD_DIM = 1024 };
+
 void kv_quantize_per_channel(const float *src, int64_t n, int head_dim, int8_t *dst, float *scale) {
+    if (head_dim <= 0) return;
+    if (head_dim > KV_Q_MAX_HEAD_DIM) {
+        for (int d = 0; d < head_dim; d++) {
+            float amax = 0;
+            for (int64_t j = 0; j < n; j++) { const float v = fabsf(src[j * head_dim + d]); amax = v > amax ? v : amax; }
+            const float inv = amax > 0 ? 127.0f / amax : 0;
+            scale[d] = amax / 127.0f;
+            for (int64_t j = 0; j < n; j++) dst[j * head_dim + d] = kv_q8(src[j * head_dim + d], inv);
+        }
+        return;
+    }
+    // Row by row (contiguous), with one running max and one reciprocal per channel.
+    float amax[KV_Q_MAX_HEAD_DIM], inv[KV_Q_MAX_HEAD_DIM];
+    for (int d = 0; d < head_dim; d++) amax[d] = 0;
+    for (int64_t j = 0; j < n; j++) {
+        const float *row = src + j * head_dim;
+        for (int d = 0; d < head_dim; d++) { const float v = fabsf(row[d]); amax[d] = v > amax[d] ? v : amax[d]; }
+    }
     for (int d = 0; d < head_dim; d++) {
-        float amax = 0;
-        for (int64_t j = 0; j < n; j++) { const float v = fabsf(src[j * head_dim + d]); amax = v > amax ? v : amax; }
-        const float s = amax / 127.0f, inv = amax > 0 ? 127.0f / amax : 0;
-        scale[d] = s;
-        for (int64_t j = 0; j < n; j++) dst[j * head_dim + d] = kv_q8(src[j * head_dim + d], inv);
+        scale[d] = amax[d] / 127.0f;
+        inv[d] = amax[d] > 0 ? 127.0f / amax[d] : 0;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        const float *row = src + j * head_dim;
+        int8_t *out = dst + j * head_dim;
+        for (int d = 0; d < head_dim; d++) out[d] = kv_q8(row[d], inv[d]);
     }
 }
 

@@ -1,6 +1,7 @@
 // Low-rank (LoRA / rank-ladder) kernels: drivers and per-ISA dispatch (see include/lora_kernels.h).
 #include "cw_internal.h"
 #include "include/lora_kernels.h"
+#include <stdlib.h>
 
 typedef struct {
     int type;

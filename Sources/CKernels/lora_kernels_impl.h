@@ -89,6 +89,34 @@ static void LFN(down_tile_any)(int R, int T, int h, const cw_lora_args *g, int64
 // u for factor rows [i0, i1) and tokens [t0, t1).
 static void LFN(down)(const cw_lora_args *g, int64_t i0, int64_t i1, int64_t t0, int64_t t1) {
     const int h = g->type == CW_LORA_Q8 ? 2 : g->type == CW_LORA_F16;
+    // Many tokens × an fp16 or int8 factor: widen the rows once to fp32 and run the fp32 tiles on
+    // them (the tiles would widen each row vector again for every 4 tokens). Same values, same
+    // order of operations: identical results.
+    float *wb = h && t1 - t0 >= 8 ? (float *)malloc((size_t)((i1 - i0) * g->in) * sizeof(float)) : NULL;
+    if (wb) {
+        const int64_t n = g->in;
+        for (int64_t i = i0; i < i1; i++) {
+            const LFN(frow) a = LFN(row)(g->f, g->ldf, i, h);
+            float *d = wb + (i - i0) * n;
+            int64_t c = 0;
+            for (; c + LK_VL <= n; c += LK_VL) LFN(vstore)(d + c, LFN(fload)(a, c, h));
+            for (; c < n; c++) d[c] = LFN(fat)(a, c, h);
+        }
+        cw_lora_args w = *g;
+        w.type = CW_LORA_F32;
+        w.f = wb;
+        w.ldf = n;
+        w.u = g->u + i0;
+        for (int64_t t = t0; t < t1; t += 4) {
+            const int nt = (int)(t1 - t < 4 ? t1 - t : 4);
+            for (int64_t i = 0; i < i1 - i0; i += 4) {
+                const int nr = (int)(i1 - i0 - i < 4 ? i1 - i0 - i : 4);
+                LFN(down_tile_any)(nr, nt, 0, &w, i, t);
+            }
+        }
+        free(wb);
+        return;
+    }
     for (int64_t t = t0; t < t1; t += 4) {
         const int nt = (int)(t1 - t < 4 ? t1 - t : 4);
         for (int64_t i = i0; i < i1; i += 4) {
@@ -98,7 +126,93 @@ static void LFN(down)(const cw_lora_args *g, int64_t i0, int64_t i1, int64_t t0,
     }
 }
 
+// Many tokens (prefill): T tokens × one strip of 4 vectors per register tile, the factor as fp32
+// rows `w` (row i at w + i·ldw; column c at w[c − off]), so each factor vector loaded feeds T
+// FMAs and each y element is loaded and stored once per call (strip-major over all tokens, y
+// of a wide projection streamed from L3 once per strip: that, not the multiply-adds, bounded the
+// product). Each output is Σ_i u·w from zero in order i = 0..k-1, then added to y — as the
+// one-token path does: identical results.
+#define LK_UP_T (LK_VL >= 16 ? 4 : 2)
+LK_INLINE void LFN(up_tile)(const int T, const cw_lora_args *g, const float *w, int64_t ldw, int64_t off, int64_t t0, int64_t s) {
+    LVF acc[4][4];
+    for (int t = 0; t < T; t++)
+        for (int v = 0; v < 4; v++) acc[t][v] = 0;
+    const float *u[4];
+    for (int t = 0; t < T; t++) u[t] = g->u + (t0 + t) * g->ku;
+    for (int64_t i = 0; i < g->k; i++) {
+        const float *wr = w + i * ldw + (s - off);
+        const LVF w0 = LFN(vload)(wr), w1 = LFN(vload)(wr + LK_VL), w2 = LFN(vload)(wr + 2 * LK_VL), w3 = LFN(vload)(wr + 3 * LK_VL);
+        for (int t = 0; t < T; t++) {
+            const LVF ui = u[t][i];
+            acc[t][0] = ui * w0 + acc[t][0];
+            acc[t][1] = ui * w1 + acc[t][1];
+            acc[t][2] = ui * w2 + acc[t][2];
+            acc[t][3] = ui * w3 + acc[t][3];
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        const int64_t row = g->yrows ? g->yrows[t0 + t] : t0 + t;
+        float *y = g->y + row * g->ldy + s;
+        for (int v = 0; v < 4; v++) LFN(vstore)(y + v * LK_VL, LFN(vload)(y + v * LK_VL) + acc[t][v]);
+    }
+}
+
+static void LFN(up_blocked)(const cw_lora_args *g, int64_t o0, int64_t o1, const int h) {
+    const int64_t k = g->k, width = o1 - o0, strip = 4 * LK_VL;
+    const float *w = (const float *)g->f;
+    int64_t ldw = g->ldf, off = 0;
+    float *wb = NULL;
+    if (h) {  // widen this call's columns of the k rows once
+        wb = (float *)malloc((size_t)(k * width) * sizeof(float));
+        if (!wb) return;
+        for (int64_t i = 0; i < k; i++) {
+            const LFN(frow) b = LFN(row)(g->f, g->ldf, i, h);
+            float *d = wb + i * width;
+            int64_t c = o0;
+            // fload needs c at a multiple of LK_VL (block-aligned for int8): o0 is one (strips of 4·LK_VL)
+            for (; c + LK_VL <= o1 && c % LK_VL == 0; c += LK_VL) LFN(vstore)(d + (c - o0), LFN(fload)(b, c, h));
+            for (; c < o1; c++) d[c - o0] = LFN(fat)(b, c, h);
+        }
+        w = wb;
+        ldw = width;
+        off = o0;
+    }
+    const int64_t full = o0 + (width / strip) * strip;
+    for (int64_t t = 0; t < g->tokens; t += LK_UP_T) {
+        const int nt = (int)(g->tokens - t < LK_UP_T ? g->tokens - t : LK_UP_T);
+        for (int64_t s = o0; s < full; s += strip) {
+            switch (nt) {
+            case 1: LFN(up_tile)(1, g, w, ldw, off, t, s); break;
+            case 2: LFN(up_tile)(2, g, w, ldw, off, t, s); break;
+            case 3: LFN(up_tile)(3, g, w, ldw, off, t, s); break;
+            default: LFN(up_tile)(LK_UP_T, g, w, ldw, off, t, s); break;
+            }
+        }
+        for (int tt = 0; tt < nt && full < o1; tt++) {  // the columns after the last full strip
+            const int64_t row = g->yrows ? g->yrows[t + tt] : t + tt;
+            float *y = g->y + row * g->ldy;
+            const float *u = g->u + (t + tt) * g->ku;
+            int64_t o = full;
+            for (; o + LK_VL <= o1; o += LK_VL) {
+                LVF acc = 0;
+                for (int64_t i = 0; i < k; i++) acc = (LVF)u[i] * LFN(vload)(w + i * ldw + (o - off)) + acc;
+                LFN(vstore)(y + o, LFN(vload)(y + o) + acc);
+            }
+            for (; o < o1; o++) {
+                float acc = 0;
+                for (int64_t i = 0; i < k; i++) acc = u[i] * w[i * ldw + (o - off)] + acc;
+                y[o] += acc;
+            }
+        }
+    }
+    free(wb);
+}
+
 LK_INLINE void LFN(up_h)(const cw_lora_args *g, int64_t o0, int64_t o1, const int h) {
+    if (g->tokens >= 4) {
+        LFN(up_blocked)(g, o0, o1, h);
+        return;
+    }
     const int64_t k = g->k;
     const int64_t strip = 4 * LK_VL;
     for (int64_t s = o0; s < o1; s += strip) {

@@ -152,6 +152,36 @@ final class LowRankTests: XCTestCase {
         }
     }
 
+    /// Many tokens widen fp16/int8 factors to fp32 once per call (down) or per strip (up); one token
+    /// widens per vector. Same values, same order: each token's u and y are bit-identical either way.
+    func testATokensResultDoesNotDependOnTheBatch() {
+        var rng = RNG(11)
+        let pool = ThreadPool(threads: 2)
+        for storage in LowRankFactor.Storage.allCases {
+            let k = 16, inF = 200, out = 1000, tokens = 13
+            let a = LowRankFactor(rows: k, cols: inF, storage: storage, values: (0..<(k * inF)).map { _ in rng.float() })
+            let bt = LowRankFactor(rows: k, cols: out, storage: storage, values: (0..<(k * out)).map { _ in rng.float() })
+            let x = (0..<(tokens * inF)).map { _ in rng.float() }
+            let y0 = (0..<(tokens * out)).map { _ in rng.float() }
+            func run(_ t0: Int, _ n: Int) -> ([Float], [Float]) {
+                var u = [Float](repeating: 0, count: n * k), y = Array(y0[(t0 * out)..<((t0 + n) * out)])
+                x.withUnsafeBufferPointer { xb in
+                    u.withUnsafeMutableBufferPointer { LowRank.down(a, rows: 0..<k, x: xb.baseAddress! + t0 * inF, ldx: inF, tokens: n, u: $0.baseAddress!, ldu: k, pool: pool) }
+                    u.withUnsafeBufferPointer { ub in
+                        y.withUnsafeMutableBufferPointer { LowRank.up(bt, rows: 0..<k, u: ub.baseAddress!, ldu: k, tokens: n, y: $0.baseAddress!, ldy: out, pool: pool) }
+                    }
+                }
+                return (u, y)
+            }
+            let (uAll, yAll) = run(0, tokens)
+            for t in 0..<tokens {
+                let (u1, y1) = run(t, 1)
+                XCTAssertEqual(u1.map(\.bitPattern), uAll[(t * k)..<((t + 1) * k)].map(\.bitPattern), "\(storage) u of token \(t)")
+                XCTAssertEqual(y1.map(\.bitPattern), yAll[(t * out)..<((t + 1) * out)].map(\.bitPattern), "\(storage) y of token \(t)")
+            }
+        }
+    }
+
     func testShortValuesAreZeroFilledNotTrapped() {
         let f = LowRankFactor(rows: 2, cols: 2, storage: .f32, values: [1, 2, 3])
         XCTAssertEqual(f.floats(), [1, 2, 3, 0])
