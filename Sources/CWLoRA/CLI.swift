@@ -160,3 +160,55 @@ public func writeHF(model: LlamaModel, to directory: String) throws {
     }
     try SafetensorsWriter.write(tensors, metadata: ["format": "pt"], to: dir.appendingPathComponent("model.safetensors").path)
 }
+
+/// Merges `adapters` into a GGUF model in the model's own encoding (`MergeFormat.base`) and writes
+/// the result as a GGUF file: the same header, metadata, tensor table and size as the source (every
+/// merged matrix keeps its type and byte count), with the touched tensors' data replaced. The file
+/// loads anywhere the source does (this engine, llama.cpp) and decodes at the base model's speed;
+/// the merge's rounding costs some of the adapter's effect (see `MergeFormat.base`).
+///
+/// Refused, with the reason: a source that is not a GGUF file; a touched matrix whose encoding
+/// cannot be merged into in place (K-quants, BF16); adapter biases or `modules_to_save` (they would
+/// add or replace tensors — write an HF folder instead).
+public func writeMergedGGUF(model: LlamaModel, adapters: [AdapterBinding], to path: String, allowPartial: Bool = false) throws -> MergedModel {
+    guard case .gguf(let g) = model.source else {
+        throw LoRAError(.unsupported, path: path, "a merged GGUF is written from a GGUF model; this model is \(model.source.formatName) (write an HF folder instead)")
+    }
+    let merged = try LoRAStack.merged(model: model, adapters: adapters, allowPartial: allowPartial, format: .base)
+    let mw = merged.model.weights, bw = model.weights
+    for l in mw.layers.indices where mw.layers[l].bq != bw.layers[l].bq || mw.layers[l].bk != bw.layers[l].bk || mw.layers[l].bv != bw.layers[l].bv {
+        throw LoRAError(.unsupported, path: path, "the adapters change layer \(l)'s attention biases; a merged GGUF keeps the source's tensors (write an HF folder instead)")
+    }
+    guard mw.tokenEmbedding.base == bw.tokenEmbedding.base, mw.output.base == bw.output.base else {
+        throw LoRAError(.unsupported, path: path, "the adapters replace the embedding or the output head (modules_to_save); a merged GGUF keeps the source's tensors (write an HF folder instead)")
+    }
+    var writes: [(offset: Int, matrix: WeightMatrix)] = []
+    for t in merged.touched {
+        let name = t.projection.ggufName(layer: t.layer) + ".weight"
+        let m = mw.layers[t.layer].matrix(t.projection)
+        guard let info = g.tensor(name) else {
+            throw LoRAError(.unsupported, path: g.path, "tensor \(name) is not in the file")
+        }
+        guard info.type == m.type, info.byteCount == m.byteCount else {
+            throw LoRAError(.unsupported, path: g.path, "\(name) is \(info.typeName), which cannot be merged into in its own encoding (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16 and F32 can)")
+        }
+        writes.append((info.offset, m))
+    }
+    let fm = FileManager.default
+    if fm.fileExists(atPath: path) {
+        throw LoRAError(.format, path: path, "the output file exists; remove it or choose another path")
+    }
+    do {
+        try fm.copyItem(atPath: g.path, toPath: path)
+        let h = try FileHandle(forUpdating: URL(fileURLWithPath: path))
+        defer { try? h.close() }
+        for w in writes {
+            try h.seek(toOffset: UInt64(w.offset))
+            try h.write(contentsOf: Data(bytes: w.matrix.base, count: w.matrix.byteCount))
+        }
+    } catch {
+        try? fm.removeItem(atPath: path)
+        throw LoRAError(.format, path: path, "cannot write the merged GGUF: \(error.localizedDescription)")
+    }
+    return merged
+}

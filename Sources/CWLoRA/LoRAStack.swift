@@ -202,6 +202,7 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
         }
         self.table = table
         self.spans = table.map { $0.map { $0.flatMap { [$0.a.memory, $0.bt.memory] } } }
+        self.isAdditive = table.allSatisfy { $0.allSatisfy { $0.allSatisfy { $0.doraFactor == nil } } }
         self.skipped = skipped
         self.savedModules = saved
     }
@@ -214,6 +215,7 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
         skipped = other.skipped
         table = other.table
         spans = other.spans
+        isAdditive = other.isAdditive
         savedModules = other.savedModules
     }
 
@@ -239,7 +241,7 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
     /// Immutable: `apply` keeps nothing between calls (temporaries are per call).
     public var isReentrant: Bool { true }
     /// Plain LoRA only adds `s·B·A·x` (and bias deltas); a DoRA module rescales the output.
-    public var isAdditive: Bool { table.allSatisfy { $0.allSatisfy { $0.allSatisfy { $0.doraFactor == nil } } } }
+    public let isAdditive: Bool
 
     /// Every bound module's A and Bᵀ of `(layer, projection)`.
     public func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] {

@@ -56,6 +56,38 @@ final class QuantizedBaseTests: XCTestCase {
         XCTAssertLessThan(kept, 1.05)
     }
 
+    /// `writeMergedGGUF`: the source file with the touched tensors' data replaced — same size, same
+    /// tensor table; loading it gives the in-memory base-encoding merge's logits bit for bit.
+    /// Refuses an existing output file and a model that is not GGUF, naming the problem.
+    func testMergedGGUFIsTheSourceWithMergedTensors() throws {
+        let model = try SmolLM2LoRAGoldenTests.model()
+        let adapter = try LoRAAdapter.load(path: TestPaths.sharedFile("adapters/smollm2-wikitext-r16"))
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("cw-merged-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let out = dir.appendingPathComponent("merged.gguf").path
+        let merged = try writeMergedGGUF(model: model, adapters: [AdapterBinding(adapter)], to: out)
+        let src = try TestPaths.smolLM2Path()
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: out)[.size] as? Int,
+                       try FileManager.default.attributesOfItem(atPath: src)[.size] as? Int)
+        let reloaded = try LlamaModel(gguf: GGUFFile(path: out))
+        let ids = [504, 3575, 282, 4649, 314, 260, 1238]
+        let opts = ForwardOptions(precision: .fast, pool: Self.pool, logits: .all)
+        let a = try reloaded.forward(ids, cache: reloaded.makeCache(maxContext: 32), options: opts)
+        let b = try merged.model.forward(ids, cache: merged.model.makeCache(maxContext: 32), options: opts)
+        XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern))
+        let base = try model.forward(ids, cache: model.makeCache(maxContext: 32), options: opts)
+        XCTAssertNotEqual(a, base, "the file holds the merged weights")
+        XCTAssertThrowsError(try writeMergedGGUF(model: model, adapters: [AdapterBinding(adapter)], to: out)) { e in
+            XCTAssertTrue("\(e)".contains("exists"), "\(e)")
+        }
+        let stories = try Stories.llama2c()
+        let sa = try LoRAAdapter.load(path: TestPaths.sharedFile("adapters/stories260K-random-r8"))
+        XCTAssertThrowsError(try writeMergedGGUF(model: stories, adapters: [AdapterBinding(sa)], to: dir.appendingPathComponent("s.gguf").path)) { e in
+            XCTAssertTrue("\(e)".contains("from a GGUF model"), "\(e)")
+        }
+    }
+
     /// Hides `isAdditive`, so the model applies the deltas after the base product (the old path).
     final class AfterProduct: ProjectionDelta, @unchecked Sendable {
         let inner: LoRAStack
