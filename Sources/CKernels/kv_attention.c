@@ -149,35 +149,28 @@ static inline int8_t kv_q8(float x, float inv) {
     return (int8_t)(int)r;
 }
 
-enum { KV_Q_MAX_HEAD_DIM = 1024 };
+enum { KV_Q_CHANNELS = 256 };
 
+// Row by row (contiguous), with one running max and one reciprocal per channel, for up to
+// KV_Q_CHANNELS channels at a time.
 void kv_quantize_per_channel(const float *src, int64_t n, int head_dim, int8_t *dst, float *scale) {
-    if (head_dim <= 0) return;
-    if (head_dim > KV_Q_MAX_HEAD_DIM) {
-        for (int d = 0; d < head_dim; d++) {
-            float amax = 0;
-            for (int64_t j = 0; j < n; j++) { const float v = fabsf(src[j * head_dim + d]); amax = v > amax ? v : amax; }
-            const float inv = amax > 0 ? 127.0f / amax : 0;
-            scale[d] = amax / 127.0f;
-            for (int64_t j = 0; j < n; j++) dst[j * head_dim + d] = kv_q8(src[j * head_dim + d], inv);
+    float amax[KV_Q_CHANNELS], inv[KV_Q_CHANNELS];
+    for (int d0 = 0; d0 < head_dim; d0 += KV_Q_CHANNELS) {
+        const int w = head_dim - d0 < KV_Q_CHANNELS ? head_dim - d0 : KV_Q_CHANNELS;
+        for (int d = 0; d < w; d++) amax[d] = 0;
+        for (int64_t j = 0; j < n; j++) {
+            const float *row = src + j * head_dim + d0;
+            for (int d = 0; d < w; d++) { const float v = fabsf(row[d]); amax[d] = v > amax[d] ? v : amax[d]; }
         }
-        return;
-    }
-    // Row by row (contiguous), with one running max and one reciprocal per channel.
-    float amax[KV_Q_MAX_HEAD_DIM], inv[KV_Q_MAX_HEAD_DIM];
-    for (int d = 0; d < head_dim; d++) amax[d] = 0;
-    for (int64_t j = 0; j < n; j++) {
-        const float *row = src + j * head_dim;
-        for (int d = 0; d < head_dim; d++) { const float v = fabsf(row[d]); amax[d] = v > amax[d] ? v : amax[d]; }
-    }
-    for (int d = 0; d < head_dim; d++) {
-        scale[d] = amax[d] / 127.0f;
-        inv[d] = amax[d] > 0 ? 127.0f / amax[d] : 0;
-    }
-    for (int64_t j = 0; j < n; j++) {
-        const float *row = src + j * head_dim;
-        int8_t *out = dst + j * head_dim;
-        for (int d = 0; d < head_dim; d++) out[d] = kv_q8(row[d], inv[d]);
+        for (int d = 0; d < w; d++) {
+            scale[d0 + d] = amax[d] / 127.0f;
+            inv[d] = amax[d] > 0 ? 127.0f / amax[d] : 0;
+        }
+        for (int64_t j = 0; j < n; j++) {
+            const float *row = src + j * head_dim + d0;
+            int8_t *out = dst + j * head_dim + d0;
+            for (int d = 0; d < w; d++) out[d] = kv_q8(row[d], inv[d]);
+        }
     }
 }
 

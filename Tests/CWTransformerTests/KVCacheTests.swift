@@ -1,3 +1,4 @@
+import CKernels
 import CWKernels
 import CWTransformer
 import XCTest
@@ -84,6 +85,31 @@ final class KVCacheTests: XCTestCase {
                 case .int8(nil): XCTAssertEqual(formats, [.int8])
                 default: XCTAssertEqual(formats, [.fp32, .int8])
                 }
+            }
+        }
+    }
+
+    /// The int8 quantizers directly: per channel (keys) and per row (values), head widths across
+    /// the per-channel quantizer's 256-channel chunks; each value within half a step (amax/254).
+    func testInt8QuantizersRoundEachValueToItsScale() {
+        var rng = RNG(s: 77)
+        for (n, hd) in [(1, 64), (7, 64), (33, 300), (5, 600)] {
+            let src = (0..<(n * hd)).map { i in rng.next() * (i % 13 == 0 ? 8 : 1) }
+            for perChannel in [true, false] {
+                var q = [Int8](repeating: 0, count: n * hd)
+                var scale = [Float](repeating: -1, count: perChannel ? hd : n)
+                if perChannel { kv_quantize_per_channel(src, Int64(n), Int32(hd), &q, &scale) }
+                else { kv_quantize_per_row(src, Int64(n), Int32(hd), &q, &scale) }
+                var bad = 0
+                for j in 0..<n {
+                    for d in 0..<hd {
+                        let sc = perChannel ? scale[d] : scale[j]
+                        let amax = perChannel ? (0..<n).map { abs(src[$0 * hd + d]) }.max()! : (0..<hd).map { abs(src[j * hd + $0]) }.max()!
+                        if abs(sc - amax / 127) > 1e-6 * amax { bad += 1 }
+                        if abs(Float(q[j * hd + d]) * sc - src[j * hd + d]) > amax / 254 * 1.0001 + 1e-12 { bad += 1 }
+                    }
+                }
+                XCTAssertEqual(bad, 0, "n \(n) head_dim \(hd) per channel \(perChannel)")
             }
         }
     }
