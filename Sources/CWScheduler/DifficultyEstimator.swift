@@ -174,6 +174,7 @@ public final class DifficultyEstimator: @unchecked Sendable {
         let q = UnsafeMutablePointer<Float>.allocate(capacity: n * c.qDim)
         let k = UnsafeMutablePointer<Float>.allocate(capacity: n * c.kvDim)
         defer { q.deallocate(); k.deallocate() }
+        // exact precision: a prompt planned in one call and token by token gets the same plans (tested)
         Kernels.matmul(lw.wq, xb, tokens: n, q, precision: .exact, pool: pool)
         Kernels.matmul(lw.wk, xb, tokens: n, k, precision: .exact, pool: pool)
         let hd = c.headDim, half = hd / 2
@@ -201,46 +202,52 @@ public final class DifficultyEstimator: @unchecked Sendable {
         }
         if let b = lw.bq { for t in 0..<n { for i in 0..<c.qDim { q[t * c.qDim + i] += b[i] } } }
         if let b = lw.bk { for t in 0..<n { for i in 0..<c.kvDim { k[t * c.kvDim + i] += b[i] } } }
-        let group = c.heads / max(1, c.kvHeads)
-        let scale = 1 / Float(hd).squareRoot()
-        var scores = [Float](repeating: 0, count: Self.attentionWindow)
-        if keyRing.count != Self.attentionWindow * c.kvDim { keyRing = [Float](repeating: 0, count: Self.attentionWindow * c.kvDim) }
         for t in 0..<n {
-            let pos = position + t
-            ropeTable(pos: pos)
+            ropeTable(pos: position + t)
             rope(q + t * c.qDim, heads: c.heads)
             rope(k + t * c.kvDim, heads: c.kvHeads)
-            let W = Self.attentionWindow
-            (keyRing.withUnsafeMutableBufferPointer { kr in
-                guard let base = kr.baseAddress else { return }
-                (base + (keyCount % W) * c.kvDim).update(from: k + t * c.kvDim, count: c.kvDim)
-            })
-            keyCount += 1
-            let nk = min(keyCount, W)
-            guard nk > 1 else { out[t] = 0; continue }
-            var hsum = 0.0
-            for h in 0..<c.heads {
-                let qh = q + t * c.qDim + h * hd
-                let kvh = h / group
-                var m = -Float.infinity
-                keyRing.withUnsafeBufferPointer { kr in
-                    guard let base = kr.baseAddress else { return }
-                    for j in 0..<nk {
-                        let s = VectorOps.dot(qh, base + j * c.kvDim + kvh * hd, n: hd) * scale
-                        scores[j] = s
-                        if s > m { m = s }
-                    }
-                }
-                var z: Float = 0, ez: Float = 0
-                for j in 0..<nk {
-                    let d = scores[j] - m
-                    let e = Foundation.expf(d)
-                    z += e; ez += e * d
-                }
-                hsum += Double(Foundation.logf(z) - ez / z)
-            }
-            out[t] = max(0, min(1, hsum / Double(c.heads) / Foundation.log(Double(nk))))
         }
+        // The keys a token sees: the ring's (earlier calls, oldest first) then this call's, so that
+        // every token's window is one contiguous slice and the tokens run in parallel (each one
+        // computed whole by one thread: the result does not depend on the pool).
+        let W = Self.attentionWindow, kv = c.kvDim
+        if keyRing.count != W * kv { keyRing = [Float](repeating: 0, count: W * kv) }
+        let prev = min(keyCount, W)
+        let keys = UnsafeMutablePointer<Float>.allocate(capacity: (prev + n) * kv)
+        defer { keys.deallocate() }
+        keyRing.withUnsafeBufferPointer { kr in
+            guard let base = kr.baseAddress else { return }
+            for i in 0..<prev { (keys + i * kv).update(from: base + ((keyCount - prev + i) % W) * kv, count: kv) }
+        }
+        (keys + prev * kv).update(from: k, count: n * kv)
+        let group = c.heads / max(1, c.kvHeads)
+        let scale = 1 / Float(hd).squareRoot()
+        let heads = c.heads
+        let result = UnsafeMutablePointer<Double>.allocate(capacity: n)
+        defer { result.deallocate() }
+        pool.parallelFor(n) { lo, hi in
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: W)
+            defer { scores.deallocate() }
+            for t in lo..<hi {
+                let end = prev + t + 1, start = max(0, end - W), nk = end - start
+                guard nk > 1 else { result[t] = 0; continue }
+                var hsum = 0.0
+                for h in 0..<heads {
+                    let qh = q + t * c.qDim + h * hd
+                    let kh = keys + start * kv + (h / group) * hd
+                    for j in 0..<nk { scores[j] = VectorOps.dot(qh, kh + j * kv, n: hd) * scale }
+                    // entropy of softmax(scores) in nats (the kernels' vector exp)
+                    hsum += (VectorOps.normalizedEntropy(scores, n: nk) ?? 0) * Foundation.log(Double(nk))
+                }
+                result[t] = max(0, min(1, hsum / Double(heads) / Foundation.log(Double(nk))))
+            }
+        }
+        for t in 0..<n { out[t] = result[t] }
+        keyRing.withUnsafeMutableBufferPointer { kr in
+            guard let base = kr.baseAddress else { return }
+            for t in max(0, n - W)..<n { (base + ((keyCount + t) % W) * kv).update(from: k + t * kv, count: kv) }
+        }
+        keyCount += n
     }
 
     /// ‖S·Vᵀx‖ / (σ_max ‖x‖) for the given module.
