@@ -157,14 +157,15 @@ LK_INLINE void LFN(up_tile)(const int T, const cw_lora_args *g, const float *w, 
     }
 }
 
-static void LFN(up_blocked)(const cw_lora_args *g, int64_t o0, int64_t o1, const int h) {
+// Returns 0 when it could not allocate the widened columns (the caller then runs the per-token path).
+static int LFN(up_blocked)(const cw_lora_args *g, int64_t o0, int64_t o1, const int h) {
     const int64_t k = g->k, width = o1 - o0, strip = 4 * LK_VL;
     const float *w = (const float *)g->f;
     int64_t ldw = g->ldf, off = 0;
     float *wb = NULL;
     if (h) {  // widen this call's columns of the k rows once
         wb = (float *)malloc((size_t)(k * width) * sizeof(float));
-        if (!wb) return;
+        if (!wb) return 0;
         for (int64_t i = 0; i < k; i++) {
             const LFN(frow) b = LFN(row)(g->f, g->ldf, i, h);
             float *d = wb + i * width;
@@ -206,13 +207,11 @@ static void LFN(up_blocked)(const cw_lora_args *g, int64_t o0, int64_t o1, const
         }
     }
     free(wb);
+    return 1;
 }
 
 LK_INLINE void LFN(up_h)(const cw_lora_args *g, int64_t o0, int64_t o1, const int h) {
-    if (g->tokens >= 4) {
-        LFN(up_blocked)(g, o0, o1, h);
-        return;
-    }
+    if (g->tokens >= 4 && LFN(up_blocked)(g, o0, o1, h)) return;
     const int64_t k = g->k;
     const int64_t strip = 4 * LK_VL;
     for (int64_t s = o0; s < o1; s += strip) {

@@ -74,7 +74,8 @@ public struct LowRankFactor: @unchecked Sendable {
         case .f16: return cw_fp16_to_fp32(buffer.raw.assumingMemoryBound(to: UInt16.self)[r * cols + c])
         case .q8:
             let row = buffer.raw + r * rowBytes
-            let scale = row.load(fromByteOffset: 4 * (c / 32), as: Float.self)
+            // rows are 4·⌈cols/32⌉ + cols bytes apart: not 4-byte aligned when cols is not
+            let scale = row.loadUnaligned(fromByteOffset: 4 * (c / 32), as: Float.self)
             let q = row.load(fromByteOffset: 4 * ((cols + 31) / 32) + c, as: Int8.self)
             return Float(q) * scale
         }
