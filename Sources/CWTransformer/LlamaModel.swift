@@ -304,7 +304,9 @@ public final class LlamaModel: @unchecked Sendable {
 
         /// The projections of one input with every (run, projection) delta as a side task of the
         /// product's pool job, each into its own zeroed buffer, added to the outputs afterwards —
-        /// bit-identical to adding in place (the up kernel sums from zero, then adds).
+        /// bit-identical to adding in place when a projection has one low-rank term (the up kernel
+        /// sums from zero, then adds); with several adapters or bias deltas on one projection the
+        /// terms are summed before they meet y (last-bit differences).
         func linearWithSideDeltas(_ layer: Int, _ x: UnsafeMutablePointer<Float>, _ outs: [(Projection, WeightMatrix, UnsafeMutablePointer<Float>)],
                                   alsoPrefetch: [UnsafeRawBufferPointer]) {
             let total = outs.reduce(0) { $0 + n * $1.1.rows }
