@@ -536,17 +536,12 @@ static void cw_many_task(void *c, int64_t s, int64_t e) {
 
 int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                    cw_pool *pool) {
-    return cw_matmul_many_pf(mats, count, cols, x, tokens, precision, NULL, 0, pool);
+    return cw_matmul_many_side(mats, count, cols, x, tokens, precision, NULL, 0, NULL, pool);
 }
 
 static void cw_side_task(void *c, int64_t s, int64_t e) {
     const cw_side *side = (const cw_side *)c;
     for (int64_t i = s; i < e; i++) side->fn(side->ctx, i);
-}
-
-int cw_matmul_many_pf(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
-                      const cw_span *spans, int nspans, cw_pool *pool) {
-    return cw_matmul_many_side(mats, count, cols, x, tokens, precision, spans, nspans, NULL, pool);
 }
 
 int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,

@@ -39,7 +39,7 @@ typedef struct {
     int16_t *tq;
     float *td, *tsd;
     // Batched kernel: spans prefetched while rows compute; this matrix's rows are rows
-    // [pf_row0, pf_row0 + rows) of pf_rows in all (see cw_matmul_many_pf).
+    // [pf_row0, pf_row0 + rows) of pf_rows in all (see cw_matmul_many_side).
     const cw_span *pf;
     const double *pf_per_row; // bytes of each span per row of the call
     int npf;

@@ -1031,7 +1031,7 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
 }
 
 // Rows [r, r_end) of this matrix are about to compute: prefetch their share of the call's spans
-// (cw_matmul_many_pf), each line once over the whole call. The boundaries come from one function
+// (cw_matmul_many_side), each line once over the whole call. The boundaries come from one function
 // of the row index across the concatenated matrices, so the slices of all tiles tile each span.
 CW_INLINE void FN(pf_slice)(const cw_mm *a, int64_t r, int64_t r_end) {
     const int64_t g0 = a->pf_row0 + r, g1 = a->pf_row0 + r_end;

@@ -86,52 +86,52 @@ static void LFN(down_tile_any)(int R, int T, int h, const cw_lora_args *g, int64
 #undef LK_CASE
 }
 
-// u for factor rows [i0, i1) and tokens [t0, t1).
+// Columns [c0, c1) of factor row i as fp32 into d (the same values fload/fat give).
+LK_INLINE void LFN(widen)(const cw_lora_args *g, int64_t i, int64_t c0, int64_t c1, const int h, float *d) {
+    const LFN(frow) r = LFN(row)(g->f, g->ldf, i, h);
+    int64_t c = c0;
+    // fload needs c at a multiple of LK_VL (so an int8 vector lies in one block)
+    for (; c + LK_VL <= c1 && c % LK_VL == 0; c += LK_VL) LFN(vstore)(d + (c - c0), LFN(fload)(r, c, h));
+    for (; c < c1; c++) d[c - c0] = LFN(fat)(r, c, h);
+}
+
+// u for factor rows [i0, i1) and tokens [t0, t1). With many tokens an fp16 or int8 factor's rows
+// are widened to fp32 once and the fp32 tiles run on them (the tiles would widen each row vector
+// again for every 4 tokens); same values, same order of operations: identical results.
 static void LFN(down)(const cw_lora_args *g, int64_t i0, int64_t i1, int64_t t0, int64_t t1) {
-    const int h = g->type == CW_LORA_Q8 ? 2 : g->type == CW_LORA_F16;
-    // Many tokens × an fp16 or int8 factor: widen the rows once to fp32 and run the fp32 tiles on
-    // them (the tiles would widen each row vector again for every 4 tokens). Same values, same
-    // order of operations: identical results.
+    int h = g->type == CW_LORA_Q8 ? 2 : g->type == CW_LORA_F16;
     float *wb = h && t1 - t0 >= 8 ? (float *)malloc((size_t)((i1 - i0) * g->in) * sizeof(float)) : NULL;
+    cw_lora_args widened;
+    const cw_lora_args *a = g;
     if (wb) {
-        const int64_t n = g->in;
-        for (int64_t i = i0; i < i1; i++) {
-            const LFN(frow) a = LFN(row)(g->f, g->ldf, i, h);
-            float *d = wb + (i - i0) * n;
-            int64_t c = 0;
-            for (; c + LK_VL <= n; c += LK_VL) LFN(vstore)(d + c, LFN(fload)(a, c, h));
-            for (; c < n; c++) d[c] = LFN(fat)(a, c, h);
-        }
-        cw_lora_args w = *g;
-        w.type = CW_LORA_F32;
-        w.f = wb;
-        w.ldf = n;
-        w.u = g->u + i0;
-        for (int64_t t = t0; t < t1; t += 4) {
-            const int nt = (int)(t1 - t < 4 ? t1 - t : 4);
-            for (int64_t i = 0; i < i1 - i0; i += 4) {
-                const int nr = (int)(i1 - i0 - i < 4 ? i1 - i0 - i : 4);
-                LFN(down_tile_any)(nr, nt, 0, &w, i, t);
-            }
-        }
-        free(wb);
-        return;
+        for (int64_t i = i0; i < i1; i++) LFN(widen)(g, i, 0, g->in, h, wb + (i - i0) * g->in);
+        widened = *g;
+        widened.type = CW_LORA_F32;
+        widened.f = wb;
+        widened.ldf = g->in;
+        widened.u = g->u + i0;  // row i of the widened factor is factor row i0 + i
+        a = &widened;
+        h = 0;
+        i1 -= i0;
+        i0 = 0;
     }
     for (int64_t t = t0; t < t1; t += 4) {
         const int nt = (int)(t1 - t < 4 ? t1 - t : 4);
         for (int64_t i = i0; i < i1; i += 4) {
             const int nr = (int)(i1 - i < 4 ? i1 - i : 4);
-            LFN(down_tile_any)(nr, nt, h, g, i, t);
+            LFN(down_tile_any)(nr, nt, h, a, i, t);
         }
     }
+    free(wb);
 }
 
-// Many tokens (prefill): T tokens × one strip of 4 vectors per register tile, the factor as fp32
-// rows `w` (row i at w + i·ldw; column c at w[c − off]), so each factor vector loaded feeds T
-// FMAs and each y element is loaded and stored once per call (strip-major over all tokens, y
-// of a wide projection streamed from L3 once per strip: that, not the multiply-adds, bounded the
-// product). Each output is Σ_i u·w from zero in order i = 0..k-1, then added to y — as the
-// one-token path does: identical results.
+// Many tokens (prefill, batched steps): T tokens × one strip of 4 vectors per register tile, the
+// factor as fp32 rows `w` (row i at w + i·ldw; column c at w[c − off]), token groups outermost, so
+// each factor vector loaded feeds T FMAs and each y row is read and written once per call while
+// it is in cache (the per-token path below walks all tokens per 4·LK_VL-column strip: y of a wide
+// projection came from L3 once per strip, which bounded the product, not its multiply-adds). Each
+// output is Σ_i u·w from zero in order i = 0..k-1, then added to y — as the per-token path does:
+// identical results.
 #define LK_UP_T (LK_VL >= 16 ? 4 : 2)
 LK_INLINE void LFN(up_tile)(const int T, const cw_lora_args *g, const float *w, int64_t ldw, int64_t off, int64_t t0, int64_t s) {
     LVF acc[4][4];
@@ -166,14 +166,7 @@ static int LFN(up_blocked)(const cw_lora_args *g, int64_t o0, int64_t o1, const 
     if (h) {  // widen this call's columns of the k rows once
         wb = (float *)malloc((size_t)(k * width) * sizeof(float));
         if (!wb) return 0;
-        for (int64_t i = 0; i < k; i++) {
-            const LFN(frow) b = LFN(row)(g->f, g->ldf, i, h);
-            float *d = wb + i * width;
-            int64_t c = o0;
-            // fload needs c at a multiple of LK_VL (block-aligned for int8): o0 is one (strips of 4·LK_VL)
-            for (; c + LK_VL <= o1 && c % LK_VL == 0; c += LK_VL) LFN(vstore)(d + (c - o0), LFN(fload)(b, c, h));
-            for (; c < o1; c++) d[c - o0] = LFN(fat)(b, c, h);
-        }
+        for (int64_t i = 0; i < k; i++) LFN(widen)(g, i, o0, o1, h, wb + i * width);
         w = wb;
         ldw = width;
         off = o0;
@@ -251,10 +244,10 @@ LK_INLINE void LFN(up_h)(const cw_lora_args *g, int64_t o0, int64_t o1, const in
     }
 }
 
-// y columns [o0, o1) for every token: y[row(t)][o] += Σ_i u[t][i] · Bt[i][o], 4 vectors at a time
-// so a 4·LK_VL-column strip of Bt (k rows) stays in L1 across the tokens. The sum is formed from
-// zero and then added to y, so adding into a zeroed buffer and adding that to y later gives the
-// same bits (the model runs small steps' deltas beside the base product that way).
+// y columns [o0, o1) for every token: y[row(t)][o] += Σ_i u[t][i] · Bt[i][o] (4+ tokens: the
+// blocked path above; fewer: 4 vectors at a time, widening the factor as it goes). The sum is
+// formed from zero and then added to y, so adding into a zeroed buffer and adding that to y later
+// gives the same bits (the model runs small steps' deltas beside the base product that way).
 static void LFN(up)(const cw_lora_args *g, int64_t o0, int64_t o1) {
     switch (g->type) {
     case CW_LORA_Q8: LFN(up_h)(g, o0, o1, 2); return;

@@ -44,18 +44,14 @@ public enum Kernels {
         let mats = targets.map { cw_mat(type: Int32($0.w.type.rawValue), w: $0.w.base, rows: Int64($0.w.rows), row_bytes: Int64($0.w.rowBytes), y: $0.y) }
         let spans = prefetch.compactMap { b in b.baseAddress.map { cw_span(p: $0, bytes: Int64(b.count)) } }
         let prec = precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue)
-        mats.withUnsafeBufferPointer { mp in
-            spans.withUnsafeBufferPointer { sp in
-                guard let side, side.count > 0 else {
-                    _ = cw_matmul_many_pf(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens), prec,
-                                          sp.baseAddress, Int32(sp.count), pool.handle)
-                    return
-                }
-                withoutActuallyEscaping(side.run) { run in
-                    var box = SideTasks(run: run)
-                    withUnsafeMutablePointer(to: &box) { bp in
-                        var c = cw_side(fn: { ctx, i in ctx?.assumingMemoryBound(to: SideTasks.self).pointee.run(Int(i)) },
-                                        ctx: UnsafeMutableRawPointer(bp), count: Int64(side.count))
+        withoutActuallyEscaping(side?.run ?? { _ in }) { run in
+            var box = SideTasks(run: run)
+            withUnsafeMutablePointer(to: &box) { bp in
+                // count 0: no side tasks (the C side then takes none)
+                var c = cw_side(fn: { ctx, i in ctx?.assumingMemoryBound(to: SideTasks.self).pointee.run(Int(i)) },
+                                ctx: UnsafeMutableRawPointer(bp), count: Int64(side?.count ?? 0))
+                mats.withUnsafeBufferPointer { mp in
+                    spans.withUnsafeBufferPointer { sp in
                         _ = cw_matmul_many_side(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens), prec,
                                                 sp.baseAddress, Int32(sp.count), &c, pool.handle)
                     }

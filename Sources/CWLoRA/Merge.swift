@@ -141,7 +141,8 @@ public enum MergeFormat: String, Sendable, CaseIterable {
     /// (the rounding noise is ~sqrt(step·|δ|) per weight); K-quant and BF16 matrices get fp16.
     case base
 
-    /// The merge format matching a factor storage (`.f32` → `.f32`, `.f16` → `.f16`).
+    /// The merge format matching a factor storage: `.f32` → `.f32`; `.f16` and `.q8` (fast
+    /// precision) → `.f16`.
     public init(_ storage: LowRankFactor.Storage) { self = storage == .f32 ? .f32 : .f16 }
 
     /// What a matrix of `type` is stored as: `.base` falls back to fp16 for encodings
@@ -173,7 +174,7 @@ public func mergedCopy(of orig: WeightMatrix, format requested: MergeFormat, poo
     let f32 = storage.pointer
     let f16 = UnsafeMutableRawPointer(storage.pointer).assumingMemoryBound(to: UInt16.self)
     let raw = UnsafeMutableRawPointer(storage.pointer)
-    let failed = ManagedAtomicFlag()
+    let failed = FailureFlag()
     pool.parallelFor(rows, granularity: 8) { start, end in
         let tmp = UnsafeMutablePointer<Float>.allocate(capacity: 2 * cols)
         defer { tmp.deallocate() }
@@ -199,7 +200,7 @@ public func mergedCopy(of orig: WeightMatrix, format requested: MergeFormat, poo
 }
 
 /// A flag set from pool threads (any thread may set it; read after the parallel loop).
-private final class ManagedAtomicFlag: @unchecked Sendable {
+private final class FailureFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false
     func set() { lock.lock(); value = true; lock.unlock() }

@@ -236,10 +236,10 @@ public final class DifficultyEstimator: @unchecked Sendable {
                     let qh = q + t * c.qDim + h * hd
                     let kh = keys + start * kv + (h / group) * hd
                     for j in 0..<nk { scores[j] = VectorOps.dot(qh, kh + j * kv, n: hd) * scale }
-                    // entropy of softmax(scores) in nats (the kernels' vector exp)
-                    hsum += (VectorOps.normalizedEntropy(scores, n: nk) ?? 0) * Foundation.log(Double(nk))
+                    // entropy of softmax(scores) ÷ log(nk), in [0, 1] (the kernels' vector exp)
+                    hsum += VectorOps.normalizedEntropy(scores, n: nk) ?? 0
                 }
-                result[t] = max(0, min(1, hsum / Double(heads) / Foundation.log(Double(nk))))
+                result[t] = hsum / Double(heads)
             }
         }
         for t in 0..<n { out[t] = result[t] }

@@ -166,9 +166,15 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// Scratch activations for a micro-batch of `n` tokens.
+    /// Steps of fewer tokens than this run their deltas side by side (and, when additive, beside
+    /// the base product); larger ones (prefill) keep each delta call's own split over the pool.
+    static let smallStepTokens = 32
+
     struct Scratch {
         let n: Int
         var x, xb, q, k, v, att, hb, hb2: UnsafeMutablePointer<Float>
+        /// Small steps: the deltas' outputs of one input's projections (q+k+v or gate+up or one).
+        var dz: UnsafeMutablePointer<Float>
 
         init(config c: LlamaConfig, tokens n: Int) {
             self.n = n
@@ -180,14 +186,20 @@ public final class LlamaModel: @unchecked Sendable {
             att = .allocate(capacity: n * c.qDim)
             hb = .allocate(capacity: n * c.intermediateSize)
             hb2 = .allocate(capacity: n * c.intermediateSize)
+            dz = .allocate(capacity: Self.deltaFloats(config: c, tokens: n))
         }
 
         func free() {
-            for p in [x, xb, q, k, v, att, hb, hb2] { p.deallocate() }
+            for p in [x, xb, q, k, v, att, hb, hb2, dz] { p.deallocate() }
+        }
+
+        static func deltaFloats(config c: LlamaConfig, tokens n: Int) -> Int {
+            n < LlamaModel.smallStepTokens ? n * max(c.qDim + 2 * c.kvDim, 2 * c.intermediateSize, c.hiddenSize) : 0
         }
 
         static func byteCount(config c: LlamaConfig, tokens n: Int) -> Int {
             4 * n * (2 * c.hiddenSize + max(c.hiddenSize, c.qDim) + 2 * c.qDim + 2 * c.kvDim + 2 * c.intermediateSize)
+                + 4 * deltaFloats(config: c, tokens: n)
         }
     }
 
@@ -240,7 +252,7 @@ public final class LlamaModel: @unchecked Sendable {
         }
         // Small steps (decode) run their deltas' calls side by side; large ones (prefill) keep
         // each call's own split over the pool.
-        let concurrentDeltas = n < 32 && deltaRuns.allSatisfy { $0.delta.isReentrant }
+        let concurrentDeltas = n < Self.smallStepTokens && deltaRuns.allSatisfy { $0.delta.isReentrant }
         // ... and, when they only add to the output, inside the base product's pool job (`side`
         // tasks): their small, latency-bound factor reads overlap the weight stream instead of
         // running on one thread after it while the other threads wait.
@@ -309,22 +321,18 @@ public final class LlamaModel: @unchecked Sendable {
         /// terms are summed before they meet y (last-bit differences).
         func linearWithSideDeltas(_ layer: Int, _ x: UnsafeMutablePointer<Float>, _ outs: [(Projection, WeightMatrix, UnsafeMutablePointer<Float>)],
                                   alsoPrefetch: [UnsafeRawBufferPointer]) {
-            let total = outs.reduce(0) { $0 + n * $1.1.rows }
-            let z = UnsafeMutablePointer<Float>.allocate(capacity: total)
-            z.initialize(repeating: 0, count: total)
-            defer { z.deallocate() }
-            var zs: [UnsafeMutablePointer<Float>] = []
-            var offset = 0
-            for o in outs { zs.append(z + offset); offset += n * o.1.rows }
+            // outs[j]'s deltas go to s.dz at n · (rows of outs[0..<j])
+            func dz(_ j: Int) -> UnsafeMutablePointer<Float> { s.dz + n * outs[..<j].reduce(0) { $0 + $1.1.rows } }
+            s.dz.initialize(repeating: 0, count: n * outs.reduce(0) { $0 + $1.1.rows })
             Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec,
                            prefetch: (prefetchDeltas ? deltaMemory(layer, outs.map(\.0)) : []) + alsoPrefetch,
                            side: (deltaRuns.count * outs.count, { i in
                                let j = i % outs.count
-                               applyDelta(deltaRuns[i / outs.count], layer, outs[j].0, outs[j].1, x, zs[j])
+                               applyDelta(deltaRuns[i / outs.count], layer, outs[j].0, outs[j].1, x, dz(j))
                            }), pool: pool)
             for (j, o) in outs.enumerated() {
-                let y = o.2, zj = zs[j]
-                for i in 0..<(n * o.1.rows) { y[i] += zj[i] }
+                let y = o.2, z = dz(j)
+                for i in 0..<(n * o.1.rows) { y[i] += z[i] }
             }
         }
 

@@ -95,12 +95,24 @@ struct ModelOptions: ParsableArguments {
 
 enum FactorStorageArgument: String, ExpressibleByArgument, CaseIterable {
     case f32, f16, q8
-    var value: LowRankFactor.Storage { LowRankFactor.Storage(rawValue: rawValue) ?? .q8 }
+    var value: LowRankFactor.Storage {
+        switch self {
+        case .f32: return .f32
+        case .f16: return .f16
+        case .q8: return .q8
+        }
+    }
 }
 
 enum MergeFormatArgument: String, ExpressibleByArgument, CaseIterable {
     case f32, f16, base
-    var value: MergeFormat { MergeFormat(rawValue: rawValue) ?? .f16 }
+    var value: MergeFormat {
+        switch self {
+        case .f32: return .f32
+        case .f16: return .f16
+        case .base: return .base
+        }
+    }
 }
 
 enum PrecisionArgument: String, ExpressibleByArgument, CaseIterable {

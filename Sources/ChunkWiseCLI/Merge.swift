@@ -12,7 +12,10 @@ struct Merge: AsyncParsableCommand {
         abstract: "Merge LoRA adapters into a model and write a HuggingFace safetensors folder (fp32), or a GGUF file in the model's own encoding.",
         discussion: """
         --format hf (default): an HF folder with fp32 weights, W + s·B·A exactly.
-        --format gguf: from a GGUF model, a GGUF file of the same encoding and size (a Q4_1 model stays Q4_1 and decodes         at the base's speed); each weight moves onto its block's grid by an unbiased stochastic rounding of the delta,         which keeps most, not all, of the adapter's effect (README: 77% of the WikiText adapter's log-perplexity gain).
+        --format gguf: from a GGUF model, a GGUF file of the same encoding and size (a Q4_1 model \
+        stays Q4_1 and decodes at the base's speed); each weight moves onto its block's grid by an \
+        unbiased stochastic rounding of the delta, which keeps most, not all, of the adapter's effect \
+        (README: 77% of the WikiText adapter's log-perplexity gain).
         """)
 
     @Option(help: "A GGUF file, a HuggingFace model folder or a llama2.c .bin checkpoint.")

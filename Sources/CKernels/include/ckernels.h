@@ -144,15 +144,6 @@ typedef struct {
     int64_t bytes;
 } cw_span;
 
-/// `cw_matmul_many`, and while the batched integer kernel runs (4+ tokens, `fast`, 32-element
-/// types; ignored otherwise), `spans` are prefetched a slice per row tile, in proportion to the
-/// rows done: a compute-bound batched product leaves memory idle, and the adapter factors read
-/// right after it then come from cache instead of DRAM (for one token, whose product streams the
-/// weights, it made no difference measured). Up to 256 spans are used (later ones are ignored).
-/// Results are those of `cw_matmul_many`.
-int cw_matmul_many_pf(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
-                      const cw_span *spans, int nspans, cw_pool *pool);
-
 /// Work run beside a product in the same pool job: `fn(ctx, i)` for `i < count`, each task whole on
 /// one thread, handed out before the product's rows (so the threads that take them do fewer rows).
 typedef struct {
@@ -161,11 +152,17 @@ typedef struct {
     int64_t count;
 } cw_side;
 
-/// `cw_matmul_many_pf` with `side` tasks (may be NULL) in the same job: a decode step's LoRA
-/// products (latency-bound reads of small factors) then overlap the weight stream instead of
-/// running on one thread after it while the others wait. The side tasks must not touch the
-/// products' outputs. Without the shared product path (exact precision, mixed widths) the side
-/// tasks run first, split over the pool, then the products.
+/// `cw_matmul_many` with two additions that change no result:
+/// - `spans` (may be NULL): while the batched integer kernel runs (4+ tokens, `fast`, 32-element
+///   types; ignored otherwise) they are prefetched a slice per row tile, in proportion to the rows
+///   done: a compute-bound batched product leaves memory idle, and the adapter factors read right
+///   after it then come from cache instead of DRAM (for one token, whose product streams the
+///   weights, it made no difference measured). Up to 256 spans are used (later ones are ignored).
+/// - `side` (may be NULL or have count 0): tasks in the same pool job. A decode step's LoRA products
+///   (latency-bound reads of small factors) then overlap the weight stream instead of running on
+///   one thread after it while the others wait. They must not touch the products' outputs. Without
+///   the shared product path (exact precision, mixed widths) they run first, split over the pool,
+///   then the products.
 int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                         const cw_span *spans, int nspans, const cw_side *side, cw_pool *pool);
 
