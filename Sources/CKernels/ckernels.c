@@ -646,6 +646,20 @@ float cw_expf(float x) {
     return y;
 }
 
+double cw_attention_entropy(const float *q, const float *keys, int64_t kv_stride, int64_t nk, int heads, int kv_heads,
+                            int head_dim, float scale, float *scores) {
+    if (nk < 2 || heads < 1 || kv_heads < 1 || head_dim < 1) return 0;
+    const cw_ops *ops = cw_ops_current();
+    const int group = heads / kv_heads > 0 ? heads / kv_heads : 1;
+    double sum = 0;
+    for (int h = 0; h < heads; h++) {
+        ops->dots(q + (int64_t)h * head_dim, keys + (int64_t)(h / group) * head_dim, kv_stride, nk, head_dim, scale, scores);
+        const double e = cw_normalized_entropy(scores, nk);
+        sum += e < 0 ? 0 : e;
+    }
+    return sum / heads;
+}
+
 double cw_normalized_entropy(const float *x, int64_t n) {
     if (n < 2 || !x) return -1;
     const float m = cw_max_f32(x, n);

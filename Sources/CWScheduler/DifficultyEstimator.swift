@@ -75,8 +75,13 @@ public final class DifficultyEstimator: @unchecked Sendable {
     }
 
     /// Records the next-token distribution of the last position run (raw logits).
+    /// Skipped (no cost) when the entropy signal's weight is 0, as in the presets: a vocabulary-wide
+    /// softmax per decoded token for a signal that is not used.
     public func observe(logits: UnsafeBufferPointer<Float>) {
+        guard config.weights.entropy != 0 else { lastEntropy = nil; return }
+        let t0 = DispatchTime.now().uptimeNanoseconds
         lastEntropy = Self.normalizedEntropy(logits)
+        nanoseconds += DispatchTime.now().uptimeNanoseconds - t0
     }
 
     /// Entropy of softmax(logits) ÷ log(count), in [0, 1]; nil for fewer than 2 logits or when
@@ -220,26 +225,19 @@ public final class DifficultyEstimator: @unchecked Sendable {
             for i in 0..<prev { (keys + i * kv).update(from: base + ((keyCount - prev + i) % W) * kv, count: kv) }
         }
         (keys + prev * kv).update(from: k, count: n * kv)
-        let group = c.heads / max(1, c.kvHeads)
         let scale = 1 / Float(hd).squareRoot()
-        let heads = c.heads
         let result = UnsafeMutablePointer<Double>.allocate(capacity: n)
         defer { result.deallocate() }
         pool.parallelFor(n) { lo, hi in
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: W)
             defer { scores.deallocate() }
             for t in lo..<hi {
+                // Per head: scores q·k/√d over the window, entropy of their softmax ÷ log(nk) (the
+                // kernels' vector exp), averaged over heads — one C call per token (it was a Swift
+                // loop calling the dot kernel once per key and head).
                 let end = prev + t + 1, start = max(0, end - W), nk = end - start
-                guard nk > 1 else { result[t] = 0; continue }
-                var hsum = 0.0
-                for h in 0..<heads {
-                    let qh = q + t * c.qDim + h * hd
-                    let kh = keys + start * kv + (h / group) * hd
-                    for j in 0..<nk { scores[j] = VectorOps.dot(qh, kh + j * kv, n: hd) * scale }
-                    // entropy of softmax(scores) ÷ log(nk), in [0, 1] (the kernels' vector exp)
-                    hsum += VectorOps.normalizedEntropy(scores, n: nk) ?? 0
-                }
-                result[t] = hsum / Double(heads)
+                result[t] = VectorOps.attentionEntropy(query: q + t * c.qDim, keys: keys + start * kv, keyStride: kv, keys: nk,
+                                                       heads: c.heads, kvHeads: c.kvHeads, headDim: hd, scale: scale, scratch: scores)
             }
         }
         for t in 0..<n { out[t] = result[t] }

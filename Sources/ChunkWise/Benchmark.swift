@@ -174,7 +174,8 @@ extension Engine {
                 beginSequence()
                 if depth > 0 { _ = try step(textPrefix(depth), cache: cache, options: ForwardOptions(precision: options.precision, pool: pool, logits: .none)) }
             }
-            let steps = warmup ? 4 : cfg.genTokens
+            // (the warm-up decodes a few tokens, never more than the measured runs reserve room for)
+            let steps = warmup ? min(4, cfg.genTokens) : cfg.genTokens
             let t2 = DispatchTime.now().uptimeNanoseconds
             for _ in 0..<steps {
                 logits = try step([next], cache: cache, options: fwd)

@@ -492,6 +492,43 @@ final class AttentionAndVectorTests: XCTestCase {
         return out
     }
 
+    /// The estimator's attention statistic in one C call has exactly the bits of the loop it
+    /// replaced (a `dot` per key and head, × scale, normalized entropy per head, mean over heads),
+    /// at every kernel level, with grouped kv heads, odd head sizes and padded key rows.
+    func testAttentionEntropyEqualsThePerKeyLoop() {
+        var rng = SystemRandomNumberGenerator()
+        forEachPath { path in
+            for (headDim, heads, kvHeads) in [(64, 9, 3), (8, 4, 2), (13, 2, 2), (16, 3, 1)] {
+                for nk in [0, 1, 2, 7, 256] {
+                    let stride = kvHeads * headDim + 5
+                    let q = (0..<(heads * headDim)).map { _ in Float.random(in: -2...2, using: &rng) }
+                    let k = (0..<(max(1, nk) * stride)).map { _ in Float.random(in: -2...2, using: &rng) }
+                    let scale = 1 / Float(headDim).squareRoot()
+                    var scores = [Float](repeating: 0, count: max(1, nk))
+                    var expected = 0.0
+                    if nk > 1 {
+                        var hsum = 0.0
+                        for h in 0..<heads {
+                            for j in 0..<nk {
+                                scores[j] = q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in
+                                    VectorOps.dot(qp.baseAddress! + h * headDim, kp.baseAddress! + j * stride + (h / (heads / kvHeads)) * headDim, n: headDim)
+                                } } * scale
+                            }
+                            hsum += scores.withUnsafeBufferPointer { VectorOps.normalizedEntropy($0.baseAddress!, n: nk) } ?? 0
+                        }
+                        expected = hsum / Double(heads)
+                    }
+                    let got = q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in scores.withUnsafeMutableBufferPointer { sp in
+                        VectorOps.attentionEntropy(query: qp.baseAddress!, keys: kp.baseAddress!, keyStride: stride, keys: nk, heads: heads,
+                                                   kvHeads: kvHeads, headDim: headDim, scale: scale, scratch: sp.baseAddress!)
+                    } } }
+                    XCTAssertEqual(got.bitPattern, expected.bitPattern, "\(path) d=\(headDim) h=\(heads)/\(kvHeads) nk=\(nk): \(got) vs \(expected)")
+                    if nk > 1 { XCTAssertGreaterThan(got, 0) }
+                }
+            }
+        }
+    }
+
     func testCausalAttentionMatchesNaive() {
         let pool = ThreadPool(threads: 4)
         forEachPath { path in

@@ -90,6 +90,17 @@ final class CLITests: XCTestCase {
                        ["weights_bytes", "adapter_bytes", "kv_bytes", "scratch_bytes"].reduce(0) { $0 + (mem[$1] as? Int ?? 0) })
     }
 
+    func testBenchWithFewerGeneratedTokensThanTheWarmUpDecodes() throws {
+        // The warm-up decoded 4 tokens whatever --gen-tokens was: with 2, the cache (sized for the
+        // measured runs) overflowed and bench failed with a context error.
+        let bin = try TestPaths.sharedFile("models/stories260K/stories260K.bin")
+        for gen in ["1", "2", "3"] {
+            let r = try run(["bench", "--model", bin, "--prompt-tokens", "16", "--gen-tokens", gen, "--repetitions", "1", "--json"])
+            XCTAssertEqual(r.status, 0, "--gen-tokens \(gen): \(r.stderr)")
+            XCTAssertNotNil(try jsonObject(r.stdout)["decode_tok_s"] as? Double, gen)
+        }
+    }
+
     func testInspectEveryModelKind() throws {
         let paths = [try TestPaths.smolLM2Path(), try TestPaths.sharedFile("models/stories260K/stories260K.bin"),
                      try TestPaths.sharedFile("models/stories260K-hf")]

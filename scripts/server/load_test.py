@@ -94,11 +94,14 @@ def one_request(i):
             if data == "[DONE]":
                 done = True
                 break
-            o = json.loads(data)
-            if o.get("choices") and ttft is None:
-                ttft = time.monotonic() - t0
-            if o.get("usage"):
-                tokens = o["usage"]["completion_tokens"]
+            # Only the first chunk (time to first token) and the one with usage are parsed: the
+            # client shares the server's cores, so it does as little per token as it can.
+            if ttft is None or '"usage"' in data:
+                o = json.loads(data)
+                if o.get("choices") and ttft is None:
+                    ttft = time.monotonic() - t0
+                if o.get("usage"):
+                    tokens = o["usage"]["completion_tokens"]
         return (200 if done else -1), tokens, ttft
     except Exception:
         return -2, 0, None
@@ -106,8 +109,34 @@ def one_request(i):
         conn.close()
 
 
+def generated_total():
+    """The server's vllm:generation_tokens_total (tokens sampled so far, all requests)."""
+    c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+    try:
+        c.request("GET", "/metrics")
+        for line in c.getresponse().read().decode().splitlines():
+            if line.startswith("vllm:generation_tokens_total"):
+                return float(line.split()[-1])
+    finally:
+        c.close()
+    return 0.0
+
+
 def phase(n):
+    """N clients, each sending requests back to back until the deadline. Throughput is measured
+    two ways: `tokens_per_second` = the server's generated-token counter over the window
+    [start, deadline], while all N clients are sending (steady state); `completed_tokens_per_second`
+    = tokens of the requests that completed / time until the last one finished (that includes the
+    drain after the deadline, when fewer than N requests remain, so it understates N-client
+    throughput by a few %)."""
+    g0 = generated_total()
     deadline = time.monotonic() + args.seconds
+    window = {}
+
+    def sample_at_deadline():
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        window["tokens"] = generated_total() - g0
+        window["seconds"] = time.monotonic() - t0
     lock = threading.Lock()
     stats = {"ok": 0, "errors": {}, "tokens": 0, "ttft": []}
     counter = [0]
@@ -129,13 +158,14 @@ def phase(n):
                 time.sleep(0.05)
 
     t0 = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(n)]
+    threads = [threading.Thread(target=worker) for _ in range(n)] + [threading.Thread(target=sample_at_deadline)]
     for t in threads: t.start()
     for t in threads: t.join()
     elapsed = time.monotonic() - t0
     tt = sorted(stats["ttft"])
     return {"clients": n, "seconds": round(elapsed, 1), "requests_ok": stats["ok"], "errors_by_status": stats["errors"],
-            "tokens": stats["tokens"], "tokens_per_second": round(stats["tokens"] / elapsed, 1),
+            "tokens": stats["tokens"], "tokens_per_second": round(window["tokens"] / window["seconds"], 1),
+            "completed_tokens_per_second": round(stats["tokens"] / elapsed, 1),
             "ttft_mean_ms": round(1000 * statistics.mean(tt), 1) if tt else None,
             "ttft_p50_ms": round(1000 * tt[len(tt) // 2], 1) if tt else None,
             "ttft_p95_ms": round(1000 * tt[int(len(tt) * 0.95)], 1) if tt else None}
@@ -154,9 +184,15 @@ try:
         time.sleep(0.1)
     print(f"server pid {server.pid} on {HOST}:{PORT}; load average {os.getloadavg()}", flush=True)
     results = []
+    single = None
     for n in [int(x) for x in args.phases.split(",")]:
         r = phase(n)
         r["load_average_1m"] = round(os.getloadavg()[0], 2)
+        # Scaling: this phase's steady-state throughput over the latest one-client phase's.
+        if n == 1:
+            single = r["tokens_per_second"]
+        elif single:
+            r["vs_latest_single"] = round(r["tokens_per_second"] / single, 2)
         results.append(r)
         print(json.dumps(r), flush=True)
     c = http.client.HTTPConnection(HOST, PORT, timeout=5); c.request("GET", "/metrics")

@@ -188,6 +188,13 @@ float cw_expf(float x);
 /// d = x - max, e = exp(max(d, -87)) with the kernels' vector exp (fp32 lanes folded into
 /// double every 64 vectors); within 1e-5 of a double evaluation with libm (tested).
 double cw_normalized_entropy(const float *x, int64_t n);
+/// The difficulty estimator's attention statistic for one query token: for each of `heads` query
+/// heads (q: heads × head_dim contiguous; head h reads kv head h / (heads / kv_heads)), the scores
+/// s_j = cw_dot_f32(q_h, k_j) · scale over `nk` key rows (`kv_stride` floats apart, kv heads'
+/// dims contiguous within a row), then cw_normalized_entropy(s) (0 where that returns -1),
+/// averaged over the heads. 0 for nk < 2. `scores`: scratch for nk floats.
+double cw_attention_entropy(const float *q, const float *keys, int64_t kv_stride, int64_t nk, int heads, int kv_heads,
+                            int head_dim, float scale, float *scores);
 /// max x[i] (NaNs skipped; -inf when n is 0 or all are NaN).
 float cw_max_f32(const float *x, int64_t n);
 /// The first i with r < w[0] + … + w[i] (sums in double, index order); n - 1 if none.
