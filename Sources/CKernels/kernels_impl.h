@@ -478,6 +478,15 @@ static void FN(quantize)(const cw_mm *a, int64_t t0, int64_t t1) {
 // AVX512-VNNI vpdpwssd): every int32 lane sums a few products, bounds noted per type.
 
 #if CW_X86
+// A block's two leading fp16 values (d and m of Q4_1/Q5_1; the types with only d use lane 0) in one
+// vector conversion — exact, the same values as FN(h2f). The scalar `_cvtsh_ss` per value bound the
+// one-token products: a DRAM-sized Q4_1 matvec went from 15.5 to 20–22 GB/s with this (Q4_0 13 →
+// 16.5), real decode +8.3% median over eight rounds; the same bits (tested).
+CW_INLINE __m128 FN(h2f2)(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)v));
+}
 CW_INLINE float FN(hsum8)(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -542,21 +551,21 @@ CW_INLINE __m256i FN(bit16)(uint32_t bits) {
     }
 
 CW_VD32(vd_q4_0, 18,
-        const float dw = FN(h2f)(cw_u16(w)); const __m256i p = FN(dp_nib)(w + 2, x->qs),
+        const float dw = _mm_cvtss_f32(FN(h2f2)(w)); const __m256i p = FN(dp_nib)(w + 2, x->qs),
         (-8.0f * dw) * x->sd)
 CW_VD32(vd_q4_1, 20,
-        const float dw = FN(h2f)(cw_u16(w)); const __m256i p = FN(dp_nib)(w + 4, x->qs),
-        FN(h2f)(cw_u16(w + 2)) * x->sd)
+        const __m128 dm = FN(h2f2)(w); const float dw = _mm_cvtss_f32(dm); const __m256i p = FN(dp_nib)(w + 4, x->qs),
+        _mm_cvtss_f32(_mm_movehdup_ps(dm)) * x->sd)
 CW_VD32(vd_q5_0, 22,
-        const float dw = FN(h2f)(cw_u16(w)); uint32_t qh; memcpy(&qh, w + 2, 4);
+        const float dw = _mm_cvtss_f32(FN(h2f2)(w)); uint32_t qh; memcpy(&qh, w + 2, 4);
         const __m256i p = FN(dp_u8)(_mm256_or_si256(FN(nibbles)(w + 6), FN(bit16)(qh)), x->qs),
         (-16.0f * dw) * x->sd)
 CW_VD32(vd_q5_1, 24,
-        const float dw = FN(h2f)(cw_u16(w)); uint32_t qh; memcpy(&qh, w + 4, 4);
+        const __m128 dm = FN(h2f2)(w); const float dw = _mm_cvtss_f32(dm); uint32_t qh; memcpy(&qh, w + 4, 4);
         const __m256i p = FN(dp_u8)(_mm256_or_si256(FN(nibbles)(w + 8), FN(bit16)(qh)), x->qs),
-        FN(h2f)(cw_u16(w + 2)) * x->sd)
+        _mm_cvtss_f32(_mm_movehdup_ps(dm)) * x->sd)
 CW_VD32(vd_q8_0, 34,
-        const float dw = FN(h2f)(cw_u16(w));
+        const float dw = _mm_cvtss_f32(FN(h2f2)(w));
         const __m128i q0 = _mm_loadu_si128((const __m128i *)(w + 2)); const __m128i q1 = _mm_loadu_si128((const __m128i *)(w + 18));
         const __m256i p = FN(dpw)(FN(dpw)(_mm256_setzero_si256(), _mm256_cvtepi8_epi16(q0), x->qs), _mm256_cvtepi8_epi16(q1), x->qs + 16),
         0.0f)
@@ -956,7 +965,7 @@ CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int6
                 memcpy(&dm, p, 4);
                 _mm_storel_pi((__m64 *)(w.dw + 2 * (i * nb + b)), _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm)));
             } else {
-                const float dw = FN(h2f)(cw_u16(p));
+                const float dw = _mm_cvtss_f32(FN(h2f2)(p));  // (one vector conversion: see FN(h2f2))
                 w.dw[2 * (i * nb + b)] = dw;
                 w.dw[2 * (i * nb + b) + 1] = FN(tb_ow)(type, dw);
             }
