@@ -482,9 +482,11 @@ static void FN(quantize)(const cw_mm *a, int64_t t0, int64_t t1) {
 
 #if CW_X86
 // A block's two leading fp16 values (d and m of Q4_1/Q5_1; the types with only d use lane 0) in one
-// vector conversion — exact, the same values as FN(h2f). The scalar `_cvtsh_ss` per value bound the
-// one-token products: a DRAM-sized Q4_1 matvec went from 15.5 to 20–22 GB/s with this (Q4_0 13 →
-// 16.5), real decode +8.3% median over eight rounds; the same bits (tested).
+// vector conversion, loaded straight into a vector register — exact, the same values as FN(h2f).
+// The scalar `_cvtsh_ss` per value bound the one-token products: a DRAM-sized Q4_1 matvec went from
+// 15.5 to 20–22 GB/s with this (Q4_0 13 → 16.5), real decode +8.3% median over eight rounds; the same
+// bits (Benchmarks/quick/bits_hash.c). FN(h2f) from a 2-byte load (a move from a general register)
+// stayed ~15% slower than this for Q4_0, so the block kernels read 4 bytes (always inside the block).
 CW_INLINE __m128 FN(h2f2)(const uint8_t *p) {
     uint32_t v;
     memcpy(&v, p, 4);
