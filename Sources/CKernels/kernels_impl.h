@@ -970,7 +970,7 @@ CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int6
                 memcpy(&dm, p, 4);
                 _mm_storel_pi((__m64 *)(w.dw + 2 * (i * nb + b)), _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm)));
             } else {
-                const float dw = _mm_cvtss_f32(FN(h2f2)(p));  // (one vector conversion: see FN(h2f2))
+                const float dw = _mm_cvtss_f32(FN(h2f2)(p));  // (the 4-byte load form: see FN(h2f2))
                 w.dw[2 * (i * nb + b)] = dw;
                 w.dw[2 * (i * nb + b) + 1] = FN(tb_ow)(type, dw);
             }

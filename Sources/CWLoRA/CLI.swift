@@ -174,6 +174,10 @@ public func writeMergedGGUF(model: LlamaModel, adapters: [AdapterBinding], to pa
     guard case .gguf(let g) = model.source else {
         throw LoRAError(.unsupported, path: path, "a merged GGUF is written from a GGUF model; this model is \(model.source.formatName) (write an HF folder instead)")
     }
+    let fm = FileManager.default
+    if fm.fileExists(atPath: path) {
+        throw LoRAError(.format, path: path, "the output file exists; remove it or choose another path")
+    }
     let merged = try LoRAStack.merged(model: model, adapters: adapters, allowPartial: allowPartial, format: .base)
     let mw = merged.model.weights, bw = model.weights
     for l in mw.layers.indices where mw.layers[l].bq != bw.layers[l].bq || mw.layers[l].bk != bw.layers[l].bk || mw.layers[l].bv != bw.layers[l].bv {
@@ -193,10 +197,6 @@ public func writeMergedGGUF(model: LlamaModel, adapters: [AdapterBinding], to pa
             throw LoRAError(.unsupported, path: g.path, "\(name) is \(info.typeName), which cannot be merged into in its own encoding (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, F16 and F32 can)")
         }
         writes.append((info.offset, m))
-    }
-    let fm = FileManager.default
-    if fm.fileExists(atPath: path) {
-        throw LoRAError(.format, path: path, "the output file exists; remove it or choose another path")
     }
     do {
         try fm.copyItem(atPath: g.path, toPath: path)

@@ -46,8 +46,11 @@ public final class DifficultyEstimator: @unchecked Sendable {
     /// Counts of token ids and n-grams (hashed) in the novelty window.
     var unigramCounts: [Int: Int] = [:]
     var ngramCounts: [UInt64: Int] = [:]
-    /// Ring buffer of layer-0 keys (RoPE applied), `attentionWindow × kvDim`.
-    var keyRing: [Float] = []
+    /// Layer-0 keys (RoPE applied), the most recent `keyRows` of them in order, contiguous, so that
+    /// every token's window is one slice (capacity ≥ 2 × `attentionWindow` rows: when full, the last
+    /// window is moved to the front — a copy of W rows every ~W tokens, not per call).
+    var keyBuffer: [Float] = []
+    var keyRows = 0
     var keyCount = 0
     public private(set) var position = 0
     public private(set) var nanoseconds: UInt64 = 0
@@ -71,6 +74,7 @@ public final class DifficultyEstimator: @unchecked Sendable {
         unigramCounts = [:]
         ngramCounts = [:]
         keyCount = 0
+        keyRows = 0
         position = 0
     }
 
@@ -212,39 +216,48 @@ public final class DifficultyEstimator: @unchecked Sendable {
             rope(q + t * c.qDim, heads: c.heads)
             rope(k + t * c.kvDim, heads: c.kvHeads)
         }
-        // The keys a token sees: the ring's (earlier calls, oldest first) then this call's, so that
-        // every token's window is one contiguous slice and the tokens run in parallel (each one
-        // computed whole by one thread: the result does not depend on the pool).
+        // The keys a token sees: the buffer's (earlier calls, oldest first) then this call's, one
+        // contiguous run, so that every token's window is a slice and the tokens run in parallel
+        // (each one computed whole by one thread: the result does not depend on the pool).
         let W = Self.attentionWindow, kv = c.kvDim
-        if keyRing.count != W * kv { keyRing = [Float](repeating: 0, count: W * kv) }
         let prev = min(keyCount, W)
-        let keys = UnsafeMutablePointer<Float>.allocate(capacity: (prev + n) * kv)
-        defer { keys.deallocate() }
-        keyRing.withUnsafeBufferPointer { kr in
-            guard let base = kr.baseAddress else { return }
-            for i in 0..<prev { (keys + i * kv).update(from: base + ((keyCount - prev + i) % W) * kv, count: kv) }
+        if (keyRows + n) * kv > keyBuffer.count {
+            // Keep the last `prev` rows at the front; grow when they and this call's do not fit.
+            let from = keyRows - prev
+            if from > 0 {
+                keyBuffer.withUnsafeMutableBufferPointer { kb in
+                    guard let base = kb.baseAddress else { return }
+                    // (the two ranges may overlap: copyMemory is a memmove)
+                    UnsafeMutableRawPointer(base).copyMemory(from: base + from * kv, byteCount: prev * kv * MemoryLayout<Float>.stride)
+                }
+            }
+            keyRows = prev
+            if (prev + n) * kv > keyBuffer.count {
+                keyBuffer.append(contentsOf: repeatElement(0, count: max(prev + n, 2 * W) * kv - keyBuffer.count))
+            }
         }
-        (keys + prev * kv).update(from: k, count: n * kv)
         let scale = 1 / Float(hd).squareRoot()
         let result = UnsafeMutablePointer<Double>.allocate(capacity: n)
         defer { result.deallocate() }
-        pool.parallelFor(n) { lo, hi in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: W)
-            defer { scores.deallocate() }
-            for t in lo..<hi {
-                // Per head: scores q·k/√d over the window, entropy of their softmax ÷ log(nk) (the
-                // kernels' vector exp), averaged over heads — one C call per token (it was a Swift
-                // loop calling the dot kernel once per key and head).
-                let end = prev + t + 1, start = max(0, end - W), nk = end - start
-                result[t] = VectorOps.attentionEntropy(query: q + t * c.qDim, keys: keys + start * kv, keyStride: kv, keys: nk,
-                                                       heads: c.heads, kvHeads: c.kvHeads, headDim: hd, scale: scale, scratch: scores)
+        let start0 = keyRows - prev
+        keyBuffer.withUnsafeMutableBufferPointer { kb in
+            guard let buf = kb.baseAddress else { return }
+            (buf + keyRows * kv).update(from: k, count: n * kv)
+            let keys = buf + start0 * kv
+            pool.parallelFor(n) { lo, hi in
+                let scores = UnsafeMutablePointer<Float>.allocate(capacity: W)
+                defer { scores.deallocate() }
+                for t in lo..<hi {
+                    // Per head: scores q·k/√d over the window, entropy of their softmax ÷ log(nk)
+                    // (the kernels' vector exp), averaged over heads — one C call per token.
+                    let end = prev + t + 1, start = max(0, end - W), nk = end - start
+                    result[t] = VectorOps.attentionEntropy(query: q + t * c.qDim, keys: keys + start * kv, keyStride: kv, keyCount: nk,
+                                                           heads: c.heads, kvHeads: c.kvHeads, headDim: hd, scale: scale, scratch: scores)
+                }
             }
         }
+        keyRows += n
         for t in 0..<n { out[t] = result[t] }
-        keyRing.withUnsafeMutableBufferPointer { kr in
-            guard let base = kr.baseAddress else { return }
-            for t in max(0, n - W)..<n { (base + ((keyCount + t) % W) * kv).update(from: k + t * kv, count: kv) }
-        }
         keyCount += n
     }
 

@@ -165,11 +165,11 @@ public final class LlamaModel: @unchecked Sendable {
         guard cache.reserve(needed) else { throw InferenceError.contextOverflow(needed: needed, limit: cache.maxCapacity) }
     }
 
-    /// Scratch activations for a micro-batch of `n` tokens.
     /// Steps of fewer tokens than this run their deltas side by side (and, when additive, beside
     /// the base product); larger ones (prefill) keep each delta call's own split over the pool.
     static let smallStepTokens = 32
 
+    /// Scratch activations for a micro-batch of `n` tokens.
     struct Scratch {
         let n: Int
         var x, xb, q, k, v, att, hb, hb2: UnsafeMutablePointer<Float>

@@ -520,7 +520,7 @@ final class AttentionAndVectorTests: XCTestCase {
                         expected = hsum / Double(heads)
                     }
                     let got = q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in scores.withUnsafeMutableBufferPointer { sp in
-                        VectorOps.attentionEntropy(query: qp.baseAddress!, keys: kp.baseAddress!, keyStride: stride, keys: nk, heads: heads,
+                        VectorOps.attentionEntropy(query: qp.baseAddress!, keys: kp.baseAddress!, keyStride: stride, keyCount: nk, heads: heads,
                                                    kvHeads: kvHeads, headDim: headDim, scale: scale, scratch: sp.baseAddress!)
                     } } }
                     XCTAssertEqual(got.bitPattern, expected.bitPattern, "\(path) d=\(headDim) h=\(heads)/\(kvHeads) nk=\(nk): \(got) vs \(expected)")

@@ -93,6 +93,37 @@ final class StoriesSchedulerTests: XCTestCase {
         XCTAssertLessThanOrEqual(Compare.maxAbsDiff(merged[...], plain[...]), 1e-4)
     }
 
+    /// The estimator's signals do not depend on how a long sequence is split into calls — past the
+    /// attention window (256 keys), with calls of 1 token (its key buffer moved to the front every
+    /// ~256 tokens) and calls longer than the window (the buffer grown): bit for bit.
+    func testEstimatorSignalsDoNotDependOnHowTheSequenceIsSplit() throws {
+        let (model, adapter) = try load()
+        let ladder = try RankLadder(adapter: adapter)
+        let cfg = try SchedulerConfig.preset("balanced", maxRank: 8)
+        let ids = (0..<1300).map { ($0 * 7919 + 13) % model.config.vocabSize }
+        func run(_ sizes: [Int]) -> [DifficultySignals] {
+            let e = DifficultyEstimator(model: model, ladder: ladder, config: cfg)
+            var out: [DifficultySignals] = [], i = 0, j = 0
+            while i < ids.count {
+                let n = min(sizes[j % sizes.count], ids.count - i)
+                out += e.score(tokens: Array(ids[i..<(i + n)]), pool: pool).map(\.1)
+                i += n; j += 1
+            }
+            return out
+        }
+        let whole = run([ids.count])
+        XCTAssertEqual(whole.count, ids.count)
+        for sizes in [[1], [300, 1, 1, 7], [600], [5, 700]] {
+            let split = run(sizes)
+            let attention = zip(split, whole).filter { $0.attention?.bitPattern != $1.attention?.bitPattern }.count
+            let response = zip(split, whole).filter { $0.response?.bitPattern != $1.response?.bitPattern }.count
+            XCTAssertEqual(split.count, whole.count, "split \(sizes)")
+            XCTAssertEqual(attention, 0, "split \(sizes): tokens whose attention signal differs")
+            XCTAssertEqual(response, 0, "split \(sizes): tokens whose response signal differs")
+        }
+        XCTAssertGreaterThan(Set(whole.compactMap(\.attention)).count, 100)
+    }
+
     /// Causality + grouping: an adaptive plan computed in one prefill call equals the plan made
     /// token by token, and so do the logits (rows grouped by tier = each row alone).
     func testAdaptivePrefillEqualsTokenByToken() throws {

@@ -127,8 +127,8 @@ def phase(n):
     two ways: `tokens_per_second` = the server's generated-token counter over the window
     [start, deadline], while all N clients are sending (steady state); `completed_tokens_per_second`
     = tokens of the requests that completed / time until the last one finished (that includes the
-    drain after the deadline, when fewer than N requests remain, so it understates N-client
-    throughput by a few %)."""
+    drain after the deadline, when fewer than N requests remain, so it can understate N-client
+    throughput; with requests of equal length they end together and the two agree)."""
     g0 = generated_total()
     deadline = time.monotonic() + args.seconds
     window = {}
