@@ -111,6 +111,19 @@ int cw_lora_up(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
     return 0;
 }
 
+int cw_lora_up_range(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
+                     const float *u, int64_t ku, int64_t tokens, float *y, int64_t ldy,
+                     const int32_t *yrows, int64_t o0, int64_t o1) {
+    if ((type != CW_LORA_F32 && type != CW_LORA_F16 && type != CW_LORA_Q8) || k < 0 || out <= 0 || ldb < out || ku < k || ldy < out || tokens < 0 ||
+        o0 < 0 || o1 > out || o0 > o1) return -1;
+    if (k == 0 || tokens == 0 || o0 == o1) return 0;
+    if (!bt || !u || !y) return -1;
+    cw_lora_args g = {.type = type, .f = bt, .ldf = ldb, .k = k, .u = (float *)u /* only read by up */, .ku = ku, .tokens = tokens,
+                      .y = y, .ldy = ldy, .yrows = yrows};
+    cw_lora_ops_current()->up(&g, o0, o1);
+    return 0;
+}
+
 int64_t cw_lora_row_bytes(int type, int64_t ld) {
     switch (type) {
     case CW_LORA_F16: return 2 * ld;

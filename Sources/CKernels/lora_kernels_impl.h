@@ -207,7 +207,20 @@ LK_INLINE void LFN(up_h)(const cw_lora_args *g, int64_t o0, int64_t o1, const in
     if (g->tokens >= 4 && LFN(up_blocked)(g, o0, o1, h)) return;
     const int64_t k = g->k;
     const int64_t strip = 4 * LK_VL;
-    for (int64_t s = o0; s < o1; s += strip) {
+    // fload needs a multiple of LK_VL (an int8 vector in one block): columns before the first
+    // one (a range cut elsewhere, cw_lora_up_range) go one by one — the same sum per output.
+    int64_t head = o0 % LK_VL ? (o0 / LK_VL + 1) * LK_VL : o0;
+    if (head > o1) head = o1;
+    for (int64_t t = 0; t < g->tokens && head > o0; t++) {
+        float *y = g->y + (g->yrows ? g->yrows[t] : t) * g->ldy;
+        const float *u = g->u + t * g->ku;
+        for (int64_t o = o0; o < head; o++) {
+            float a = 0;
+            for (int64_t i = 0; i < k; i++) a = u[i] * LFN(fat)(LFN(row)(g->f, g->ldf, i, h), o, h) + a;
+            y[o] += a;
+        }
+    }
+    for (int64_t s = head; s < o1; s += strip) {
         const int64_t se = o1 - s < strip ? o1 : s + strip;
         for (int64_t t = 0; t < g->tokens; t++) {
             const int64_t row = g->yrows ? g->yrows[t] : t;

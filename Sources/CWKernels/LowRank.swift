@@ -128,6 +128,15 @@ public enum LowRank {
                          x, Int64(ldx), xRows, Int64(tokens), u, Int64(ldu), pool.handle)
     }
 
+    /// `up` for the output columns `columns` only, on the calling thread (for use inside another
+    /// pool job, e.g. a product's `after` hook); the same bits as `up` for those columns.
+    public static func up(_ bt: LowRankFactor, rows: Range<Int>, u: UnsafePointer<Float>, ldu: Int, tokens: Int,
+                          y: UnsafeMutablePointer<Float>, ldy: Int, yRows: UnsafePointer<Int32>? = nil, columns: Range<Int>) {
+        guard !rows.isEmpty, tokens > 0, rows.upperBound <= bt.rows, columns.lowerBound >= 0, columns.upperBound <= bt.cols else { return }
+        _ = cw_lora_up_range(bt.cType, bt.rowPointer(rows.lowerBound), Int64(bt.cols), Int64(rows.count), Int64(bt.cols),
+                             u, Int64(ldu), Int64(tokens), y, Int64(ldy), yRows, Int64(columns.lowerBound), Int64(columns.upperBound))
+    }
+
     /// `y[row(t)·ldy + o] += Σ_j u[t·ldu + j] · Bt[rows.lowerBound + j][o]`; `row(t) = yRows?[t] ?? t`.
     public static func up(_ bt: LowRankFactor, rows: Range<Int>, u: UnsafePointer<Float>, ldu: Int, tokens: Int,
                           y: UnsafeMutablePointer<Float>, ldy: Int, yRows: UnsafePointer<Int32>? = nil, pool: ThreadPool) {

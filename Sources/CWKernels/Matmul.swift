@@ -31,29 +31,41 @@ public enum Kernels {
     /// `side`: `count` tasks run in the same pool job as the product, each whole on one thread and
     /// handed out first (a decode step's LoRA products, which then overlap the weight stream). They
     /// must not touch the targets' outputs; the call returns after all of them.
+    ///
+    /// `after(m, r0, r1)`: called once rows r0..<r1 of target m are written (all tokens), on the
+    /// thread that wrote them, possibly at the same time as other calls for other rows — a
+    /// prefill's LoRA up product adds to those rows while they are in that core's cache.
     public static func matmul(
         _ targets: [(w: WeightMatrix, y: UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>, tokens: Int,
         precision: Precision = .exact, prefetch: [UnsafeRawBufferPointer] = [],
-        side: (count: Int, run: (Int) -> Void)? = nil, pool: ThreadPool
+        side: (count: Int, run: (Int) -> Void)? = nil, after: ((Int, Int, Int) -> Void)? = nil, pool: ThreadPool
     ) {
         guard let cols = targets.first?.w.cols, targets.allSatisfy({ $0.w.cols == cols }) else {
             if let side { for i in 0..<side.count { side.run(i) } }
-            for t in targets { matmul(t.w, x, tokens: tokens, t.y, precision: precision, pool: pool) }
+            for (m, t) in targets.enumerated() {
+                matmul(t.w, x, tokens: tokens, t.y, precision: precision, pool: pool)
+                after?(m, 0, t.w.rows)
+            }
             return
         }
         let mats = targets.map { cw_mat(type: Int32($0.w.type.rawValue), w: $0.w.base, rows: Int64($0.w.rows), row_bytes: Int64($0.w.rowBytes), y: $0.y) }
         let spans = prefetch.compactMap { b in b.baseAddress.map { cw_span(p: $0, bytes: Int64(b.count)) } }
         let prec = precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue)
         withoutActuallyEscaping(side?.run ?? { _ in }) { run in
-            var box = SideTasks(run: run)
-            withUnsafeMutablePointer(to: &box) { bp in
-                // count 0: no side tasks (the C side then takes none)
-                var c = cw_side(fn: { ctx, i in ctx?.assumingMemoryBound(to: SideTasks.self).pointee.run(Int(i)) },
-                                ctx: UnsafeMutableRawPointer(bp), count: Int64(side?.count ?? 0))
-                mats.withUnsafeBufferPointer { mp in
-                    spans.withUnsafeBufferPointer { sp in
-                        _ = cw_matmul_many_side(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens), prec,
-                                                sp.baseAddress, Int32(sp.count), &c, pool.handle)
+            withoutActuallyEscaping(after ?? { _, _, _ in }) { afterRun in
+                var box = SideTasks(run: run, after: afterRun)
+                withUnsafeMutablePointer(to: &box) { bp in
+                    // count 0: no side tasks (the C side then takes none); after: NULL when not given
+                    var c = cw_side(fn: { ctx, i in ctx?.assumingMemoryBound(to: SideTasks.self).pointee.run(Int(i)) },
+                                    ctx: UnsafeMutableRawPointer(bp), count: Int64(side?.count ?? 0),
+                                    after: after == nil ? nil : { ctx, m, r0, r1 in
+                                        ctx?.assumingMemoryBound(to: SideTasks.self).pointee.after(Int(m), Int(r0), Int(r1))
+                                    })
+                    mats.withUnsafeBufferPointer { mp in
+                        spans.withUnsafeBufferPointer { sp in
+                            _ = cw_matmul_many_side(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens), prec,
+                                                    sp.baseAddress, Int32(sp.count), &c, pool.handle)
+                        }
                     }
                 }
             }
@@ -61,9 +73,10 @@ public enum Kernels {
     }
 }
 
-/// The side tasks of a product, reached from C through a context pointer.
+/// The side tasks and the after-rows hook of a product, reached from C through a context pointer.
 private struct SideTasks {
     let run: (Int) -> Void
+    let after: (Int, Int, Int) -> Void
 }
 
 /// The kernel implementation levels, chosen at run time from the CPU's features.

@@ -119,6 +119,22 @@ final class BoundModule: @unchecked Sendable {
         for c in 0..<cols { row[c] += sign * (acc[c] * s) }
     }
 
+    /// Plain LoRA without bias terms: `apply` is a down product then an up product (`split`).
+    var isSplittable: Bool { doraFactor == nil && biasDelta == nil && replacedBiasDelta == nil }
+
+    /// `apply`'s down half: u = s·(A x), `tokens × rank` (what `up(u:…)` then adds).
+    func down(x: UnsafePointer<Float>, tokens: Int, u: UnsafeMutablePointer<Float>, callScale: Float, pool: ThreadPool) {
+        let r = module.rank, s = scale * callScale
+        LowRank.down(a, rows: 0..<r, x: x, ldx: module.inFeatures, tokens: tokens, u: u, ldu: r, pool: pool)
+        for i in 0..<(tokens * r) { u[i] *= s }
+    }
+
+    /// `apply`'s up half for output columns `columns` of every token, on the calling thread.
+    func up(u: UnsafePointer<Float>, tokens: Int, y: UnsafeMutablePointer<Float>, columns: Range<Int>) {
+        let r = module.rank
+        LowRank.up(bt, rows: 0..<r, u: u, ldu: r, tokens: tokens, y: y, ldy: module.outFeatures, columns: columns)
+    }
+
     /// `y += s · B (A x)` for `tokens` rows (plus the bias terms; DoRA rescales the rows).
     func apply(x: UnsafePointer<Float>, tokens: Int, y: UnsafeMutablePointer<Float>, callScale: Float, pool: ThreadPool) {
         let r = module.rank, out = module.outFeatures
@@ -253,6 +269,23 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
                       positions: Range<Int>, y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
         guard layer >= 0, layer < table.count else { return }
         for m in table[layer][projection.index] { m.apply(x: x, tokens: tokens, y: y, callScale: scale, pool: pool) }
+    }
+
+    /// Every module's down product now; their up products (in binding order, as `apply`) per
+    /// column range later. nil with a DoRA module or bias terms (`apply` then runs).
+    public func split(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int,
+                      positions: Range<Int>, pool: ThreadPool) -> SplitDelta? {
+        guard layer >= 0, layer < table.count, tokens > 0 else { return nil }
+        let mods = table[layer][projection.index]
+        guard mods.allSatisfy(\.isSplittable) else { return nil }
+        let us = mods.map { m -> UnsafeMutablePointer<Float> in
+            let u = UnsafeMutablePointer<Float>.allocate(capacity: max(1, tokens * m.module.rank))
+            m.down(x: x, tokens: tokens, u: u, callScale: scale, pool: pool)
+            return u
+        }
+        return SplitDelta(finish: { columns, y in
+            for (m, u) in zip(mods, us) { m.up(u: u, tokens: tokens, y: y, columns: columns) }
+        }, release: { for u in us { u.deallocate() } })
     }
 
     /// Adds (sign = 1) or subtracts (sign = -1) every bound plain-LoRA delta of `(layer, projection)`

@@ -337,6 +337,58 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         }
     }
 
+    /// `apply` for a large call in two halves: each rank group's down product (and its weights)
+    /// now, its up product per column range later (`SplitDelta`). Decode (one row) does not split.
+    public func split(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens n: Int,
+                      positions: Range<Int>, pool: ThreadPool) -> SplitDelta? {
+        if let s = staticStack { return s.split(layer: layer, projection: projection, x: x, tokens: n, positions: positions, pool: pool) }
+        guard n > 1, let m = ladder.module(layer: layer, projection: projection) else { return nil }
+        groupsLock.lock()
+        if !callGroups.valid || callGroups.positions != positions || callGroups.moduleRank != m.rank || callGroups.plans.count != n {
+            buildGroups(positions: positions, tokens: n, moduleRank: m.rank)
+        }
+        groupsLock.unlock()
+        let lo = floorRank
+        // Per group: its rank, its rows (nil = all n, in order) and its weighted u, owned here.
+        var parts: [(rank: Int, count: Int, rows: UnsafeMutablePointer<Int32>?, u: UnsafeMutablePointer<Float>)] = []
+        for g in callGroups.groups {
+            let w = g.rank - lo
+            guard g.count > 0, w > 0 else { continue }
+            let u = UnsafeMutablePointer<Float>.allocate(capacity: g.count * w)
+            var rows: UnsafeMutablePointer<Int32>? = nil
+            if g.count == n {
+                LowRank.down(m.vtFactor, rows: lo..<g.rank, x: x, ldx: m.inFeatures, tokens: n, u: u, ldu: w, pool: pool)
+                if g.weighted {
+                    callGroups.plans.withUnsafeBufferPointer { tp in
+                        for t in 0..<n { Self.weigh(u + t * w, width: w, lo: lo, plan: tp[t]) }
+                    }
+                }
+            } else {
+                let r = UnsafeMutablePointer<Int32>.allocate(capacity: g.count)
+                callGroups.rows.withUnsafeBufferPointer { all in
+                    guard let base = all.baseAddress else { return }
+                    r.initialize(from: base + g.start, count: g.count)
+                }
+                rows = r
+                LowRank.down(m.vtFactor, rows: lo..<g.rank, x: x, ldx: m.inFeatures, xRows: r, tokens: g.count, u: u, ldu: w, pool: pool)
+                if g.weighted {
+                    callGroups.plans.withUnsafeBufferPointer { tp in
+                        for j in 0..<g.count { Self.weigh(u + j * w, width: w, lo: lo, plan: tp[Int(r[j])]) }
+                    }
+                }
+            }
+            parts.append((g.rank, g.count, rows, u))
+        }
+        let out = m.outFeatures, us = m.usFactor
+        return SplitDelta(finish: { columns, y in
+            for p in parts {
+                LowRank.up(us, rows: lo..<p.rank, u: p.u, ldu: p.rank - lo, tokens: p.count, y: y, ldy: out, yRows: p.rows, columns: columns)
+            }
+        }, release: {
+            for p in parts { p.u.deallocate(); p.rows?.deallocate() }
+        })
+    }
+
     /// Groups the rows of `positions` by the rank they need above the merged floor (ascending rank,
     /// rows ascending within a group), reusing the buffers of the last call.
     func buildGroups(positions: Range<Int>, tokens n: Int, moduleRank r: Int) {

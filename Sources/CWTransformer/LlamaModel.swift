@@ -23,6 +23,14 @@ public protocol ProjectionDelta: AnyObject {
     /// The memory `apply(layer:projection:…)` will read (its factors), for the batched kernel to
     /// prefetch while the base product computes. Empty by default.
     func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer]
+    /// `apply` in two halves, for a large call (prefill): everything that reads `x` now (LoRA's
+    /// down product), and the rest — adding to output columns `c0..<c1` of every token — as the
+    /// returned `SplitDelta`, which the model calls from inside the base product's pool job for
+    /// each range of rows just written (they are then in that core's cache: the up product's
+    /// cost was reading and writing y, not its multiply-adds). nil when the delta cannot split
+    /// (the model then calls `apply`). The result must equal `apply`'s bit for bit.
+    func split(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int,
+               positions: Range<Int>, pool: ThreadPool) -> SplitDelta?
 }
 
 extension ProjectionDelta {
@@ -30,6 +38,24 @@ extension ProjectionDelta {
     public var isReentrant: Bool { false }
     public var isAdditive: Bool { false }
     public func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] { [] }
+    public func split(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int,
+                      positions: Range<Int>, pool: ThreadPool) -> SplitDelta? { nil }
+}
+
+/// The second half of a split `ProjectionDelta.apply`: `finish(columns, y)` adds the delta to
+/// those output columns of every token of `y` (row-major, one row per token, as `apply`'s).
+/// Calls for disjoint columns may run at the same time; each runs on the calling thread.
+public final class SplitDelta: @unchecked Sendable {
+    public let finish: (Range<Int>, UnsafeMutablePointer<Float>) -> Void
+    private let release: () -> Void
+
+    /// `release` frees what `finish` reads; it runs when the value is dropped.
+    public init(finish: @escaping (Range<Int>, UnsafeMutablePointer<Float>) -> Void, release: @escaping () -> Void = {}) {
+        self.finish = finish
+        self.release = release
+    }
+
+    deinit { release() }
 }
 
 /// Which logits a forward pass returns.
@@ -70,15 +96,19 @@ public struct ForwardOptions {
     /// relative L2 (8-bit blocks cost 1–2%, which is why it used to be on), and the fp32 path
     /// (dequantizing the 49,152 × 576 Q8_0 head every step) cost ~15% of decode speed.
     public var exactOutput: Bool
+    /// Whether large calls (prefill) split their deltas around the base product (`ProjectionDelta
+    /// .split`): the same bits either way; off only to measure or test the difference.
+    public var splitDeltas: Bool
 
     public init(precision: Precision = .exact, pool: ThreadPool, logits: LogitsMode = .last, microBatch: Int = 256,
-                exactProjections: Set<Projection> = [], exactOutput: Bool = false) {
+                exactProjections: Set<Projection> = [], exactOutput: Bool = false, splitDeltas: Bool = true) {
         self.precision = precision
         self.pool = pool
         self.logits = logits
         self.microBatch = max(1, microBatch)
         self.exactProjections = exactProjections
         self.exactOutput = exactOutput
+        self.splitDeltas = splitDeltas
     }
 }
 
@@ -263,6 +293,11 @@ public final class LlamaModel: @unchecked Sendable {
         // Likewise the KV blocks of a step of several sequences (evicted by the weights since the
         // last step); one sequence's step is not compute-bound enough to hide them.
         let prefetchCaches = items.count > 1 && prec == .fast && n >= 4
+        // A large call of one delta run covering every row (a prefill) splits its deltas around the
+        // base product (`linearSplit`).
+        let splitDeltas = options.splitDeltas && n >= Self.smallStepTokens && deltaRuns.count == 1
+            && deltaRuns[0].first == 0 && deltaRuns[0].last == items.count - 1
+        let splitPositions = items.count == 1 ? pos0[0]..<(pos0[0] + n) : 0..<n
 
         /// y = W·x for all rows, then each segment's (or run of segments') delta on its own rows.
         func linear(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
@@ -271,6 +306,7 @@ public final class LlamaModel: @unchecked Sendable {
                 linearWithSideDeltas(layer, x, [(p, m, y)], alsoPrefetch: [])
                 return
             }
+            if !exact && linearSplit(layer, x, [(p, m, y)], alsoPrefetch: []) { return }
             if prefetchDeltas && !exact {
                 Kernels.matmul([(w: m, y: y)], x, tokens: n, precision: prec, prefetch: deltaMemory(layer, [p]), pool: pool)
             } else {
@@ -298,6 +334,7 @@ public final class LlamaModel: @unchecked Sendable {
                 linearWithSideDeltas(layer, x, outs, alsoPrefetch: alsoPrefetch)
                 return
             }
+            if linearSplit(layer, x, outs, alsoPrefetch: alsoPrefetch) { return }
             Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec,
                            prefetch: (prefetchDeltas ? deltaMemory(layer, outs.map(\.0)) : []) + alsoPrefetch, pool: pool)
             if concurrentDeltas && deltaRuns.count * outs.count > 1 {
@@ -334,6 +371,24 @@ public final class LlamaModel: @unchecked Sendable {
                 let y = o.2, z = dz(j)
                 for i in 0..<(n * o.1.rows) { y[i] += z[i] }
             }
+        }
+
+        /// A large call whose rows all belong to one delta run (a prefill): the deltas' down products
+        /// first, then the base product, each range of its rows getting its deltas' up products as
+        /// soon as it is written (`ProjectionDelta.split`). False (nothing done) when this does not
+        /// apply or a delta cannot split.
+        func linearSplit(_ layer: Int, _ x: UnsafeMutablePointer<Float>, _ outs: [(Projection, WeightMatrix, UnsafeMutablePointer<Float>)],
+                         alsoPrefetch: [UnsafeRawBufferPointer]) -> Bool {
+            guard splitDeltas, let run = deltaRuns.first else { return false }
+            var splits: [SplitDelta] = []
+            for (p, _, _) in outs {
+                guard let sd = run.delta.split(layer: layer, projection: p, x: x, tokens: n, positions: splitPositions, pool: pool)
+                else { return false }
+                splits.append(sd)
+            }
+            Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec, prefetch: alsoPrefetch,
+                           after: { j, r0, r1 in splits[j].finish(r0..<r1, outs[j].2) }, pool: pool)
+            return true
         }
 
         func applyDelta(_ run: (delta: ProjectionDelta, first: Int, last: Int), _ layer: Int, _ p: Projection, _ m: WeightMatrix,
@@ -424,10 +479,15 @@ public final class LlamaModel: @unchecked Sendable {
             for (j, row) in rows.enumerated() { VectorOps.rmsNorm(s.x + row * d, g.baseAddress!, s.xb + j * d, n: d, eps: c.rmsNormEps) }
         }
         let vocab = c.vocabSize
-        var all = [Float](repeating: 0, count: rows.count * vocab)
-        all.withUnsafeMutableBufferPointer { out in
-            Kernels.matmul(w.output, s.xb, tokens: rows.count, out.baseAddress!, precision: options.exactOutput ? .exact : prec, pool: pool)
+        // (every element is written by the product: no zero fill; one sequence's rows are
+        // returned as they are, without a copy)
+        let all = [Float](unsafeUninitializedCapacity: rows.count * vocab) { out, count in
+            if let base = out.baseAddress {
+                Kernels.matmul(w.output, s.xb, tokens: rows.count, base, precision: options.exactOutput ? .exact : prec, pool: pool)
+            }
+            count = rows.count * vocab
         }
+        if items.count == 1 { return [all] }
         var j = 0
         for (i, it) in items.enumerated() {
             let count = it.logits == .all ? it.tokens.count : (it.logits == .last ? 1 : 0)

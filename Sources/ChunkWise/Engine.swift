@@ -245,7 +245,6 @@ public actor Engine {
         guard request.maxTokens >= 0 else { throw EngineError.invalidParameter("max tokens must be ≥ 0, got \(request.maxTokens)") }
         let tok = loaded.tokenizer
         let prompt = try promptTokens(request.prompt, addSpecial: request.addSpecialTokens, parseSpecial: request.parseSpecialTokens)
-        let model = loaded.model
         let limit = contextLength
         let cache = makeCache(initialCapacity: min(limit, prompt.count + request.maxTokens))
         var sampler = Sampler(request.sampling)

@@ -152,6 +152,49 @@ final class LowRankTests: XCTestCase {
         }
     }
 
+    /// `up(columns:)` (a prefill's up product run per range of rows the base product just wrote)
+    /// gives each output the bits of the whole call, for any cut of the columns, with row maps and
+    /// ladder slices, at every kernel level.
+    func testUpOverColumnRangesEqualsTheWholeCall() {
+        var rng = RNG(12)
+        let pool = ThreadPool(threads: 2)
+        let original = KernelPath.current
+        defer { KernelPath.current = original }
+        for path in KernelPath.supported {
+            KernelPath.current = path
+            for storage in LowRankFactor.Storage.allCases {
+                for (k, out, tokens, slice) in [(16, 1000, 37, 0..<16), (12, 200, 5, 4..<12), (16, 576, 3, 0..<7), (8, 72, 64, 2..<8)] {
+                    let bt = LowRankFactor(rows: k, cols: out, storage: storage, values: (0..<(k * out)).map { _ in rng.float() })
+                    let w = slice.count
+                    let u = (0..<(tokens * w)).map { _ in rng.float() }
+                    let y0 = (0..<(tokens * out + 3 * out)).map { _ in rng.float(-3, 3) }
+                    // Tokens land on scattered rows of y (a rank group's rows).
+                    let map: [Int32] = (0..<tokens).map { Int32(($0 * 5 + 2) % (tokens + 3)) }
+                    for mapped in [false, true] {
+                        if mapped && Set(map).count != tokens { continue }
+                        var whole = y0, pieces = y0
+                        map.withUnsafeBufferPointer { mb in
+                            u.withUnsafeBufferPointer { ub in
+                                let rows = mapped ? mb.baseAddress : nil
+                                whole.withUnsafeMutableBufferPointer {
+                                    LowRank.up(bt, rows: slice, u: ub.baseAddress!, ldu: w, tokens: tokens, y: $0.baseAddress!, ldy: out, yRows: rows, pool: pool)
+                                }
+                                // Uneven cuts: 16-row units as the product's parts give, and odd ones.
+                                let cuts = [0, 16, 48, 49, 130, out / 2, out - 5, out].filter { $0 <= out }.sorted()
+                                pieces.withUnsafeMutableBufferPointer { yb in
+                                    for (c0, c1) in zip(cuts, cuts.dropFirst()) where c0 < c1 {
+                                        LowRank.up(bt, rows: slice, u: ub.baseAddress!, ldu: w, tokens: tokens, y: yb.baseAddress!, ldy: out, yRows: rows, columns: c0..<c1)
+                                    }
+                                }
+                            }
+                        }
+                        XCTAssertEqual(pieces.map(\.bitPattern), whole.map(\.bitPattern), "\(path) \(storage) k \(k) out \(out) tokens \(tokens) slice \(slice) mapped \(mapped)")
+                    }
+                }
+            }
+        }
+    }
+
     /// Many tokens widen fp16/int8 factors to fp32 once per call (down) or per strip (up); one token
     /// widens per vector. Same values, same order: each token's u and y are bit-identical either way.
     func testATokensResultDoesNotDependOnTheBatch() {

@@ -101,6 +101,46 @@ final class CLITests: XCTestCase {
         }
     }
 
+    func testBenchVersusRunsThePoliciesInTurnsAndRatiosMatchTheSamples() throws {
+        let bin = try TestPaths.sharedFile("models/stories260K/stories260K.bin")
+        let adapter = try TestPaths.sharedFile("adapters/stories260K-shakespeare-r16")
+        let r = try run(["bench", "--model", bin, "--adapter", adapter, "--policy", "balanced", "--versus", "static",
+                         "--versus", "base", "--prompt-tokens", "24", "--gen-tokens", "6", "--repetitions", "6", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let o = try jsonObject(r.stdout)
+        let entries = try XCTUnwrap(o["entries"] as? [[String: Any]])
+        XCTAssertEqual(entries.map { $0["label"] as? String }, ["balanced", "static", "base (no adapter)"])
+        // The no-adapter engine holds no adapter bytes; the others do.
+        let adapterBytes = entries.map { (($0["report"] as? [String: Any])?["memory"] as? [String: Any])?["adapter_bytes"] as? Int }
+        XCTAssertEqual(adapterBytes[2], 0)
+        XCTAssertGreaterThan(adapterBytes[0] ?? 0, 0)
+        func rates(_ e: [String: Any], _ key: String) throws -> [Double] {
+            try XCTUnwrap(e["samples"] as? [[String: Any]]).map { try XCTUnwrap($0[key] as? Double) }
+        }
+        let comparisons = try XCTUnwrap(o["comparisons"] as? [[String: Any]])
+        XCTAssertEqual(comparisons.map { $0["versus"] as? String }, ["static", "base (no adapter)"])
+        for (c, other) in zip(comparisons, entries.dropFirst()) {
+            for (test, key) in [("prefill", "prefill_tok_s"), ("decode", "decode_tok_s")] {
+                let q = try XCTUnwrap(c[test] as? [String: Any])
+                let per = try XCTUnwrap(q["per_repetition"] as? [Double])
+                let a = try rates(entries[0], key), b = try rates(other, key)
+                XCTAssertEqual(per.count, 6)
+                for i in 0..<6 { XCTAssertEqual(per[i], a[i] / b[i], accuracy: 1e-9 * per[i]) }
+                XCTAssertEqual(q["faster"] as? Int, per.filter { $0 > 1 }.count)
+                let ci = try XCTUnwrap(q["median_ci95"] as? [Double])
+                XCTAssertEqual(ci, [per.min()!, per.max()!], "6 repetitions: the 95% interval is the whole range")
+            }
+        }
+        // The human-readable form names each comparison.
+        let text = try run(["bench", "--model", bin, "--adapter", adapter, "--versus", "static:4", "--prompt-tokens", "16",
+                            "--gen-tokens", "4", "--repetitions", "2"])
+        XCTAssertEqual(text.status, 0, text.stderr)
+        XCTAssertTrue(text.stdout.contains("static vs static:4"), text.stdout)
+        let bad = try run(["bench", "--model", bin, "--adapter", adapter, "--versus", "nonsense", "--repetitions", "2"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("--versus nonsense") && bad.stderr.contains("unknown policy"), bad.stderr)
+    }
+
     func testInspectEveryModelKind() throws {
         let paths = [try TestPaths.smolLM2Path(), try TestPaths.sharedFile("models/stories260K/stories260K.bin"),
                      try TestPaths.sharedFile("models/stories260K-hf")]

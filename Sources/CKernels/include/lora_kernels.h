@@ -43,6 +43,12 @@ int cw_lora_up(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
                const float *u, int64_t ku, int64_t tokens, float *y, int64_t ldy,
                const int32_t *yrows, cw_pool *pool);
 
+/// `cw_lora_up` for the columns `o` in [o0, o1) only, on the calling thread (no pool: it runs
+/// inside another job, e.g. `cw_side.after`). Each output gets the same bits as from `cw_lora_up`.
+int cw_lora_up_range(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
+                     const float *u, int64_t ku, int64_t tokens, float *y, int64_t ldy,
+                     const int32_t *yrows, int64_t o0, int64_t o1);
+
 /// Converts `n` floats to fp16 (round to nearest even).
 void cw_f32_to_f16_row(const float *src, uint16_t *dst, int64_t n);
 
