@@ -133,31 +133,42 @@ static void LFN(down)(const cw_lora_args *g, int64_t i0, int64_t i1, int64_t t0,
 // output is Σ_i u·w from zero in order i = 0..k-1, then added to y — as the per-token path does:
 // identical results.
 #define LK_UP_T (LK_VL >= 16 ? 4 : 2)
-LK_INLINE void LFN(up_tile)(const int T, const cw_lora_args *g, const float *w, int64_t ldw, int64_t off, int64_t t0, int64_t s) {
+// T tokens × V vectors (V ≤ 4) of columns from s: T·V independent accumulators.
+LK_INLINE void LFN(up_tile)(const int T, const int V, const cw_lora_args *g, const float *w, int64_t ldw, int64_t off, int64_t t0, int64_t s) {
     LVF acc[4][4];
     for (int t = 0; t < T; t++)
-        for (int v = 0; v < 4; v++) acc[t][v] = 0;
+        for (int v = 0; v < V; v++) acc[t][v] = 0;
     const float *u[4];
     for (int t = 0; t < T; t++) u[t] = g->u + (t0 + t) * g->ku;
     for (int64_t i = 0; i < g->k; i++) {
         const float *wr = w + i * ldw + (s - off);
-        const LVF w0 = LFN(vload)(wr), w1 = LFN(vload)(wr + LK_VL), w2 = LFN(vload)(wr + 2 * LK_VL), w3 = LFN(vload)(wr + 3 * LK_VL);
+        LVF wv[4];
+        for (int v = 0; v < V; v++) wv[v] = LFN(vload)(wr + v * LK_VL);
         for (int t = 0; t < T; t++) {
             const LVF ui = u[t][i];
-            acc[t][0] = ui * w0 + acc[t][0];
-            acc[t][1] = ui * w1 + acc[t][1];
-            acc[t][2] = ui * w2 + acc[t][2];
-            acc[t][3] = ui * w3 + acc[t][3];
+            for (int v = 0; v < V; v++) acc[t][v] = ui * wv[v] + acc[t][v];
         }
     }
     for (int t = 0; t < T; t++) {
         const int64_t row = g->yrows ? g->yrows[t0 + t] : t0 + t;
         float *y = g->y + row * g->ldy + s;
-        for (int v = 0; v < 4; v++) LFN(vstore)(y + v * LK_VL, LFN(vload)(y + v * LK_VL) + acc[t][v]);
+        for (int v = 0; v < V; v++) LFN(vstore)(y + v * LK_VL, LFN(vload)(y + v * LK_VL) + acc[t][v]);
+    }
+}
+
+LK_INLINE void LFN(up_tile_v)(const int T, const int64_t V, const cw_lora_args *g, const float *w, int64_t ldw, int64_t off, int64_t t0, int64_t s) {
+    switch (V) {
+    case 1: LFN(up_tile)(T, 1, g, w, ldw, off, t0, s); break;
+    case 2: LFN(up_tile)(T, 2, g, w, ldw, off, t0, s); break;
+    case 3: LFN(up_tile)(T, 3, g, w, ldw, off, t0, s); break;
+    default: LFN(up_tile)(T, 4, g, w, ldw, off, t0, s); break;
     }
 }
 
 // Returns 0 when it could not allocate the widened columns (the caller then runs the per-token path).
+// Columns go in strips of 4 vectors, then one strip of the remaining whole vectors (a call's
+// range — a product part's rows, cw_lora_up_range — is often not a multiple of 4 vectors: one
+// accumulator per vector there was a chain of k dependent FMAs per token), then single columns.
 static int LFN(up_blocked)(const cw_lora_args *g, int64_t o0, int64_t o1, const int h) {
     const int64_t k = g->k, width = o1 - o0, strip = 4 * LK_VL;
     const float *w = (const float *)g->f;
@@ -172,27 +183,23 @@ static int LFN(up_blocked)(const cw_lora_args *g, int64_t o0, int64_t o1, const 
         off = o0;
     }
     const int64_t full = o0 + (width / strip) * strip;
+    const int64_t rv = (o1 - full) / LK_VL, vend = full + rv * LK_VL;
     for (int64_t t = 0; t < g->tokens; t += LK_UP_T) {
         const int nt = (int)(g->tokens - t < LK_UP_T ? g->tokens - t : LK_UP_T);
-        for (int64_t s = o0; s < full; s += strip) {
+        for (int64_t s = o0; s < vend; s += strip) {
+            const int64_t V = s < full ? 4 : rv;
             switch (nt) {
-            case 1: LFN(up_tile)(1, g, w, ldw, off, t, s); break;
-            case 2: LFN(up_tile)(2, g, w, ldw, off, t, s); break;
-            case 3: LFN(up_tile)(3, g, w, ldw, off, t, s); break;
-            default: LFN(up_tile)(LK_UP_T, g, w, ldw, off, t, s); break;
+            case 1: LFN(up_tile_v)(1, V, g, w, ldw, off, t, s); break;
+            case 2: LFN(up_tile_v)(2, V, g, w, ldw, off, t, s); break;
+            case 3: LFN(up_tile_v)(3, V, g, w, ldw, off, t, s); break;
+            default: LFN(up_tile_v)(LK_UP_T, V, g, w, ldw, off, t, s); break;
             }
         }
-        for (int tt = 0; tt < nt && full < o1; tt++) {  // the columns after the last full strip
+        for (int tt = 0; tt < nt && vend < o1; tt++) {  // the columns after the last whole vector
             const int64_t row = g->yrows ? g->yrows[t + tt] : t + tt;
             float *y = g->y + row * g->ldy;
             const float *u = g->u + (t + tt) * g->ku;
-            int64_t o = full;
-            for (; o + LK_VL <= o1; o += LK_VL) {
-                LVF acc = 0;
-                for (int64_t i = 0; i < k; i++) acc = (LVF)u[i] * LFN(vload)(w + i * ldw + (o - off)) + acc;
-                LFN(vstore)(y + o, LFN(vload)(y + o) + acc);
-            }
-            for (; o < o1; o++) {
+            for (int64_t o = vend; o < o1; o++) {
                 float acc = 0;
                 for (int64_t i = 0; i < k; i++) acc = u[i] * w[i * ldw + (o - off)] + acc;
                 y[o] += acc;

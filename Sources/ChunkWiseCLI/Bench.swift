@@ -93,7 +93,7 @@ struct Bench: AsyncParsableCommand {
         func pct(_ x: Double) -> String { String(format: "%+.1f%%", (x - 1) * 100) }
         func row(_ name: String, _ q: SideBySideReport.Ratio) -> String {
             let ci = q.median_ci95.map { pct($0[0]) + " … " + pct($0[1]) } ?? "(n < 6)"
-            return "| \(name.padding(toLength: 14, withPad: " ", startingAt: 0)) | \(pct(q.median).padding(toLength: 8, withPad: " ", startingAt: 0)) | \(ci.padding(toLength: 17, withPad: " ", startingAt: 0)) | \((pct(q.min) + " … " + pct(q.max)).padding(toLength: 17, withPad: " ", startingAt: 0)) | \(String(format: "%2d of %2d", q.faster, q.per_repetition.count)) | \(String(format: "%.3g", q.sign_test_p).padding(toLength: 6, withPad: " ", startingAt: 0)) |"
+            return "| \(name.padding(toLength: 14, withPad: " ", startingAt: 0)) | \(pct(q.median).padding(toLength: 8, withPad: " ", startingAt: 0)) | \(ci.padding(toLength: 17, withPad: " ", startingAt: 0)) | \((pct(q.min) + " … " + pct(q.max)).padding(toLength: 17, withPad: " ", startingAt: 0)) | \(String(format: "%2d of %2d", q.faster, q.per_repetition.count)) | \(String(format: "%.2g", q.sign_test_p).padding(toLength: 7, withPad: " ", startingAt: 0)) |"
         }
         var lines: [String] = []
         lines.append("model     \(model.name)\(mo.adapters.isEmpty ? "" : " + " + mo.adapters.joined(separator: ", "))")
