@@ -529,9 +529,11 @@ static void cw_many_task(void *c, int64_t s, int64_t e) {
     for (int i = 0; i < m->count; i++) {
         const int64_t lo = s > m->start[i] ? s : m->start[i], hi = e < m->start[i + 1] ? e : m->start[i + 1];
         if (lo >= hi) continue;
-        if (m->tiled) m->ops->tiled_rows(&m->mm[i], lo - m->start[i], hi - m->start[i]);
-        else m->ops->fast_rows(&m->mm[i], lo - m->start[i], hi - m->start[i]);
-        if (m->side && m->side->after) m->side->after(m->side->ctx, i, lo - m->start[i], hi - m->start[i]);
+        if (m->tiled) m->ops->tiled_rows(&m->mm[i], lo - m->start[i], hi - m->start[i]);  // (calls `after` itself)
+        else {
+            m->ops->fast_rows(&m->mm[i], lo - m->start[i], hi - m->start[i]);
+            if (m->mm[i].after) m->mm[i].after->after(m->mm[i].after->ctx, i, lo - m->start[i], hi - m->start[i], 0, m->mm[i].tokens);
+        }
     }
 }
 
@@ -569,7 +571,7 @@ int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float
             const int rc = cw_matmul(mats[i].type, mats[i].w, mats[i].rows, cols, mats[i].row_bytes, x, tokens, mats[i].y,
                                      precision, pool);
             if (rc) return rc;
-            if (side && side->after) side->after(side->ctx, i, 0, mats[i].rows);
+            if (side && side->after) side->after(side->ctx, i, 0, mats[i].rows, 0, tokens);
         }
         return 0;
     }
@@ -580,7 +582,8 @@ int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float
     c.start[0] = 0;
     for (int i = 0; i < count; i++) {
         c.mm[i] = (cw_mm){.type = mats[i].type, .w = (const uint8_t *)mats[i].w, .rows = mats[i].rows, .cols = cols,
-                          .row_bytes = mats[i].row_bytes, .x = x, .tokens = tokens, .y = mats[i].y};
+                          .row_bytes = mats[i].row_bytes, .x = x, .tokens = tokens, .y = mats[i].y,
+                          .after = side && side->after ? side : NULL, .after_m = i};
         c.start[i + 1] = c.start[i] + mats[i].rows;
     }
     if (tiled && spans && nspans > 0) {

@@ -44,6 +44,11 @@ typedef struct {
     const double *pf_per_row; // bytes of each span per row of the call
     int npf;
     int64_t pf_row0, pf_rows;
+    // After rows × tokens of this matrix are written (cw_side.after; NULL: none). The batched
+    // kernel calls it per chunk of tokens, so that what the hook reads and writes of y is still in
+    // cache; the others once per row range with all tokens.
+    const cw_side *after;
+    int after_m;
 } cw_mm;
 
 typedef struct {

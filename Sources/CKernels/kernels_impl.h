@@ -1109,6 +1109,9 @@ static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
                 }
             }
         }
+        // This chunk of tokens is done for rows [r0, r1): the hook (a prefill's LoRA up product)
+        // adds to it while it is in this core's cache.
+        if (a->after) a->after->after(a->after->ctx, a->after_m, r0, r1, 8 * gc, 8 * ge < T ? 8 * ge : T);
     }
 }
 #undef TB_R

@@ -32,19 +32,19 @@ public enum Kernels {
     /// handed out first (a decode step's LoRA products, which then overlap the weight stream). They
     /// must not touch the targets' outputs; the call returns after all of them.
     ///
-    /// `after(m, r0, r1)`: called once rows r0..<r1 of target m are written (all tokens), on the
-    /// thread that wrote them, possibly at the same time as other calls for other rows — a
-    /// prefill's LoRA up product adds to those rows while they are in that core's cache.
+    /// `after(m, r0, r1, t0, t1)`: called once rows r0..<r1 × tokens t0..<t1 of target m are written,
+    /// on the thread that wrote them, possibly at the same time as calls for other parts (each part
+    /// once) — a prefill's LoRA up product adds to that part of y while it is in that core's cache.
     public static func matmul(
         _ targets: [(w: WeightMatrix, y: UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>, tokens: Int,
         precision: Precision = .exact, prefetch: [UnsafeRawBufferPointer] = [],
-        side: (count: Int, run: (Int) -> Void)? = nil, after: ((Int, Int, Int) -> Void)? = nil, pool: ThreadPool
+        side: (count: Int, run: (Int) -> Void)? = nil, after: ((Int, Int, Int, Int, Int) -> Void)? = nil, pool: ThreadPool
     ) {
         guard let cols = targets.first?.w.cols, targets.allSatisfy({ $0.w.cols == cols }) else {
             if let side { for i in 0..<side.count { side.run(i) } }
             for (m, t) in targets.enumerated() {
                 matmul(t.w, x, tokens: tokens, t.y, precision: precision, pool: pool)
-                after?(m, 0, t.w.rows)
+                after?(m, 0, t.w.rows, 0, tokens)
             }
             return
         }
@@ -52,15 +52,17 @@ public enum Kernels {
         let spans = prefetch.compactMap { b in b.baseAddress.map { cw_span(p: $0, bytes: Int64(b.count)) } }
         let prec = precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue)
         withoutActuallyEscaping(side?.run ?? { _ in }) { run in
-            withoutActuallyEscaping(after ?? { _, _, _ in }) { afterRun in
+            withoutActuallyEscaping(after ?? { _, _, _, _, _ in }) { afterRun in
                 var box = SideTasks(run: run, after: afterRun)
                 withUnsafeMutablePointer(to: &box) { bp in
                     // count 0: no side tasks (the C side then takes none); after: NULL when not given
+                    typealias AfterFn = @convention(c) (UnsafeMutableRawPointer?, Int32, Int64, Int64, Int64, Int64) -> Void
+                    let afterFn: AfterFn = { ctx, m, r0, r1, t0, t1 in
+                        ctx?.assumingMemoryBound(to: SideTasks.self).pointee.after(Int(m), Int(r0), Int(r1), Int(t0), Int(t1))
+                    }
                     var c = cw_side(fn: { ctx, i in ctx?.assumingMemoryBound(to: SideTasks.self).pointee.run(Int(i)) },
                                     ctx: UnsafeMutableRawPointer(bp), count: Int64(side?.count ?? 0),
-                                    after: after == nil ? nil : { ctx, m, r0, r1 in
-                                        ctx?.assumingMemoryBound(to: SideTasks.self).pointee.after(Int(m), Int(r0), Int(r1))
-                                    })
+                                    after: after == nil ? nil : afterFn)
                     mats.withUnsafeBufferPointer { mp in
                         spans.withUnsafeBufferPointer { sp in
                             _ = cw_matmul_many_side(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens), prec,
@@ -76,7 +78,7 @@ public enum Kernels {
 /// The side tasks and the after-rows hook of a product, reached from C through a context pointer.
 private struct SideTasks {
     let run: (Int) -> Void
-    let after: (Int, Int, Int) -> Void
+    let after: (Int, Int, Int, Int, Int) -> Void
 }
 
 /// The kernel implementation levels, chosen at run time from the CPU's features.

@@ -129,10 +129,11 @@ final class BoundModule: @unchecked Sendable {
         for i in 0..<(tokens * r) { u[i] *= s }
     }
 
-    /// `apply`'s up half for output columns `columns` of every token, on the calling thread.
-    func up(u: UnsafePointer<Float>, tokens: Int, y: UnsafeMutablePointer<Float>, columns: Range<Int>) {
-        let r = module.rank
-        LowRank.up(bt, rows: 0..<r, u: u, ldu: r, tokens: tokens, y: y, ldy: module.outFeatures, columns: columns)
+    /// `apply`'s up half for output columns `columns` of tokens `tokens`, on the calling thread.
+    func up(u: UnsafePointer<Float>, tokens: Range<Int>, y: UnsafeMutablePointer<Float>, columns: Range<Int>) {
+        let r = module.rank, out = module.outFeatures
+        LowRank.up(bt, rows: 0..<r, u: u + tokens.lowerBound * r, ldu: r, tokens: tokens.count,
+                   y: y + tokens.lowerBound * out, ldy: out, columns: columns)
     }
 
     /// `y += s · B (A x)` for `tokens` rows (plus the bias terms; DoRA rescales the rows).
@@ -283,8 +284,8 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
             m.down(x: x, tokens: tokens, u: u, callScale: scale, pool: pool)
             return u
         }
-        return SplitDelta(finish: { columns, y in
-            for (m, u) in zip(mods, us) { m.up(u: u, tokens: tokens, y: y, columns: columns) }
+        return SplitDelta(finish: { columns, part, y in
+            for (m, u) in zip(mods, us) { m.up(u: u, tokens: part, y: y, columns: columns) }
         }, release: { for u in us { u.deallocate() } })
     }
 

@@ -380,13 +380,37 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
             parts.append((g.rank, g.count, rows, u))
         }
         let out = m.outFeatures, us = m.usFactor
-        return SplitDelta(finish: { columns, y in
+        return SplitDelta(finish: { columns, part, y in
             for p in parts {
-                LowRank.up(us, rows: lo..<p.rank, u: p.u, ldu: p.rank - lo, tokens: p.count, y: y, ldy: out, yRows: p.rows, columns: columns)
+                let w = p.rank - lo
+                // The group's entries whose rows lie in `part` (rows ascend within a group).
+                var j0 = part.lowerBound, j1 = part.upperBound
+                if let rows = p.rows {
+                    j0 = Self.lowerBound(rows, p.count, Int32(part.lowerBound))
+                    j1 = Self.lowerBound(rows, p.count, Int32(part.upperBound))
+                }
+                guard j1 > j0 else { continue }
+                if let rows = p.rows {
+                    LowRank.up(us, rows: lo..<p.rank, u: p.u + j0 * w, ldu: w, tokens: j1 - j0, y: y, ldy: out,
+                               yRows: rows + j0, columns: columns)
+                } else {
+                    LowRank.up(us, rows: lo..<p.rank, u: p.u + j0 * w, ldu: w, tokens: j1 - j0, y: y + j0 * out, ldy: out,
+                               columns: columns)
+                }
             }
         }, release: {
             for p in parts { p.u.deallocate(); p.rows?.deallocate() }
         })
+    }
+
+    /// The first index i < n with rows[i] ≥ value (rows ascending).
+    static func lowerBound(_ rows: UnsafePointer<Int32>, _ n: Int, _ value: Int32) -> Int {
+        var lo = 0, hi = n
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if rows[mid] < value { lo = mid + 1 } else { hi = mid }
+        }
+        return lo
     }
 
     /// Groups the rows of `positions` by the rank they need above the merged floor (ascending rank,

@@ -24,11 +24,11 @@ public protocol ProjectionDelta: AnyObject {
     /// prefetch while the base product computes. Empty by default.
     func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer]
     /// `apply` in two halves, for a large call (prefill): everything that reads `x` now (LoRA's
-    /// down product), and the rest — adding to output columns `c0..<c1` of every token — as the
+    /// down product), and the rest — adding to some output columns of some tokens — as the
     /// returned `SplitDelta`, which the model calls from inside the base product's pool job for
-    /// each range of rows just written (they are then in that core's cache: the up product's
-    /// cost was reading and writing y, not its multiply-adds). nil when the delta cannot split
-    /// (the model then calls `apply`). The result must equal `apply`'s bit for bit.
+    /// each part of y just written (it is then in that core's cache: the up product's cost was
+    /// reading and writing y, not its multiply-adds). nil when the delta cannot split (the model
+    /// then calls `apply`). The result must equal `apply`'s bit for bit.
     func split(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int,
                positions: Range<Int>, pool: ThreadPool) -> SplitDelta?
 }
@@ -42,15 +42,15 @@ extension ProjectionDelta {
                       positions: Range<Int>, pool: ThreadPool) -> SplitDelta? { nil }
 }
 
-/// The second half of a split `ProjectionDelta.apply`: `finish(columns, y)` adds the delta to
-/// those output columns of every token of `y` (row-major, one row per token, as `apply`'s).
-/// Calls for disjoint columns may run at the same time; each runs on the calling thread.
+/// The second half of a split `ProjectionDelta.apply`: `finish(columns, tokens, y)` adds the delta
+/// to those output columns of those tokens (rows of the call) of `y` (row-major, one row per token,
+/// as `apply`'s). Calls for disjoint parts may run at the same time; each runs on the calling thread.
 public final class SplitDelta: @unchecked Sendable {
-    public let finish: (Range<Int>, UnsafeMutablePointer<Float>) -> Void
+    public let finish: (Range<Int>, Range<Int>, UnsafeMutablePointer<Float>) -> Void
     private let release: () -> Void
 
     /// `release` frees what `finish` reads; it runs when the value is dropped.
-    public init(finish: @escaping (Range<Int>, UnsafeMutablePointer<Float>) -> Void, release: @escaping () -> Void = {}) {
+    public init(finish: @escaping (Range<Int>, Range<Int>, UnsafeMutablePointer<Float>) -> Void, release: @escaping () -> Void = {}) {
         self.finish = finish
         self.release = release
     }
@@ -387,7 +387,7 @@ public final class LlamaModel: @unchecked Sendable {
                 splits.append(sd)
             }
             Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec, prefetch: alsoPrefetch,
-                           after: { j, r0, r1 in splits[j].finish(r0..<r1, outs[j].2) }, pool: pool)
+                           after: { j, r0, r1, t0, t1 in splits[j].finish(r0..<r1, t0..<t1, outs[j].2) }, pool: pool)
             return true
         }
 

@@ -146,15 +146,16 @@ typedef struct {
 
 /// Work run beside a product in the same pool job: `fn(ctx, i)` for `i < count`, each task whole on
 /// one thread, handed out before the product's rows (so the threads that take them do fewer rows).
-/// `after` (may be NULL): called with rows [r0, r1) of matrix `m` as soon as the thread that
-/// computed them has written them — a prefill's LoRA up product then adds to those rows of y
-/// while they are in that core's cache, instead of reading and writing all of y again after the
-/// product. Calls for disjoint row ranges may run at the same time on different threads.
+/// `after` (may be NULL): called with rows [r0, r1) × tokens [t0, t1) of matrix `m` as soon as the
+/// thread that computed them has written them (the batched kernel: per chunk of up to 128 tokens)
+/// — a prefill's LoRA up product then adds to that part of y while it is in that core's cache,
+/// instead of reading and writing all of y again after the product. Calls for disjoint parts may
+/// run at the same time on different threads; each part is reported once.
 typedef struct {
     void (*fn)(void *ctx, int64_t i);
     void *ctx;
     int64_t count;
-    void (*after)(void *ctx, int m, int64_t r0, int64_t r1);
+    void (*after)(void *ctx, int m, int64_t r0, int64_t r1, int64_t t0, int64_t t1);
 } cw_side;
 
 /// `cw_matmul_many` with two additions that change no result:
@@ -167,7 +168,8 @@ typedef struct {
 ///   (latency-bound reads of small factors) then overlap the weight stream instead of running on
 ///   one thread after it while the others wait. They must not touch the products' outputs. Without
 ///   the shared product path (exact precision, mixed widths) they run first, split over the pool,
-///   then the products (and `after` once per matrix, for all its rows, on the calling thread).
+///   then the products (and `after` once per matrix, for all its rows and tokens, on the calling
+///   thread).
 int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                         const cw_span *spans, int nspans, const cw_side *side, cw_pool *pool);
 
