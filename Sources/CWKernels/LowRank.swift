@@ -48,6 +48,18 @@ public struct LowRankFactor: @unchecked Sendable {
         }
     }
 
+    /// Rows `rows` of this factor as an fp32 factor holding the values the kernels multiply by
+    /// (fp16 exactly, int8 times its block's scale): products with it give the same bits as with
+    /// this one, without widening the factor again in every call. Itself when already fp32 and whole.
+    public func widened(rows r: Range<Int>) -> LowRankFactor {
+        if storage == .f32 && r == 0..<rows { return self }
+        let n = r.count
+        let f = LowRankFactor(rows: n, cols: cols, storage: .f32, values: UnsafeBufferPointer<Float>(start: nil, count: 0))
+        _ = cw_lora_to_f32(cType, buffer.raw, Int64(cols), Int64(r.lowerBound), Int64(r.upperBound),
+                           f.buffer.raw.assumingMemoryBound(to: Float.self))
+        return f
+    }
+
     /// From row-major `rows × cols` fp32 values.
     public init(rows: Int, cols: Int, storage: Storage, values: [Float]) {
         self = values.withUnsafeBufferPointer { LowRankFactor(rows: rows, cols: cols, storage: storage, values: $0) }

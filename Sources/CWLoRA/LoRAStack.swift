@@ -129,8 +129,9 @@ final class BoundModule: @unchecked Sendable {
         for i in 0..<(tokens * r) { u[i] *= s }
     }
 
-    /// `apply`'s up half for output columns `columns` of tokens `tokens`, on the calling thread.
-    func up(u: UnsafePointer<Float>, tokens: Range<Int>, y: UnsafeMutablePointer<Float>, columns: Range<Int>) {
+    /// `apply`'s up half for output columns `columns` of tokens `tokens`, on the calling thread,
+    /// with `bt` or its widened copy (`LowRankFactor.widened`: the same values).
+    func up(_ bt: LowRankFactor, u: UnsafePointer<Float>, tokens: Range<Int>, y: UnsafeMutablePointer<Float>, columns: Range<Int>) {
         let r = module.rank, out = module.outFeatures
         LowRank.up(bt, rows: 0..<r, u: u + tokens.lowerBound * r, ldu: r, tokens: tokens.count,
                    y: y + tokens.lowerBound * out, ldy: out, columns: columns)
@@ -284,8 +285,11 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
             m.down(x: x, tokens: tokens, u: u, callScale: scale, pool: pool)
             return u
         }
+        // Bᵀ widened to fp32 once here: the up product then runs in many small parts, each of
+        // which would widen its columns of an fp16/int8 factor again.
+        let bts = mods.map { $0.bt.widened(rows: 0..<$0.bt.rows) }
         return SplitDelta(finish: { columns, part, y in
-            for (m, u) in zip(mods, us) { m.up(u: u, tokens: part, y: y, columns: columns) }
+            for (i, m) in mods.enumerated() { m.up(bts[i], u: us[i], tokens: part, y: y, columns: columns) }
         }, release: { for u in us { u.deallocate() } })
     }
 

@@ -379,7 +379,9 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
             }
             parts.append((g.rank, g.count, rows, u))
         }
-        let out = m.outFeatures, us = m.usFactor
+        // U·S widened to fp32 once (up to the largest rank a group needs; the same values): the up
+        // product then runs in many small parts, each of which would widen its columns again.
+        let out = m.outFeatures, us = m.usFactor.widened(rows: 0..<(parts.map(\.rank).max() ?? 0))
         return SplitDelta(finish: { columns, part, y in
             for p in parts {
                 let w = p.rank - lo

@@ -152,6 +152,24 @@ final class LowRankTests: XCTestCase {
         }
     }
 
+    /// `widened(rows:)` holds exactly the values the kernels multiply by (those `floats()` gives).
+    func testWidenedHoldsTheStoredValues() {
+        var rng = RNG(13)
+        for storage in LowRankFactor.Storage.allCases {
+            for (rows, cols) in [(16, 576), (5, 70), (3, 31)] {
+                let f = LowRankFactor(rows: rows, cols: cols, storage: storage, values: (0..<(rows * cols)).map { _ in rng.float(-2, 2) })
+                let all = f.floats()
+                for r in [0..<rows, 1..<rows, 0..<1, 2..<3] where r.upperBound <= rows {
+                    let w = f.widened(rows: r)
+                    XCTAssertEqual(w.storage, .f32)
+                    XCTAssertEqual(w.rows, r.count)
+                    XCTAssertEqual(w.floats().map(\.bitPattern), all[(r.lowerBound * cols)..<(r.upperBound * cols)].map(\.bitPattern),
+                                   "\(storage) \(rows)×\(cols) rows \(r)")
+                }
+            }
+        }
+    }
+
     /// `up(columns:)` (a prefill's up product run per range of rows the base product just wrote)
     /// gives each output the bits of the whole call, for any cut of the columns, with row maps and
     /// ladder slices, at every kernel level.

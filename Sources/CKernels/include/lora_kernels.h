@@ -49,6 +49,10 @@ int cw_lora_up_range(int type, const void *bt, int64_t ldb, int64_t k, int64_t o
                      const float *u, int64_t ku, int64_t tokens, float *y, int64_t ldy,
                      const int32_t *yrows, int64_t o0, int64_t o1);
 
+/// Rows [r0, r1) of a factor (`ld` elements a row) as fp32, row-major into `dst` — the values the
+/// kernels multiply by (fp16 exactly, int8 times its block's scale). Returns 0 or -1.
+int cw_lora_to_f32(int type, const void *f, int64_t ld, int64_t r0, int64_t r1, float *dst);
+
 /// Converts `n` floats to fp16 (round to nearest even).
 void cw_f32_to_f16_row(const float *src, uint16_t *dst, int64_t n);
 
