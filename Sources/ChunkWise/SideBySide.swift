@@ -31,12 +31,13 @@ public struct SideBySideReport: Sendable, Codable {
         /// [x₍ₖ₎, x₍ₙ₊₁₋ₖ₎] with the largest k whose coverage is ≥ 95%); nil below 6 repetitions.
         public var median_ci95: [Double]?
 
+        /// (No ratios — nothing measured — reads as no difference: median, min and max 1, p 1.)
         public init(_ ratios: [Double]) {
             per_repetition = ratios
             let s = ratios.sorted()
-            median = s.isEmpty ? .nan : (s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2)
-            min = s.first ?? .nan
-            max = s.last ?? .nan
+            median = s.isEmpty ? 1 : (s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2)
+            min = s.first ?? 1
+            max = s.last ?? 1
             faster = ratios.filter { $0 > 1 }.count
             let ties = ratios.filter { $0 == 1 }.count
             sign_test_p = Self.signTest(wins: faster, losses: ratios.count - faster - ties)
