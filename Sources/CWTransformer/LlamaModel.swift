@@ -208,19 +208,27 @@ public final class LlamaModel: @unchecked Sendable {
 
         init(config c: LlamaConfig, tokens n: Int) {
             self.n = n
-            x = .allocate(capacity: n * c.hiddenSize)
-            xb = .allocate(capacity: n * max(c.hiddenSize, c.qDim))
-            q = .allocate(capacity: n * c.qDim)
-            k = .allocate(capacity: n * c.kvDim)
-            v = .allocate(capacity: n * c.kvDim)
-            att = .allocate(capacity: n * c.qDim)
-            hb = .allocate(capacity: n * c.intermediateSize)
-            hb2 = .allocate(capacity: n * c.intermediateSize)
-            dz = .allocate(capacity: Self.deltaFloats(config: c, tokens: n))
+            x = Self.lineAligned(n * c.hiddenSize)
+            xb = Self.lineAligned(n * max(c.hiddenSize, c.qDim))
+            q = Self.lineAligned(n * c.qDim)
+            k = Self.lineAligned(n * c.kvDim)
+            v = Self.lineAligned(n * c.kvDim)
+            att = Self.lineAligned(n * c.qDim)
+            hb = Self.lineAligned(n * c.intermediateSize)
+            hb2 = Self.lineAligned(n * c.intermediateSize)
+            dz = Self.lineAligned(Self.deltaFloats(config: c, tokens: n))
+        }
+
+        /// 64-byte aligned: a pool job's parts cut an output at multiples of 16 rows, which then
+        /// fall on cache-line boundaries, so two threads never write one line (malloc's 16-byte
+        /// alignment split a line at every cut).
+        static func lineAligned(_ n: Int) -> UnsafeMutablePointer<Float> {
+            UnsafeMutableRawPointer.allocate(byteCount: max(1, n) * MemoryLayout<Float>.stride, alignment: 64)
+                .bindMemory(to: Float.self, capacity: max(1, n))
         }
 
         func free() {
-            for p in [x, xb, q, k, v, att, hb, hb2, dz] { p.deallocate() }
+            for p in [x, xb, q, k, v, att, hb, hb2, dz] { UnsafeMutableRawPointer(p).deallocate() }
         }
 
         static func deltaFloats(config c: LlamaConfig, tokens n: Int) -> Int {
