@@ -549,9 +549,10 @@ static void cw_side_task(void *c, int64_t s, int64_t e) {
 
 int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                         const cw_span *spans, int nspans, const cw_side *side, cw_pool *pool) {
-    if (side && (side->count <= 0 || !side->fn) && !side->after) side = NULL;
+    const int tasks = side && side->count > 0 && side->fn;  // side tasks to run (`after` may come alone)
+    if (!tasks && !(side && side->after)) side = NULL;
     if (count <= 0 || tokens < 0) {
-        if (count == 0 && side && side->count > 0 && side->fn) cw_pool_parallel_for(pool, side->count, 1, cw_side_task, (void *)side);
+        if (count == 0 && tasks) cw_pool_parallel_for(pool, side->count, 1, cw_side_task, (void *)side);
         return count == 0 ? 0 : -1;
     }
     int shared = count <= CW_MANY_MAX && precision == CW_PRECISION_FAST && tokens > 0;
@@ -566,7 +567,7 @@ int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float
     tiled = tiled && tokens >= CW_TILED_MIN_TOKENS && tokens <= cw_tiled_max() && cw_ops_current()->tiled_rows;
     if (shared && !tiled && tokens >= CW_FAST_MAX_TOKENS) shared = 0;
     if (!shared) {
-        if (side && side->count > 0 && side->fn) cw_pool_parallel_for(pool, side->count, 1, cw_side_task, (void *)side);
+        if (tasks) cw_pool_parallel_for(pool, side->count, 1, cw_side_task, (void *)side);
         for (int i = 0; i < count; i++) {
             const int rc = cw_matmul(mats[i].type, mats[i].w, mats[i].rows, cols, mats[i].row_bytes, x, tokens, mats[i].y,
                                      precision, pool);
@@ -606,7 +607,7 @@ int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float
         c.mm[i].tq = a->tq; c.mm[i].td = a->td; c.mm[i].tsd = a->tsd;
     }
     c.side = side;
-    c.side_idx = side && side->fn && side->count > 0 ? side->count * CW_MANY_GRAIN : 0;
+    c.side_idx = tasks ? side->count * CW_MANY_GRAIN : 0;
     cw_pool_parallel_for(pool, c.side_idx + c.start[count], CW_MANY_GRAIN, cw_many_task, &c);
     return 0;
 }

@@ -97,14 +97,26 @@ int cw_lora_down(int type, const void *a, int64_t lda, int64_t k, int64_t in,
     return 0;
 }
 
+// The checks and arguments of an up product over columns [o0, o1): 1 = run it, 0 = nothing to
+// do, -1 = bad arguments.
+static int cw_lora_up_args(int type, const void *bt, int64_t ldb, int64_t k, int64_t out, const float *u, int64_t ku,
+                           int64_t tokens, float *y, int64_t ldy, const int32_t *yrows, int64_t o0, int64_t o1,
+                           cw_lora_args *g) {
+    if ((type != CW_LORA_F32 && type != CW_LORA_F16 && type != CW_LORA_Q8) || k < 0 || out <= 0 || ldb < out || ku < k || ldy < out || tokens < 0 ||
+        o0 < 0 || o1 > out || o0 > o1) return -1;
+    if (k == 0 || tokens == 0 || o0 == o1) return 0;
+    if (!bt || !u || !y) return -1;
+    *g = (cw_lora_args){.type = type, .f = bt, .ldf = ldb, .k = k, .u = (float *)u /* only read by up */, .ku = ku, .tokens = tokens,
+                        .y = y, .ldy = ldy, .yrows = yrows};
+    return 1;
+}
+
 int cw_lora_up(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
                const float *u, int64_t ku, int64_t tokens, float *y, int64_t ldy,
                const int32_t *yrows, cw_pool *pool) {
-    if ((type != CW_LORA_F32 && type != CW_LORA_F16 && type != CW_LORA_Q8) || k < 0 || out <= 0 || ldb < out || ku < k || ldy < out || tokens < 0) return -1;
-    if (k == 0 || tokens == 0) return 0;
-    if (!bt || !u || !y) return -1;
-    cw_lora_args g = {.type = type, .f = bt, .ldf = ldb, .k = k, .u = (float *)u /* only read by up */, .ku = ku, .tokens = tokens,
-                      .y = y, .ldy = ldy, .yrows = yrows};
+    cw_lora_args g;
+    const int rc = cw_lora_up_args(type, bt, ldb, k, out, u, ku, tokens, y, ldy, yrows, 0, out, &g);
+    if (rc <= 0) return rc;
     cw_lora_ctx c = {cw_lora_ops_current(), &g};
     if (k * out * tokens < CW_LORA_SERIAL_MACS) c.ops->up(&g, 0, out);
     else cw_pool_parallel_for(pool, out, 64, cw_lora_up_cols, &c);
@@ -114,12 +126,9 @@ int cw_lora_up(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
 int cw_lora_up_range(int type, const void *bt, int64_t ldb, int64_t k, int64_t out,
                      const float *u, int64_t ku, int64_t tokens, float *y, int64_t ldy,
                      const int32_t *yrows, int64_t o0, int64_t o1) {
-    if ((type != CW_LORA_F32 && type != CW_LORA_F16 && type != CW_LORA_Q8) || k < 0 || out <= 0 || ldb < out || ku < k || ldy < out || tokens < 0 ||
-        o0 < 0 || o1 > out || o0 > o1) return -1;
-    if (k == 0 || tokens == 0 || o0 == o1) return 0;
-    if (!bt || !u || !y) return -1;
-    cw_lora_args g = {.type = type, .f = bt, .ldf = ldb, .k = k, .u = (float *)u /* only read by up */, .ku = ku, .tokens = tokens,
-                      .y = y, .ldy = ldy, .yrows = yrows};
+    cw_lora_args g;
+    const int rc = cw_lora_up_args(type, bt, ldb, k, out, u, ku, tokens, y, ldy, yrows, o0, o1, &g);
+    if (rc <= 0) return rc;
     cw_lora_ops_current()->up(&g, o0, o1);
     return 0;
 }

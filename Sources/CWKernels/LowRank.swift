@@ -53,8 +53,7 @@ public struct LowRankFactor: @unchecked Sendable {
     /// this one, without widening the factor again in every call. Itself when already fp32 and whole.
     public func widened(rows r: Range<Int>) -> LowRankFactor {
         if storage == .f32 && r == 0..<rows { return self }
-        let n = r.count
-        let f = LowRankFactor(rows: n, cols: cols, storage: .f32, values: UnsafeBufferPointer<Float>(start: nil, count: 0))
+        let f = LowRankFactor(rows: r.count, cols: cols, storage: .f32, values: UnsafeBufferPointer<Float>(start: nil, count: 0))
         _ = cw_lora_to_f32(cType, buffer.raw, Int64(cols), Int64(r.lowerBound), Int64(r.upperBound),
                            f.buffer.raw.assumingMemoryBound(to: Float.self))
         return f
@@ -95,14 +94,11 @@ public struct LowRankFactor: @unchecked Sendable {
 
     /// All elements, row-major, as fp32.
     public func floats() -> [Float] {
-        let n = rows * cols
-        switch storage {
-        case .f32: return Array(UnsafeBufferPointer(start: buffer.raw.assumingMemoryBound(to: Float.self), count: n))
-        case .f16:
-            let h = buffer.raw.assumingMemoryBound(to: UInt16.self)
-            return (0..<n).map { cw_fp16_to_fp32(h[$0]) }
-        case .q8:
-            return (0..<n).map { value($0 / cols, $0 % cols) }
+        [Float](unsafeUninitializedCapacity: rows * cols) { out, count in
+            if let p = out.baseAddress, rows * cols > 0 {
+                _ = cw_lora_to_f32(cType, buffer.raw, Int64(cols), 0, Int64(rows), p)
+            }
+            count = rows * cols
         }
     }
 

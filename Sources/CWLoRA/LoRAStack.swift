@@ -140,11 +140,9 @@ final class BoundModule: @unchecked Sendable {
     /// `y += s · B (A x)` for `tokens` rows (plus the bias terms; DoRA rescales the rows).
     func apply(x: UnsafePointer<Float>, tokens: Int, y: UnsafeMutablePointer<Float>, callScale: Float, pool: ThreadPool) {
         let r = module.rank, out = module.outFeatures
-        let s = scale * callScale
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, tokens * r)) { ub in
             guard let u = ub.baseAddress else { return }
-            LowRank.down(a, rows: 0..<r, x: x, ldx: module.inFeatures, tokens: tokens, u: u, ldu: r, pool: pool)
-            for i in 0..<(tokens * r) { u[i] *= s }
+            down(x: x, tokens: tokens, u: u, callScale: callScale, pool: pool)
             if let f = doraFactor {
                 let v = UnsafeMutablePointer<Float>.allocate(capacity: tokens * out)
                 defer { v.deallocate() }

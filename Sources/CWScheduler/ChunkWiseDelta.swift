@@ -300,9 +300,13 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
             // Decode: one row, one slice; nothing allocated.
             let p = plan(at: positions.lowerBound, moduleRank: m.rank)
             let k = min(p.effectiveRank, m.rank)
-            guard k > floorRank else { return }
-            runSlice(m, rank: k, rows: nil, tokens: 1, x: x, y: y, pool: pool) { u, w in
-                Self.weigh(u, width: w, lo: self.floorRank, plan: p)
+            let lo = floorRank, w = k - lo
+            guard w > 0 else { return }
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: w) { ub in
+                guard let u = ub.baseAddress else { return }
+                LowRank.down(m.vtFactor, rows: lo..<k, x: x, ldx: m.inFeatures, tokens: 1, u: u, ldu: w, pool: pool)
+                Self.weigh(u, width: w, lo: lo, plan: p)
+                LowRank.up(m.usFactor, rows: lo..<k, u: u, ldu: w, tokens: 1, y: y, ldy: m.outFeatures, pool: pool)
             }
             return
         }
@@ -313,27 +317,30 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
             buildGroups(positions: positions, tokens: n, moduleRank: m.rank)
         }
         groupsLock.unlock()
-        let groups = callGroups.groups
-        for g in groups {
-            if g.count == n {
-                runSlice(m, rank: g.rank, rows: nil, tokens: n, x: x, y: y, pool: pool) { u, w in
-                    guard g.weighted else { return }
-                    self.callGroups.plans.withUnsafeBufferPointer { tp in
-                        for t in 0..<n { Self.weigh(u + t * w, width: w, lo: self.floorRank, plan: tp[t]) }
-                    }
-                }
-            } else {
-                callGroups.rows.withUnsafeBufferPointer { all in
-                    guard let base = all.baseAddress else { return }
-                    let rows = base + g.start
-                    runSlice(m, rank: g.rank, rows: rows, tokens: g.count, x: x, y: y, pool: pool) { u, w in
-                        guard g.weighted else { return }
-                        self.callGroups.plans.withUnsafeBufferPointer { tp in
-                            for j in 0..<g.count { Self.weigh(u + j * w, width: w, lo: self.floorRank, plan: tp[Int(rows[j])]) }
-                        }
-                    }
+        let lo = floorRank
+        for g in callGroups.groups where g.count > 0 && g.rank > lo {
+            let w = g.rank - lo
+            callGroups.rows.withUnsafeBufferPointer { all in
+                // (one group over every row: no row list)
+                let rows = g.count == n ? nil : all.baseAddress.map { UnsafePointer($0 + g.start) }
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: g.count * w) { ub in
+                    guard let u = ub.baseAddress else { return }
+                    groupDown(m, g, rows: rows, x: x, u: u, pool: pool)
+                    LowRank.up(m.usFactor, rows: lo..<g.rank, u: u, ldu: w, tokens: g.count, y: y, ldy: m.outFeatures, yRows: rows, pool: pool)
                 }
             }
+        }
+    }
+
+    /// Group g's down product into u (`g.count × (g.rank − floorRank)`), scaled by its rows' plans
+    /// (fades, α) when the group needs it; `rows`: the group's rows, nil for all rows in order.
+    func groupDown(_ m: LadderModule, _ g: CallGroups.Group, rows: UnsafePointer<Int32>?, x: UnsafePointer<Float>,
+                   u: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+        let lo = floorRank, w = g.rank - lo
+        LowRank.down(m.vtFactor, rows: lo..<g.rank, x: x, ldx: m.inFeatures, xRows: rows, tokens: g.count, u: u, ldu: w, pool: pool)
+        guard g.weighted else { return }
+        callGroups.plans.withUnsafeBufferPointer { tp in
+            for j in 0..<g.count { Self.weigh(u + j * w, width: w, lo: lo, plan: tp[rows.map { Int($0[j]) } ?? j]) }
         }
     }
 
@@ -351,32 +358,17 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         let lo = floorRank
         // Per group: its rank, its rows (nil = all n, in order) and its weighted u, owned here.
         var parts: [(rank: Int, count: Int, rows: UnsafeMutablePointer<Int32>?, u: UnsafeMutablePointer<Float>)] = []
-        for g in callGroups.groups {
-            let w = g.rank - lo
-            guard g.count > 0, w > 0 else { continue }
-            let u = UnsafeMutablePointer<Float>.allocate(capacity: g.count * w)
+        for g in callGroups.groups where g.count > 0 && g.rank > lo {
+            let u = UnsafeMutablePointer<Float>.allocate(capacity: g.count * (g.rank - lo))
             var rows: UnsafeMutablePointer<Int32>? = nil
-            if g.count == n {
-                LowRank.down(m.vtFactor, rows: lo..<g.rank, x: x, ldx: m.inFeatures, tokens: n, u: u, ldu: w, pool: pool)
-                if g.weighted {
-                    callGroups.plans.withUnsafeBufferPointer { tp in
-                        for t in 0..<n { Self.weigh(u + t * w, width: w, lo: lo, plan: tp[t]) }
-                    }
-                }
-            } else {
+            if g.count < n {  // a copy: the row list must outlive this call
                 let r = UnsafeMutablePointer<Int32>.allocate(capacity: g.count)
                 callGroups.rows.withUnsafeBufferPointer { all in
-                    guard let base = all.baseAddress else { return }
-                    r.initialize(from: base + g.start, count: g.count)
+                    if let base = all.baseAddress { r.initialize(from: base + g.start, count: g.count) }
                 }
                 rows = r
-                LowRank.down(m.vtFactor, rows: lo..<g.rank, x: x, ldx: m.inFeatures, xRows: r, tokens: g.count, u: u, ldu: w, pool: pool)
-                if g.weighted {
-                    callGroups.plans.withUnsafeBufferPointer { tp in
-                        for j in 0..<g.count { Self.weigh(u + j * w, width: w, lo: lo, plan: tp[Int(r[j])]) }
-                    }
-                }
             }
+            groupDown(m, g, rows: rows.map { UnsafePointer($0) }, x: x, u: u, pool: pool)
             parts.append((g.rank, g.count, rows, u))
         }
         // U·S widened to fp32 once (up to the largest rank a group needs; the same values): the up
@@ -469,23 +461,6 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
             if a != 1 { for i in 0..<w { u[i] *= a } }
         } else {
             for i in 0..<w { u[i] *= p.weight(lo + i) }
-        }
-    }
-
-    /// Runs directions [floor, k) of module m for the given token rows (nil: rows 0..<tokens): one
-    /// down product with rows [floor, k) of Vᵀ, the per-token direction weights (`weigh(u, width)`
-    /// on the `tokens × width` buffer), one up product with rows [floor, k) of (U·S)ᵀ added straight
-    /// into y's rows.
-    @inline(__always)
-    func runSlice(_ m: LadderModule, rank k: Int, rows: UnsafePointer<Int32>?, tokens g: Int, x: UnsafePointer<Float>,
-                  y: UnsafeMutablePointer<Float>, pool: ThreadPool, weigh: (UnsafeMutablePointer<Float>, Int) -> Void) {
-        let lo = floorRank, w = k - lo
-        guard g > 0, w > 0 else { return }
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: g * w) { ub in
-            guard let u = ub.baseAddress else { return }
-            LowRank.down(m.vtFactor, rows: lo..<k, x: x, ldx: m.inFeatures, xRows: rows, tokens: g, u: u, ldu: w, pool: pool)
-            weigh(u, w)
-            LowRank.up(m.usFactor, rows: lo..<k, u: u, ldu: w, tokens: g, y: y, ldy: m.outFeatures, yRows: rows, pool: pool)
         }
     }
 }

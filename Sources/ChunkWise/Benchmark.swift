@@ -147,8 +147,7 @@ extension Engine {
     /// Prefill and decode speed on random tokens (or `textTokens`), after one warm-up run,
     /// `repetitions` times.
     public func benchmark(_ cfg: BenchmarkConfig, progress: (@Sendable (String) -> Void)? = nil) throws -> BenchmarkReport {
-        try checkBenchmark(cfg)
-        _ = try benchmarkRepetition(cfg, repetition: 0)
+        _ = try benchmarkRepetition(cfg, repetition: 0)  // (checks cfg first)
         var samples: [BenchmarkSample] = []
         for rep in 1...cfg.repetitions {
             let s = try benchmarkRepetition(cfg, repetition: rep)
