@@ -14,7 +14,12 @@ typedef struct {
     float *mass;
     int64_t splits; // fast path: splits of each query's entries
     float *part;    // fast path with splits > 1: (max, sum, output[head_dim]) per item and head
+    int64_t tq;     // fast path: tokens per item (a tile; 1 with splits or `mass`)
+    int zigzag;     // fast path: tiles in the order 0, last, 1, last − 1, … (see kv_attn_fast)
 } kv_attn_args;
+
+// The fast path's most queries (tokens × query heads of one KV head) per pass over a chunk of rows.
+#define KV_QMAX 8
 
 #define KV_ISA portable
 #define KV_VL 4
@@ -85,11 +90,21 @@ int kv_attention(const float *q, float *out, int64_t tokens, int64_t base, int h
             if (S > most) S = most;
         }
         a.splits = S;
+        // Prefill: tiles of several tokens per item, so each cached row read (and widened) serves
+        // all their queries — as many tokens as fill KV_QMAX queries, fewer when that would leave
+        // fewer than two items per thread.
+        a.tq = 1;
+        if (S == 1 && !mass) {
+            int64_t tq = KV_QMAX / group > 1 ? KV_QMAX / group : 1;
+            while (tq > 1 && kv_heads * ((tokens + tq - 1) / tq) < 2 * threads) tq--;
+            a.tq = tq;
+            a.zigzag = 1;
+        }
         if (S > 1) {
             a.part = (float *)malloc((size_t)(units * S * group * (head_dim + 2)) * sizeof(float));
             if (!a.part) { a.splits = 1; S = 1; }
         }
-        cw_pool_parallel_for(pool, units * S, mass ? tokens : 1, kv_attn_task, &c);
+        cw_pool_parallel_for(pool, kv_heads * ((tokens + a.tq - 1) / a.tq) * S, mass ? tokens : 1, kv_attn_task, &c);
         if (S > 1) {
             // Merge the splits: o = Σ_s e^(m_s − M)·o_s / Σ_s e^(m_s − M)·l_s.
             const int64_t stride = (int64_t)group * (head_dim + 2), qstride = (int64_t)heads * head_dim;

@@ -172,19 +172,29 @@ static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
 
 // ---- Fast path: caches holding fp16 or int8 blocks ----------------------------------------------
 //
-// One item = (KV head, token, split): all query heads of the group (up to KV_GM per pass) over the
-// entries [r0, r1) of one split of the sequence, so each cached row is read from memory once per
-// pass and widened once for all heads. Rows are taken `KV_CH` at a time: the scores of a chunk
-// are computed for all heads (one vector accumulator per row and head, reduced `KV_VL` rows at a
-// time by a transposing add tree), then an online-softmax step (vectorized exp) and the weighted
-// sum of the chunk's values. The softmax scale (and for int8 keys the block's per-channel key
-// scales) is folded into the query; for int8 values the per-token scale is folded into the
-// probability. With one split per item the result is normalized into `out` directly; with more,
-// each split leaves (max, sum, unnormalized output) in `a->part` for kv_attention to merge.
+// One item = (KV head, tile of `a->tq` tokens, split): the queries of all query heads of the group
+// for every token of the tile (up to KV_GM per pass) over the entries [r0, r1) of one split of the
+// sequence, so each cached row is read from memory once per pass and widened once for all of them.
+// Rows are taken `KV_CH` at a time: the scores of a chunk are computed for all queries (one vector
+// accumulator per row and query, reduced `KV_VL` rows at a time by a transposing add tree), then
+// per query an online-softmax step (vectorized exp) over the rows it sees, and the weighted sum of
+// the chunk's values. A tile's later tokens see more rows: for an earlier one the rows past its own
+// last get probability 0 exactly (its softmax step runs on its own rows, in the same chunks and
+// order as alone; the extra terms add 0·v): each query's result is the one a tile of one token gives.
+// The softmax scale (and for int8 keys the block's per-channel key scales) is folded into the
+// query; for int8 values the per-token scale is folded into the probability. With one split per
+// item the result is normalized into `out` directly; with more (decode, tiles of one token), each
+// split leaves (max, sum, unnormalized output) in `a->part` for kv_attention to merge.
 
-#define KV_GM 4
+#define KV_GM KV_QMAX
 #define KV_CH 64
 #define KV_NV 4
+// Vectors of columns per pass of the weighted value sum: G·NV accumulators stay in registers.
+#if KV_VL == 16
+#define KV_NVG(G) ((G) <= 6 ? 4 : 2)
+#else
+#define KV_NVG(G) ((G) <= 3 ? 4 : (G) <= 6 ? 2 : 1)
+#endif
 
 typedef int8_t KFN(vi8) __attribute__((ext_vector_type(KV_VL)));
 typedef int32_t KFN(vi32) __attribute__((ext_vector_type(KV_VL)));
@@ -303,7 +313,8 @@ KV_INLINE void KFN(vcols)(const int G, const int fmt, const int NV, const void *
 KV_INLINE void KFN(vsum)(const int G, const int fmt, const void *vb, int64_t row0, int cnt, int hd, const float *p, float *o) {
     const int dv = hd - hd % KV_VL;
     int d0 = 0;
-    for (; d0 + KV_NV * KV_VL <= dv; d0 += KV_NV * KV_VL) KFN(vcols)(G, fmt, KV_NV, vb, row0, cnt, hd, d0, p, o);
+    const int NV = KV_NVG(G);
+    for (; d0 + NV * KV_VL <= dv; d0 += NV * KV_VL) KFN(vcols)(G, fmt, NV, vb, row0, cnt, hd, d0, p, o);
     for (; d0 < dv; d0 += KV_VL) KFN(vcols)(G, fmt, 1, vb, row0, cnt, hd, d0, p, o);
     for (int d = dv; d < hd; d++)
         for (int j = 0; j < cnt; j++) {
@@ -327,20 +338,26 @@ static inline void KFN(prefetch_slab)(const kv_slab *sl, int hd) {
         for (int64_t i = 0; i < (int64_t)sl->n * 4; i += 64) __builtin_prefetch((const char *)sl->v_scale + i);
 }
 
-// G query heads (q0 ..< q0+G of token t) over entries [r0, r1) of KV head kvh.
-KV_INLINE void KFN(fast_heads)(const int G, const kv_attn_args *a, int64_t t, int kvh, int q0, int64_t r0, int64_t r1,
-                               float *part, float *ws) {
+// G queries of KV head kvh: query i (of query head hv[i]) reads qv[i] (head_dim floats), sees entries
+// [r0, min(r1, nv[i])) and writes ov[i] (or, with `part`, its split's partial result at
+// part + i·(head_dim + 2)).
+KV_INLINE void KFN(fast_queries)(const int G, const kv_attn_args *a, const float *const *qv, float *const *ov,
+                                 const int64_t *nv, const int *hv, int kvh, int64_t r0, int64_t r1, float *part, float *ws) {
     const int hd = a->head_dim;
-    const int64_t qstride = (int64_t)a->heads * hd, total = a->base + a->tokens;
+    const int64_t total = a->base + a->tokens;
     float *qb = ws, *qk = qb + KV_GM * hd, *o = qk + KV_GM * hd, *s = o + KV_GM * hd;
     float *raw = a->mass ? s + KV_GM * KV_CH : NULL;
     float m[KV_GM], l[KV_GM];
+    int64_t lim[KV_GM], end = r0;
     for (int g = 0; g < G; g++) {
-        const float *qr = a->q + t * qstride + (int64_t)(q0 + g) * hd;
+        const float *qr = qv[g];
         for (int d = 0; d < hd; d++) { qb[g * hd + d] = qr[d] * a->scale; o[g * hd + d] = 0; }
         m[g] = -INFINITY;
         l[g] = 0;
+        lim[g] = nv[g] < r1 ? nv[g] : r1;
+        end = lim[g] > end ? lim[g] : end;
     }
+    r1 = end;
     int64_t j0 = 0;
     for (int64_t b = 0; b < a->blocks && j0 < r1; b++) {
         const kv_slab *sl = a->slabs + b * a->kv_heads + kvh;
@@ -361,22 +378,25 @@ KV_INLINE void KFN(fast_heads)(const int G, const kv_attn_args *a, int64_t t, in
             case KV_FMT_F16: KFN(kscores)(G, KV_FMT_F16, sl->k, row0, cnt, hd, qs, s); break;
             default: KFN(kscores)(G, KV_FMT_I8, sl->k, row0, cnt, hd, qs, s); break;
             }
-            // Online softmax step.
+            // Online softmax step, per query over the rows it sees (the others get 0).
             for (int g = 0; g < G; g++) {
                 float *sg = s + g * KV_CH;
-                if (raw) memcpy(raw + g * total + c0, sg, (size_t)cnt * sizeof(float));
+                const int cg = lim[g] <= c0 ? 0 : (lim[g] - c0 < cnt ? (int)(lim[g] - c0) : cnt);
+                for (int j = cg; j < cnt; j++) sg[j] = 0;
+                if (cg == 0) continue;
+                if (raw) memcpy(raw + g * total + c0, sg, (size_t)cg * sizeof(float));
                 float mx = m[g];
                 {
                     KVF mv = mx;
                     int j = 0;
-                    for (; j + KV_VL <= cnt; j += KV_VL) {
+                    for (; j + KV_VL <= cg; j += KV_VL) {
                         const KVF x = KFN(vload)(sg + j);
                         mv = x > mv ? x : mv;
                     }
                     float t[KV_VL];
                     memcpy(t, &mv, sizeof mv);
                     for (int k = 0; k < KV_VL; k++) mx = t[k] > mx ? t[k] : mx;
-                    for (; j < cnt; j++) mx = sg[j] > mx ? sg[j] : mx;
+                    for (; j < cg; j++) mx = sg[j] > mx ? sg[j] : mx;
                 }
                 if (mx > m[g]) {
                     const float alpha = expf(m[g] - mx);
@@ -387,25 +407,25 @@ KV_INLINE void KFN(fast_heads)(const int G, const kv_attn_args *a, int64_t t, in
                 const KVF mv = m[g];
                 KVF acc = 0;
                 int j = 0;
-                for (; j + KV_VL <= cnt; j += KV_VL) {
+                for (; j + KV_VL <= cg; j += KV_VL) {
                     const KVF e = KFN(vexp)(KFN(vload)(sg + j) - mv);
                     acc += e;
                     KFN(vstore)(sg + j, e);
                 }
                 float sum = KFN(hsum)(acc);
-                if (j < cnt) {
+                if (j < cg) {
                     float t8[KV_VL];
-                    for (int k = 0; k < KV_VL; k++) t8[k] = j + k < cnt ? sg[j + k] - m[g] : -INFINITY;
+                    for (int k = 0; k < KV_VL; k++) t8[k] = j + k < cg ? sg[j + k] - m[g] : -INFINITY;
                     const KVF e = KFN(vexp)(KFN(vload)(t8));
                     float te[KV_VL];
                     memcpy(te, &e, sizeof e);
-                    for (int k = 0; j + k < cnt; k++) { sg[j + k] = te[k]; sum += te[k]; }
+                    for (int k = 0; j + k < cg; k++) { sg[j + k] = te[k]; sum += te[k]; }
                 }
                 l[g] += sum;
                 if (sl->v_fmt == KV_FMT_I8) {
                     int k = 0;
-                    for (; k + KV_VL <= cnt; k += KV_VL) KFN(vstore)(sg + k, KFN(vload)(sg + k) * KFN(vload)(sl->v_scale + row0 + k));
-                    for (; k < cnt; k++) sg[k] *= sl->v_scale[row0 + k];
+                    for (; k + KV_VL <= cg; k += KV_VL) KFN(vstore)(sg + k, KFN(vload)(sg + k) * KFN(vload)(sl->v_scale + row0 + k));
+                    for (; k < cg; k++) sg[k] *= sl->v_scale[row0 + k];
                 }
             }
             switch (sl->v_fmt) {
@@ -425,35 +445,55 @@ KV_INLINE void KFN(fast_heads)(const int G, const kv_attn_args *a, int64_t t, in
             continue;
         }
         const float inv = l[g] > 0 ? 1.0f / l[g] : 0;
-        float *dst = a->out + t * qstride + (int64_t)(q0 + g) * hd;
+        float *dst = ov[g];
         for (int d = 0; d < hd; d++) dst[d] = o[g * hd + d] * inv;
         if (raw) {
-            float *mrow = a->mass + (int64_t)(q0 + g) * total;
-            for (int64_t j = r0; j < r1; j++) mrow[j] += expf(raw[g * total + j] - m[g]) * inv;
+            float *mrow = a->mass + (int64_t)hv[g] * total;
+            for (int64_t j = r0; j < lim[g]; j++) mrow[j] += expf(raw[g * total + j] - m[g]) * inv;
         }
     }
 }
 
-// Items i0 ..< i1, item = (kvh·tokens + t)·splits + split.
+// Items i0 ..< i1, item = (kvh·tiles + j)·splits + split. Tile j is tokens [tile·tq, tile·tq + tq)
+// with tile = j, or with `a->zigzag` the tiles 0, last, 1, last − 1, …: a later token sees more
+// entries, and the pool hands out contiguous ranges of items, which this order keeps equal in work.
 static void KFN(kv_attn_fast)(const kv_attn_args *a, int64_t i0, int64_t i1) {
     const int hd = a->head_dim, group = a->heads / a->kv_heads;
-    const int64_t total = a->base + a->tokens, S = a->splits;
+    const int64_t total = a->base + a->tokens, S = a->splits, TQ = a->tq, NT = (a->tokens + TQ - 1) / TQ;
+    const int64_t qstride = (int64_t)a->heads * hd;
     const size_t ws_floats = (size_t)(3 * KV_GM * hd + KV_GM * KV_CH) + (a->mass ? (size_t)(KV_GM * total) : 0) + 64;
     float *ws = (float *)cw_tls_scratch(CW_TLS_SCORES, ws_floats * sizeof(float));
     if (!ws) return;
     for (int64_t item = i0; item < i1; item++) {
-        const int64_t split = item % S, t = (item / S) % a->tokens;
-        const int kvh = (int)(item / S / a->tokens);
-        const int64_t n = a->base + t + 1, r0 = n * split / S, r1 = n * (split + 1) / S;
-        for (int h0 = 0; h0 < group; h0 += KV_GM) {
-            const int G = group - h0 < KV_GM ? group - h0 : KV_GM;
-            const int q0 = kvh * group + h0;
-            float *part = a->part ? a->part + (item * group + h0) * (int64_t)(hd + 2) : NULL;
+        const int64_t split = item % S, j = (item / S) % NT;
+        const int kvh = (int)(item / S / NT);
+        const int64_t tile = a->zigzag ? (j % 2 ? NT - 1 - j / 2 : j / 2) : j;
+        const int64_t t0 = tile * TQ, t1 = t0 + TQ < a->tokens ? t0 + TQ : a->tokens;
+        // One split (S > 1 only for tiles of one token): entries [r0, r1) of that token's.
+        const int64_t n = a->base + t0 + 1, r0 = S > 1 ? n * split / S : 0, r1 = S > 1 ? n * (split + 1) / S : a->base + t1;
+        // Queries in (token, head) order, in passes of 8, 6, 4, 3, 2 or 1 (the sizes compiled: each
+        // size is a copy of the pass unrolled for it, and compile time grows with their sum).
+        const int64_t nq = (t1 - t0) * group;
+        for (int64_t q0 = 0, G = 0; q0 < nq; q0 += G) {
+            const int64_t rest = nq - q0;
+            G = rest >= 8 ? 8 : rest >= 6 ? 6 : rest >= 4 ? 4 : rest;
+            const float *qv[KV_GM];
+            float *ov[KV_GM];
+            int64_t nv[KV_GM];
+            int hv[KV_GM];
+            for (int g = 0; g < G; g++) {
+                const int64_t t = t0 + (q0 + g) / group, h = (int64_t)kvh * group + (q0 + g) % group;
+                qv[g] = a->q + t * qstride + h * hd;
+                ov[g] = a->out + t * qstride + h * hd;
+                nv[g] = a->base + t + 1;
+                hv[g] = (int)h;
+            }
+            float *part = a->part ? a->part + (item * group + q0) * (int64_t)(hd + 2) : NULL;
             switch (G) {
-            case 1: KFN(fast_heads)(1, a, t, kvh, q0, r0, r1, part, ws); break;
-            case 2: KFN(fast_heads)(2, a, t, kvh, q0, r0, r1, part, ws); break;
-            case 3: KFN(fast_heads)(3, a, t, kvh, q0, r0, r1, part, ws); break;
-            default: KFN(fast_heads)(4, a, t, kvh, q0, r0, r1, part, ws); break;
+#define KV_G(N) case N: KFN(fast_queries)(N, a, qv, ov, nv, hv, kvh, r0, r1, part, ws); break;
+            KV_G(1) KV_G(2) KV_G(3) KV_G(4) KV_G(6)
+            default: KFN(fast_queries)(8, a, qv, ov, nv, hv, kvh, r0, r1, part, ws); break;
+#undef KV_G
             }
         }
     }
@@ -462,6 +502,7 @@ static void KFN(kv_attn_fast)(const kv_attn_args *a, int64_t i0, int64_t i1) {
 #undef KV_GM
 #undef KV_CH
 #undef KV_NV
+#undef KV_NVG
 
 #undef KVF
 #undef KFN

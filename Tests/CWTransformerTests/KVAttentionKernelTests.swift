@@ -137,4 +137,44 @@ final class KVAttentionKernelTests: XCTestCase {
         }
         print("KV fast path vs widened fp32, all paths: max |diff| \(worst)")
     }
+
+    /// A prefill takes tiles of several tokens per item (each cached row read once for all their
+    /// queries); every query's result must be the one it gets alone (one token, same entries), to
+    /// the bit — for group sizes that fill a tile exactly or not, tiles that end inside a chunk or
+    /// a block, every format and kernel path, one thread or several (tiles in zigzag order).
+    func testPrefillTilesEqualOneTokenAtATime() {
+        let saved = KernelPath.current
+        defer { KernelPath.current = saved }
+        var rng = RNG(s: 5)
+        // (entries, queries, block size, KV heads, heads, head size)
+        let cases = [(300, 37, 32, 3, 9, 64), (130, 130, 16, 2, 8, 32), (77, 20, 7, 1, 5, 24), (96, 33, 100, 4, 4, 16),
+                     (65, 65, 64, 1, 16, 8)]
+        let patterns: [(String, (Int, Int, Bool) -> Int32)] = [
+            ("int8", { _, _, _ in Self.I8 }), ("fp16", { _, _, _ in Self.F16 }),
+            ("mixed", { b, h, v in Int32((b + 2 * h + (v ? 1 : 0)) % 3) }), ("fp32", { _, _, _ in Self.F32 }),
+        ]
+        for path in KernelPath.supported {
+            KernelPath.current = path
+            for (total, tokens, bs, kvHeads, heads, hd) in cases {
+                for (name, pattern) in patterns {
+                    let cache = Cache(total: total, blockSize: bs, kvHeads: kvHeads, headDim: hd, keyScale: 3, rng: &rng, format: pattern)
+                    let q = (0..<(tokens * heads * hd)).map { _ in rng.next() }
+                    for pool in [nil, ThreadPool(threads: 2), ThreadPool(threads: 3)] {
+                        let all = attention(cache.quantized, blocks: cache.blocks, q: q, tokens: tokens, total: total, heads: heads,
+                                            kvHeads: kvHeads, hd: hd, mass: false, pool: pool, fast: true).out
+                        let row = heads * hd
+                        for t in 0..<tokens {
+                            // Query t alone sees entries 0 ..< total − tokens + t + 1 (one thread: no splits).
+                            let one = attention(cache.quantized, blocks: cache.blocks, q: Array(q[(t * row)..<((t + 1) * row)]), tokens: 1,
+                                                total: total - tokens + t + 1, heads: heads, kvHeads: kvHeads, hd: hd, mass: false,
+                                                pool: nil, fast: true).out
+                            let same = zip(one, all[(t * row)..<((t + 1) * row)]).allSatisfy { $0 == $1 }
+                            XCTAssertTrue(same, "\(path) \(name) entries \(total) queries \(tokens) block \(bs) heads \(heads)/\(kvHeads)×\(hd) threads \(pool?.threads ?? 1): token \(t)")
+                            if !same { return }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
