@@ -62,11 +62,14 @@ struct Explain: AsyncParsableCommand {
         let pieces = ids.map { loaded.tokenizer.decode([$0], skipSpecialTokens: false) }
         let report = ExplainReport(policy: config ?? policy, delta: delta, ids: ids, pieces: pieces)
         try report.html().write(toFile: out, atomically: true, encoding: .utf8)
+        let wrote = "wrote \(out): \(ids.count) tokens, \(report.chunks.count) chunks, average rank \(String(format: "%.2f", report.averageRank)) of \(report.maxRank)"
         if json {
+            // stdout is the JSON alone; the page was written all the same, which stderr says
             FileHandle.standardOutput.write(try report.json())
             FileHandle.standardOutput.write(Data("\n".utf8))
+            FileHandle.standardError.write(Data((wrote + "\n").utf8))
         } else {
-            print("wrote \(out): \(ids.count) tokens, \(report.chunks.count) chunks, average rank \(String(format: "%.2f", report.averageRank)) of \(report.maxRank)")
+            print(wrote)
         }
     }
 }
