@@ -93,6 +93,28 @@ final class KVAttentionKernelTests: XCTestCase {
         return (out, m)
     }
 
+    typealias Shape = (total: Int, tokens: Int, blockSize: Int, kvHeads: Int, heads: Int, hd: Int)
+
+    /// Runs `body` for every kernel path × shape × format pattern with a fresh cache and queries
+    /// (the kernel path is restored afterwards); `body` returns false to stop.
+    func forEachCase(_ shapes: [Shape], _ patterns: [(String, (Int, Int, Bool) -> Int32)], seed: UInt64,
+                     _ body: (KernelPath, Shape, String, Cache, [Float]) -> Bool) {
+        let saved = KernelPath.current
+        defer { KernelPath.current = saved }
+        var rng = RNG(s: seed)
+        for path in KernelPath.supported {
+            KernelPath.current = path
+            for shape in shapes {
+                for (name, pattern) in patterns {
+                    let cache = Cache(total: shape.total, blockSize: shape.blockSize, kvHeads: shape.kvHeads, headDim: shape.hd,
+                                      keyScale: 3, rng: &rng, format: pattern)
+                    let q = (0..<(shape.tokens * shape.heads * shape.hd)).map { _ in rng.next() }
+                    if !body(path, shape, name, cache, q) { return }
+                }
+            }
+        }
+    }
+
     func testFastPathMatchesWidenedFP32OnEveryKernelPath() {
         let pools: [ThreadPool?] = [nil, ThreadPool(threads: 2), ThreadPool(threads: 4)]
         // (entries, queries, block size, KV heads, heads, head size)
@@ -107,33 +129,24 @@ final class KVAttentionKernelTests: XCTestCase {
             ("fp32+int8", { b, _, v in b == 1 && !v ? Self.I8 : Self.F32 }),
             ("fp32 (blocked kernel, fast precision)", { _, _, _ in Self.F32 }),
         ]
-        let saved = KernelPath.current
-        defer { KernelPath.current = saved }
-        var rng = RNG(s: 11)
         var worst: Float = 0
-        for path in KernelPath.supported {
-            KernelPath.current = path
-            for (total, tokens, bs, kvHeads, heads, hd) in cases {
-                for (name, pattern) in patterns {
-                    let cache = Cache(total: total, blockSize: bs, kvHeads: kvHeads, headDim: hd, keyScale: 3, rng: &rng, format: pattern)
-                    let q = (0..<(tokens * heads * hd)).map { _ in rng.next() }
-                    for mass in [false, true] {
-                        for pool in pools {
-                            let what = "\(path) \(name) entries \(total) queries \(tokens) block \(bs) heads \(heads)/\(kvHeads)×\(hd) mass \(mass) threads \(pool?.threads ?? 1)"
-                            let a = attention(cache.quantized, blocks: cache.blocks, q: q, tokens: tokens, total: total, heads: heads,
-                                              kvHeads: kvHeads, hd: hd, mass: mass, pool: pool, fast: name.hasPrefix("fp32 ("))
-                            let b = attention(cache.widened, blocks: cache.blocks, q: q, tokens: tokens, total: total, heads: heads,
-                                              kvHeads: kvHeads, hd: hd, mass: mass, pool: pool)
-                            let e = zip(a.out, b.out).map { abs($0 - $1) }.max() ?? 0
-                            let em = zip(a.mass, b.mass).map { abs($0 - $1) }.max() ?? 0
-                            XCTAssertLessThanOrEqual(e, 2e-5, what)
-                            XCTAssertLessThanOrEqual(em, 2e-5, what)
-                            XCTAssertFalse(a.out.contains { !$0.isFinite }, what)
-                            worst = max(worst, e, em)
-                        }
-                    }
+        forEachCase(cases.map { Shape($0.0, $0.1, $0.2, $0.3, $0.4, $0.5) }, patterns, seed: 11) { path, c, name, cache, q in
+            for mass in [false, true] {
+                for pool in pools {
+                    let what = "\(path) \(name) entries \(c.total) queries \(c.tokens) block \(c.blockSize) heads \(c.heads)/\(c.kvHeads)×\(c.hd) mass \(mass) threads \(pool?.threads ?? 1)"
+                    let a = attention(cache.quantized, blocks: cache.blocks, q: q, tokens: c.tokens, total: c.total, heads: c.heads,
+                                      kvHeads: c.kvHeads, hd: c.hd, mass: mass, pool: pool, fast: name.hasPrefix("fp32 ("))
+                    let b = attention(cache.widened, blocks: cache.blocks, q: q, tokens: c.tokens, total: c.total, heads: c.heads,
+                                      kvHeads: c.kvHeads, hd: c.hd, mass: mass, pool: pool)
+                    let e = zip(a.out, b.out).map { abs($0 - $1) }.max() ?? 0
+                    let em = zip(a.mass, b.mass).map { abs($0 - $1) }.max() ?? 0
+                    XCTAssertLessThanOrEqual(e, 2e-5, what)
+                    XCTAssertLessThanOrEqual(em, 2e-5, what)
+                    XCTAssertFalse(a.out.contains { !$0.isFinite }, what)
+                    worst = max(worst, e, em)
                 }
             }
+            return true
         }
         print("KV fast path vs widened fp32, all paths: max |diff| \(worst)")
     }
@@ -143,9 +156,6 @@ final class KVAttentionKernelTests: XCTestCase {
     /// the bit — for group sizes that fill a tile exactly or not, tiles that end inside a chunk or
     /// a block, every format and kernel path, one thread or several (tiles in zigzag order).
     func testPrefillTilesEqualOneTokenAtATime() {
-        let saved = KernelPath.current
-        defer { KernelPath.current = saved }
-        var rng = RNG(s: 5)
         // (entries, queries, block size, KV heads, heads, head size)
         let cases = [(300, 37, 32, 3, 9, 64), (130, 130, 16, 2, 8, 32), (77, 20, 7, 1, 5, 24), (96, 33, 100, 4, 4, 16),
                      (65, 65, 64, 1, 16, 8)]
@@ -153,28 +163,22 @@ final class KVAttentionKernelTests: XCTestCase {
             ("int8", { _, _, _ in Self.I8 }), ("fp16", { _, _, _ in Self.F16 }),
             ("mixed", { b, h, v in Int32((b + 2 * h + (v ? 1 : 0)) % 3) }), ("fp32", { _, _, _ in Self.F32 }),
         ]
-        for path in KernelPath.supported {
-            KernelPath.current = path
-            for (total, tokens, bs, kvHeads, heads, hd) in cases {
-                for (name, pattern) in patterns {
-                    let cache = Cache(total: total, blockSize: bs, kvHeads: kvHeads, headDim: hd, keyScale: 3, rng: &rng, format: pattern)
-                    let q = (0..<(tokens * heads * hd)).map { _ in rng.next() }
-                    for pool in [nil, ThreadPool(threads: 2), ThreadPool(threads: 3)] {
-                        let all = attention(cache.quantized, blocks: cache.blocks, q: q, tokens: tokens, total: total, heads: heads,
-                                            kvHeads: kvHeads, hd: hd, mass: false, pool: pool, fast: true).out
-                        let row = heads * hd
-                        for t in 0..<tokens {
-                            // Query t alone sees entries 0 ..< total − tokens + t + 1 (one thread: no splits).
-                            let one = attention(cache.quantized, blocks: cache.blocks, q: Array(q[(t * row)..<((t + 1) * row)]), tokens: 1,
-                                                total: total - tokens + t + 1, heads: heads, kvHeads: kvHeads, hd: hd, mass: false,
-                                                pool: nil, fast: true).out
-                            let same = zip(one, all[(t * row)..<((t + 1) * row)]).allSatisfy { $0 == $1 }
-                            XCTAssertTrue(same, "\(path) \(name) entries \(total) queries \(tokens) block \(bs) heads \(heads)/\(kvHeads)×\(hd) threads \(pool?.threads ?? 1): token \(t)")
-                            if !same { return }
-                        }
-                    }
+        forEachCase(cases.map { Shape($0.0, $0.1, $0.2, $0.3, $0.4, $0.5) }, patterns, seed: 5) { path, c, name, cache, q in
+            for pool in [nil, ThreadPool(threads: 2), ThreadPool(threads: 3)] {
+                let all = attention(cache.quantized, blocks: cache.blocks, q: q, tokens: c.tokens, total: c.total, heads: c.heads,
+                                    kvHeads: c.kvHeads, hd: c.hd, mass: false, pool: pool, fast: true).out
+                let row = c.heads * c.hd
+                for t in 0..<c.tokens {
+                    // Query t alone sees entries 0 ..< total − tokens + t + 1 (one thread: no splits).
+                    let one = attention(cache.quantized, blocks: cache.blocks, q: Array(q[(t * row)..<((t + 1) * row)]), tokens: 1,
+                                        total: c.total - c.tokens + t + 1, heads: c.heads, kvHeads: c.kvHeads, hd: c.hd, mass: false,
+                                        pool: nil, fast: true).out
+                    let same = zip(one, all[(t * row)..<((t + 1) * row)]).allSatisfy { $0 == $1 }
+                    XCTAssertTrue(same, "\(path) \(name) entries \(c.total) queries \(c.tokens) block \(c.blockSize) heads \(c.heads)/\(c.kvHeads)×\(c.hd) threads \(pool?.threads ?? 1): token \(t)")
+                    if !same { return false }
                 }
             }
+            return true
         }
     }
 }
