@@ -260,10 +260,24 @@ KV_INLINE void KFN(kscores)(const int G, const int fmt, const void *kb, int64_t 
     for (int jb = 0; jb < cnt; jb += KV_VL) {
         const int nr = cnt - jb < KV_VL ? cnt - jb : KV_VL;
         KVF acc[KV_GM][KV_VL];
-        for (int r = 0; r < KV_VL; r++) {
-            KVF a0[KV_GM];
-            for (int g = 0; g < G; g++) a0[g] = 0;
-            if (r < nr) {
+        // Rows in pairs where the registers allow (2·G accumulators): each query vector loaded
+        // feeds two FMAs (one row at a time loaded G + 1 vectors per G FMAs: bound by the loads).
+        // Each row's sum is the same sequence of FMAs either way.
+        const int pairs = KV_VL >= 16 || G <= 6;
+        for (int r = 0; r < KV_VL; r += 1 + pairs) {
+            KVF a0[KV_GM], a1[KV_GM];
+            for (int g = 0; g < G; g++) { a0[g] = 0; a1[g] = 0; }
+            if (pairs && r + 1 < nr) {
+                const int64_t e = (row0 + jb + r) * hd;
+                for (int d = 0; d < dv; d += KV_VL) {
+                    const KVF x0 = KFN(ldv)(fmt, kb, e + d), x1 = KFN(ldv)(fmt, kb, e + hd + d);
+                    for (int g = 0; g < G; g++) {
+                        const KVF qv = KFN(vload)(qs + g * hd + d);
+                        a0[g] = KV_FMA(qv, x0, a0[g]);
+                        a1[g] = KV_FMA(qv, x1, a1[g]);
+                    }
+                }
+            } else if (r < nr) {
                 const int64_t e = (row0 + jb + r) * hd;
                 for (int d = 0; d < dv; d += KV_VL) {
                     const KVF x = KFN(ldv)(fmt, kb, e + d);
@@ -271,6 +285,8 @@ KV_INLINE void KFN(kscores)(const int G, const int fmt, const void *kb, int64_t 
                 }
             }
             for (int g = 0; g < G; g++) acc[g][r] = a0[g];
+            if (pairs)
+                for (int g = 0; g < G; g++) acc[g][r + 1] = a1[g];
         }
         for (int g = 0; g < G; g++) {
             const KVF v = KFN(hsum_rows)(acc[g]);
@@ -363,7 +379,7 @@ KV_INLINE void KFN(fast_queries)(const int G, const kv_attn_args *a, const float
         const kv_slab *sl = a->slabs + b * a->kv_heads + kvh;
         const int64_t bs = j0 > r0 ? j0 : r0, be = j0 + sl->n < r1 ? j0 + sl->n : r1;
         if (bs >= be) { j0 += sl->n; continue; }
-        if (b + 1 < a->blocks && j0 + sl->n < r1) KFN(prefetch_slab)(sl + a->kv_heads, hd);
+        if (a->tq == 1 && b + 1 < a->blocks && j0 + sl->n < r1) KFN(prefetch_slab)(sl + a->kv_heads, hd);
         const float *qs = qb;
         if (sl->k_fmt == KV_FMT_I8) {
             for (int g = 0; g < G; g++)
