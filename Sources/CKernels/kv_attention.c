@@ -142,6 +142,8 @@ int kv_attention(const float *q, float *out, int64_t tokens, int64_t base, int h
         a.sub = s;
     }
     // With `mass`, one thread owns all tokens of a (KV head, subgroup), so its rows of `mass` have one writer.
+    // Tokens in zigzag order: a later token reads more rows, and the pool hands out contiguous ranges.
+    a.zigzag = 1;
     cw_pool_parallel_for(pool, tokens * kv_heads * (group / a.sub), mass ? tokens : 1, kv_attn_task, &c);
     return 0;
 }

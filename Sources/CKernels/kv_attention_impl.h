@@ -68,7 +68,8 @@ KV_INLINE void KFN(widen_row)(int fmt, const void *src, int hd, float rs, float 
 // One item = (kv head, subgroup, token): `sub` of the query heads sharing that KV head (normally
 // all of them, so each cached row is read from memory once per group; fewer when there are too few
 // items to keep every thread busy, e.g. one decode token). Items are ordered kv head, subgroup,
-// token: item = (kvh·nsub + sg)·tokens + t.
+// token: item = (kvh·nsub + sg)·tokens + j, token t = j or, with `a->zigzag`, the tokens 0, last, 1,
+// last − 1, … (as the fast path's tiles: equal work in every contiguous range of items).
 static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
     const int hd = a->head_dim, group = a->sub, nsub = a->heads / a->kv_heads / a->sub;
     const int64_t qstride = (int64_t)a->heads * hd, total = a->base + a->tokens;
@@ -79,7 +80,7 @@ static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; item++) {
         const int kvsg = (int)(item / a->tokens);
         const int kvh = kvsg / nsub, q0 = kvh * nsub * group + (kvsg % nsub) * group;
-        const int64_t t = item % a->tokens;
+        const int64_t j = item % a->tokens, t = a->zigzag ? (j % 2 ? a->tokens - 1 - j / 2 : j / 2) : j;
         const int64_t n = a->base + t + 1;
         float m[64], sum[64];
         const int G = group < 64 ? group : 64;
