@@ -21,6 +21,10 @@ typedef struct {
 // The fast path's most queries (tokens × query heads of one KV head) per pass over a chunk of rows.
 #define KV_QMAX 8
 
+// Item j of n in zigzag order: 0, n − 1, 1, n − 2, … — a later token reads more cached rows, and the
+// pool hands each thread a contiguous range of items, which this order keeps equal in work.
+static inline int64_t kv_zigzag(int64_t j, int64_t n) { return j % 2 ? n - 1 - j / 2 : j / 2; }
+
 #define KV_ISA portable
 #define KV_VL 4
 #define KV_X86 0
@@ -142,8 +146,7 @@ int kv_attention(const float *q, float *out, int64_t tokens, int64_t base, int h
         a.sub = s;
     }
     // With `mass`, one thread owns all tokens of a (KV head, subgroup), so its rows of `mass` have one writer.
-    // Tokens in zigzag order: a later token reads more rows, and the pool hands out contiguous ranges.
-    a.zigzag = 1;
+    a.zigzag = 1;  // (kv_zigzag)
     cw_pool_parallel_for(pool, tokens * kv_heads * (group / a.sub), mass ? tokens : 1, kv_attn_task, &c);
     return 0;
 }

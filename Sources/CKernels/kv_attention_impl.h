@@ -68,8 +68,7 @@ KV_INLINE void KFN(widen_row)(int fmt, const void *src, int hd, float rs, float 
 // One item = (kv head, subgroup, token): `sub` of the query heads sharing that KV head (normally
 // all of them, so each cached row is read from memory once per group; fewer when there are too few
 // items to keep every thread busy, e.g. one decode token). Items are ordered kv head, subgroup,
-// token: item = (kvh·nsub + sg)·tokens + j, token t = j or, with `a->zigzag`, the tokens 0, last, 1,
-// last − 1, … (as the fast path's tiles: equal work in every contiguous range of items).
+// token: item = (kvh·nsub + sg)·tokens + j, token t = j, or kv_zigzag(j, tokens) with `a->zigzag`.
 static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
     const int hd = a->head_dim, group = a->sub, nsub = a->heads / a->kv_heads / a->sub;
     const int64_t qstride = (int64_t)a->heads * hd, total = a->base + a->tokens;
@@ -80,7 +79,7 @@ static void KFN(kv_attn)(const kv_attn_args *a, int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; item++) {
         const int kvsg = (int)(item / a->tokens);
         const int kvh = kvsg / nsub, q0 = kvh * nsub * group + (kvsg % nsub) * group;
-        const int64_t j = item % a->tokens, t = a->zigzag ? (j % 2 ? a->tokens - 1 - j / 2 : j / 2) : j;
+        const int64_t j = item % a->tokens, t = a->zigzag ? kv_zigzag(j, a->tokens) : j;
         const int64_t n = a->base + t + 1;
         float m[64], sum[64];
         const int G = group < 64 ? group : 64;
@@ -472,8 +471,7 @@ KV_INLINE void KFN(fast_queries)(const int G, const kv_attn_args *a, const float
 }
 
 // Items i0 ..< i1, item = (kvh·tiles + j)·splits + split. Tile j is tokens [tile·tq, tile·tq + tq)
-// with tile = j, or with `a->zigzag` the tiles 0, last, 1, last − 1, …: a later token sees more
-// entries, and the pool hands out contiguous ranges of items, which this order keeps equal in work.
+// with tile = j, or kv_zigzag(j, tiles) with `a->zigzag`.
 static void KFN(kv_attn_fast)(const kv_attn_args *a, int64_t i0, int64_t i1) {
     const int hd = a->head_dim, group = a->heads / a->kv_heads;
     const int64_t total = a->base + a->tokens, S = a->splits, TQ = a->tq, NT = (a->tokens + TQ - 1) / TQ;
@@ -484,7 +482,7 @@ static void KFN(kv_attn_fast)(const kv_attn_args *a, int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; item++) {
         const int64_t split = item % S, j = (item / S) % NT;
         const int kvh = (int)(item / S / NT);
-        const int64_t tile = a->zigzag ? (j % 2 ? NT - 1 - j / 2 : j / 2) : j;
+        const int64_t tile = a->zigzag ? kv_zigzag(j, NT) : j;
         const int64_t t0 = tile * TQ, t1 = t0 + TQ < a->tokens ? t0 + TQ : a->tokens;
         // One split (S > 1 only for tiles of one token): entries [r0, r1) of that token's.
         const int64_t n = a->base + t0 + 1, r0 = S > 1 ? n * split / S : 0, r1 = S > 1 ? n * (split + 1) / S : a->base + t1;

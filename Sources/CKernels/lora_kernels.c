@@ -21,6 +21,7 @@ typedef struct {
 typedef struct {
     void (*down)(const cw_lora_args *g, int64_t i0, int64_t i1, int64_t t0, int64_t t1);
     void (*up)(const cw_lora_args *g, int64_t o0, int64_t o1);
+    void (*to_f32)(const cw_lora_args *g, int64_t r0, int64_t r1, float *dst);
 } cw_lora_ops;
 
 #define LK_ISA portable
@@ -135,23 +136,8 @@ int cw_lora_up_range(int type, const void *bt, int64_t ldb, int64_t k, int64_t o
 
 int cw_lora_to_f32(int type, const void *f, int64_t ld, int64_t r0, int64_t r1, float *dst) {
     if ((type != CW_LORA_F32 && type != CW_LORA_F16 && type != CW_LORA_Q8) || ld <= 0 || r0 < 0 || r1 < r0 || !f || !dst) return -1;
-    const int64_t rb = cw_lora_row_bytes(type, ld), nb = (ld + 31) / 32;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *row = (const uint8_t *)f + r * rb;
-        float *d = dst + (r - r0) * ld;
-        if (type == CW_LORA_F32) { memcpy(d, row, (size_t)ld * sizeof(float)); continue; }
-        if (type == CW_LORA_F16) {
-            for (int64_t c = 0; c < ld; c++) { uint16_t h; memcpy(&h, row + 2 * c, 2); d[c] = cw_h2f_portable(h); }
-            continue;
-        }
-        const int8_t *q = (const int8_t *)(row + 4 * nb);
-        for (int64_t b = 0; b < nb; b++) {
-            float sc;
-            memcpy(&sc, row + 4 * b, 4);
-            const int64_t c1 = 32 * b + 32 < ld ? 32 * b + 32 : ld;
-            for (int64_t c = 32 * b; c < c1; c++) d[c] = (float)q[c] * sc;
-        }
-    }
+    const cw_lora_args g = {.type = type, .f = f, .ldf = ld};
+    cw_lora_ops_current()->to_f32(&g, r0, r1, dst);
     return 0;
 }
 

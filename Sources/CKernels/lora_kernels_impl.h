@@ -276,7 +276,20 @@ static void LFN(up)(const cw_lora_args *g, int64_t o0, int64_t o1) {
     }
 }
 
-static const cw_lora_ops LFN(lora_ops) = {LFN(down), LFN(up)};
+// Factor rows [r0, r1) as fp32 (all `ldf` columns), row-major into dst: `widen` row by row.
+static void LFN(to_f32)(const cw_lora_args *g, int64_t r0, int64_t r1, float *dst) {
+    const int64_t n = g->ldf;
+    for (int64_t r = r0; r < r1; r++) {
+        float *d = dst + (r - r0) * n;
+        switch (g->type) {
+        case CW_LORA_Q8: LFN(widen)(g, r, 0, n, 2, d); break;
+        case CW_LORA_F16: LFN(widen)(g, r, 0, n, 1, d); break;
+        default: LFN(widen)(g, r, 0, n, 0, d); break;
+        }
+    }
+}
+
+static const cw_lora_ops LFN(lora_ops) = {LFN(down), LFN(up), LFN(to_f32)};
 
 #undef LVF
 #undef LFN

@@ -384,13 +384,9 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
                     j1 = Self.lowerBound(rows, p.count, Int32(part.upperBound))
                 }
                 guard j1 > j0 else { continue }
-                if let rows = p.rows {
-                    LowRank.up(us, rows: lo..<p.rank, u: p.u + j0 * w, ldu: w, tokens: j1 - j0, y: y, ldy: out,
-                               yRows: rows + j0, columns: columns)
-                } else {
-                    LowRank.up(us, rows: lo..<p.rank, u: p.u + j0 * w, ldu: w, tokens: j1 - j0, y: y + j0 * out, ldy: out,
-                               columns: columns)
-                }
+                // (with a row list y is addressed through it; without, entry j is row j)
+                LowRank.up(us, rows: lo..<p.rank, u: p.u + j0 * w, ldu: w, tokens: j1 - j0, y: p.rows == nil ? y + j0 * out : y,
+                           ldy: out, yRows: p.rows.map { UnsafePointer($0 + j0) }, columns: columns)
             }
         }, release: {
             for p in parts { p.u.deallocate(); p.rows?.deallocate() }
