@@ -307,11 +307,15 @@ void cw_pool_destroy(cw_pool *p) {
 
 int cw_pool_threads(const cw_pool *p) { return p ? p->n : 1; }
 
-void cw_pool_parallel_for(cw_pool *p, int64_t count, int64_t granularity, cw_range_fn fn, void *ctx) {
+// cw_pool_parallel_for, with `first(first_ctx)` run on the calling thread once the job is published
+// and before that thread takes a part (or, when the job runs on the calling thread alone, before it).
+static void cw_pool_run(cw_pool *p, int64_t count, int64_t granularity, cw_range_fn fn, void *ctx,
+                        void (*first)(void *), void *first_ctx) {
     if (count <= 0) return;
     const int64_t g = granularity < 1 ? 1 : granularity;
     const int64_t units = (count + g - 1) / g;
     if (!p || p->n <= 1 || units <= 1 || cw_in_job || pthread_mutex_trylock(&p->run_lock) != 0) {
+        if (first) first(first_ctx);
         fn(ctx, 0, count);
         return;
     }
@@ -330,6 +334,7 @@ void cw_pool_parallel_for(cw_pool *p, int64_t count, int64_t granularity, cw_ran
         pthread_mutex_unlock(&p->mu);
     }
     cw_in_job = 1;
+    if (first) first(first_ctx);
     cw_pool_work(p);
     cw_in_job = 0;
     for (long spin = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spin++) {
@@ -337,6 +342,10 @@ void cw_pool_parallel_for(cw_pool *p, int64_t count, int64_t granularity, cw_ran
         else sched_yield();
     }
     pthread_mutex_unlock(&p->run_lock);
+}
+
+void cw_pool_parallel_for(cw_pool *p, int64_t count, int64_t granularity, cw_range_fn fn, void *ctx) {
+    cw_pool_run(p, count, granularity, fn, ctx, NULL, NULL);
 }
 
 // ---- Drivers -------------------------------------------------------------------------------
@@ -514,6 +523,10 @@ typedef struct {
     double pf_per_row[CW_PF_MAX];
     const cw_side *side;
     int64_t side_idx;  // side tasks take the first side->count units (CW_MANY_GRAIN indices each)
+    // Activations quantized inside the job (`cw_many_quantize`, by the calling thread) while the
+    // other threads start on the side tasks; rows wait for `quantized`.
+    int deferred;
+    _Atomic int quantized;
 } cw_many_ctx;
 
 enum { CW_MANY_GRAIN = 16 };
@@ -525,6 +538,10 @@ static void cw_many_task(void *c, int64_t s, int64_t e) {
         s = s > m->side_idx ? s - m->side_idx : 0;
         e -= m->side_idx;
         if (e <= s) return;
+    }
+    for (int spin = 0; m->deferred && !atomic_load_explicit(&m->quantized, memory_order_acquire); spin++) {
+        if ((spin & 63) == 63) sched_yield();
+        else cw_cpu_relax();
     }
     for (int i = 0; i < m->count; i++) {
         const int64_t lo = s > m->start[i] ? s : m->start[i], hi = e < m->start[i + 1] ? e : m->start[i + 1];
@@ -540,6 +557,13 @@ static void cw_many_task(void *c, int64_t s, int64_t e) {
 int cw_matmul_many(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                    cw_pool *pool) {
     return cw_matmul_many_side(mats, count, cols, x, tokens, precision, NULL, 0, NULL, pool);
+}
+
+static void cw_many_quantize(void *c) {
+    cw_many_ctx *m = (cw_many_ctx *)c;
+    if (m->tiled) m->ops->quantize_tiled(&m->mm[0], 0, m->mm[0].tokens);
+    else m->ops->quantize(&m->mm[0], 0, m->mm[0].tokens);
+    atomic_store_explicit(&m->quantized, 1, memory_order_release);
 }
 
 static void cw_side_task(void *c, int64_t s, int64_t e) {
@@ -598,17 +622,22 @@ int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float
             c.mm[i].pf_rows = c.start[count];
         }
     }
-    // Quantize once, into the layout of the kernel that runs, for the first matrix; share it.
+    // Quantize once, into the layout of the kernel that runs, for the first matrix; share it. A
+    // small call with side tasks (a decode step's LoRA products) quantizes inside its pool job, on
+    // the calling thread, while the other threads take the side tasks (which read x, not its
+    // quants): a serial step less before every product of a decode step.
     cw_mm *a = &c.mm[0];
     cw_mm_ctx qc = {c.ops, a};
-    if (cw_fast_quantize(&qc, tiled, pool) != 0) return -1;
+    c.deferred = tasks && tokens < CW_QUANT_PARALLEL_TOKENS;
+    atomic_init(&c.quantized, 0);
+    if (c.deferred ? cw_fast_prepare(a, tiled) : cw_fast_quantize(&qc, tiled, pool)) return -1;
     for (int i = 1; i < count; i++) {
         c.mm[i].xq = a->xq; c.mm[i].xq_row_bytes = a->xq_row_bytes;
         c.mm[i].tq = a->tq; c.mm[i].td = a->td; c.mm[i].tsd = a->tsd;
     }
     c.side = side;
     c.side_idx = tasks ? side->count * CW_MANY_GRAIN : 0;
-    cw_pool_parallel_for(pool, c.side_idx + c.start[count], CW_MANY_GRAIN, cw_many_task, &c);
+    cw_pool_run(pool, c.side_idx + c.start[count], CW_MANY_GRAIN, cw_many_task, &c, c.deferred ? cw_many_quantize : NULL, &c);
     return 0;
 }
 

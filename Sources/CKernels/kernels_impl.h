@@ -835,8 +835,11 @@ static void FN(fast_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
 // with no horizontal sums. A tile of TB_R rows (4 on AVX2, 8 on AVX-512, which has the registers
 // for 16 integer and 8 float accumulators) has its blocks unpacked once for up to 16 groups
 // (128 tokens) and shares every activation load. Per output (row r, token t) and block b:
-//     I = Σ_j q_j·x_j (exact in int32);  v = float(I)·(dw·dx);  v = ow·sd + v;  y += v
-// (blocks in order), whatever the tile height, so both levels give the same bits. `ow` is the
+//     I = Σ_j q_j·x_j (exact in int32);  y = fma(float(I), dw·dx, y);  y = fma(ow, sd, y)
+// (blocks in order), whatever the tile height, so both levels give the same bits. (Two fused
+// steps per block: the former v = float(I)·(dw·dx); v = ow·sd + v; y += v took two more vector
+// operations per row, block and eight tokens, which share the ports of the dot products: the
+// 8-token product 6% faster.) `ow` is the
 // coefficient of the activation block's scaled sum sd:
 // m for Q4_1/Q5_1, -8·dw for Q4_0, -16·dw for Q5_0 (both exact), none for Q8_0.
 // Bounds: |I| ≤ 32·128·32767 < 2^28 (Q8_0); float(I) is exact below 2^24 (the Q4 types).
@@ -999,10 +1002,9 @@ CW_INLINE void FN(tb_block)(const cw_mm *a, const int type, FN(tb_w) w, int64_t 
     const __m256 dxv = _mm256_loadu_ps(a->td + (g * nb + b) * 8), sdv = _mm256_loadu_ps(a->tsd + (g * nb + b) * 8);
 #pragma clang loop unroll(full)
     for (int i = 0; i < TB_R; i++) {
-        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(e[i], o[i])),
-                                 _mm256_mul_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b)]), dxv));
-        if (type != CW_TYPE_Q8_0) v = _mm256_fmadd_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b) + 1]), sdv, v);
-        acc[i] = _mm256_add_ps(acc[i], v);
+        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(e[i], o[i])),
+                                 _mm256_mul_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b)]), dxv), acc[i]);
+        if (type != CW_TYPE_Q8_0) acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b) + 1]), sdv, acc[i]);
     }
 }
 
