@@ -680,6 +680,30 @@ void cw_softmax(float *x, int64_t n) {
 
 void cw_silu_mul(float *gate, const float *up, int64_t n) { cw_ops_current()->silu_mul(gate, up, n); }
 
+void cw_rope(float *x, int64_t tokens, int heads, int head_dim, const float *cos, const float *sin, int interleaved) {
+#pragma clang fp contract(off)
+    const int half = head_dim / 2;
+    for (int64_t t = 0; t < tokens; t++) {
+        const float *restrict c = cos + t * half, *restrict s = sin + t * half;
+        for (int h = 0; h < heads; h++) {
+            float *restrict v = x + (t * heads + h) * (int64_t)head_dim;
+            if (interleaved) {
+                for (int i = 0; i < half; i++) {
+                    const float a = v[2 * i], b = v[2 * i + 1];
+                    v[2 * i] = a * c[i] - b * s[i];
+                    v[2 * i + 1] = a * s[i] + b * c[i];
+                }
+            } else {
+                for (int i = 0; i < half; i++) {
+                    const float a = v[i], b = v[i + half];
+                    v[i] = a * c[i] - b * s[i];
+                    v[i + half] = a * s[i] + b * c[i];
+                }
+            }
+        }
+    }
+}
+
 double cw_exp_weights(const float *x, int64_t n, float shift, float div, float *w) {
     return n > 0 ? cw_ops_current()->exp_weights(x, n, shift, div, w) : 0;
 }

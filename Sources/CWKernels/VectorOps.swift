@@ -50,6 +50,19 @@ public enum VectorOps {
         cw_silu_mul(gate, up, Int64(n))
     }
 
+    /// Rotary position embedding in place over `tokens` rows of `heads` × `headDim` (see `cw_rope`):
+    /// pairs (2i, 2i+1) when `interleaved`, else (i, i + headDim/2); `cos`/`sin` hold
+    /// `tokens` × `headDim/2` angles' values.
+    public static func rope(_ x: UnsafeMutablePointer<Float>, tokens: Int, heads: Int, headDim: Int,
+                            cos: [Float], sin: [Float], interleaved: Bool) {
+        precondition(cos.count >= tokens * (headDim / 2) && sin.count >= tokens * (headDim / 2), "rope: angle tables too short")
+        cos.withUnsafeBufferPointer { c in
+            sin.withUnsafeBufferPointer { s in
+                cw_rope(x, Int64(tokens), Int32(heads), Int32(headDim), c.baseAddress, s.baseAddress, interleaved ? 1 : 0)
+            }
+        }
+    }
+
     /// `a[i] += b[i]`.
     public static func add(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, n: Int) {
         cw_add(a, b, Int64(n))

@@ -512,21 +512,7 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     private func applyRope(_ x: UnsafeMutablePointer<Float>, heads: Int, n: Int, cos: [Float], sin: [Float]) {
-        let hd = config.headDim, half = hd / 2
-        let interleaved = config.ropeStyle == .interleaved
-        for t in 0..<n {
-            let row = x + t * heads * hd
-            for h in 0..<heads {
-                let v = row + h * hd
-                for i in 0..<half {
-                    let cs = cos[t * half + i], sn = sin[t * half + i]
-                    let a = interleaved ? 2 * i : i
-                    let b = interleaved ? 2 * i + 1 : i + half
-                    let x0 = v[a], x1 = v[b]
-                    v[a] = x0 * cs - x1 * sn
-                    v[b] = x0 * sn + x1 * cs
-                }
-            }
-        }
+        VectorOps.rope(x, tokens: n, heads: heads, headDim: config.headDim, cos: cos, sin: sin,
+                       interleaved: config.ropeStyle == .interleaved)
     }
 }

@@ -185,6 +185,11 @@ double cw_read_probe(const float *a, int64_t n, cw_pool *pool);
 void cw_rms_norm(const float *x, const float *weight, float *out, int64_t n, float eps);
 void cw_softmax(float *x, int64_t n);
 void cw_silu_mul(float *gate, const float *up, int64_t n);
+/// Rotary position embedding in place: x holds `tokens` rows of `heads` × `head_dim`; token t's
+/// angles' cosines and sines are cos/sin[t·head_dim/2 + i]. Element pairs (2i, 2i+1) when
+/// `interleaved` (GGUF/llama2.c order), else (i, i + head_dim/2) (HF order):
+/// a' = a·c − b·s, b' = a·s + b·c, each product rounded (no fused multiply-add, on every target).
+void cw_rope(float *x, int64_t tokens, int heads, int head_dim, const float *cos, const float *sin, int interleaved);
 /// w[i] = exp((x[i] - shift) / div) with the kernels' vector exp (≤ 2 ulp from libm); returns the
 /// sum of w in double (a fixed order for a given n and instruction-set level).
 double cw_exp_weights(const float *x, int64_t n, float shift, float div, float *w);
