@@ -852,6 +852,62 @@ CW_INLINE int64_t FN(tb_x)(int64_t nb, int64_t t, int64_t b, int j) {
 }
 CW_INLINE int64_t FN(tb_s)(int64_t nb, int64_t t, int64_t b) { return ((t / 8) * nb + b) * 8 + t % 8; }
 
+// Eight tokens' lanes (a vector of eight) from eight vectors of partial results, one per token:
+// lane l = op over vector l's elements (max or add; exact, so the order does not matter).
+#define CW_TB_FOLD8(T, OP, UNLO, UNHI, SHUF, PERM, v, out)                                          \
+    do {                                                                                         \
+        T u_[4], w_[2];                                                                          \
+        for (int i_ = 0; i_ < 4; i_++) u_[i_] = OP(UNLO(v[2 * i_], v[2 * i_ + 1]), UNHI(v[2 * i_], v[2 * i_ + 1])); \
+        for (int i_ = 0; i_ < 2; i_++) w_[i_] = OP(SHUF(u_[2 * i_], u_[2 * i_ + 1], 0x44), SHUF(u_[2 * i_], u_[2 * i_ + 1], 0xEE)); \
+        out = OP(PERM(w_[0], w_[1], 0x20), PERM(w_[0], w_[1], 0x31));                             \
+    } while (0)
+CW_INLINE __m256i FN(tb_shuf_epi32)(__m256i a, __m256i b, int imm) {
+    return imm == 0x44 ? _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), 0x44))
+                       : _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), 0xEE));
+}
+#define CW_TB_SHUF_PS(a, b, imm) ((imm) == 0x44 ? _mm256_shuffle_ps(a, b, 0x44) : _mm256_shuffle_ps(a, b, 0xEE))
+#define CW_TB_PERM_PS(a, b, imm) ((imm) == 0x20 ? _mm256_permute2f128_ps(a, b, 0x20) : _mm256_permute2f128_ps(a, b, 0x31))
+#define CW_TB_PERM_SI(a, b, imm) ((imm) == 0x20 ? _mm256_permute2x128_si256(a, b, 0x20) : _mm256_permute2x128_si256(a, b, 0x31))
+
+// q16_block for block b of eight consecutive tokens at once (x: the first token's block, rows
+// `ld` apart; tokens from `nt` on are zeros), the same values as eight q16_block calls: each
+// token's amax (NaNs skipped: every max takes the running value as its second operand, which
+// `maxps` returns when the first is NaN), d = amax/32767 and 1/d (one division each for the
+// eight tokens), rint by the conversion's round-to-nearest-even, the clamp, Σq and d·Σq; d and
+// d·Σq of the eight tokens are stored as eight lanes (td/tsd).
+CW_INLINE void FN(q16_group)(const float *x, int64_t ld, int nt, int16_t q[8][32], float *td, float *tsd) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 xv[8][4], m[8];
+    for (int l = 0; l < 8; l++) {
+        m[l] = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            xv[l][k] = l < nt ? _mm256_loadu_ps(x + l * ld + 8 * k) : _mm256_setzero_ps();
+            m[l] = _mm256_max_ps(_mm256_and_ps(xv[l][k], absmask), m[l]);
+        }
+    }
+    __m256 amax;
+    CW_TB_FOLD8(__m256, _mm256_max_ps, _mm256_unpacklo_ps, _mm256_unpackhi_ps, CW_TB_SHUF_PS, CW_TB_PERM_PS, m, amax);
+    const __m256 d = _mm256_div_ps(amax, _mm256_set1_ps((float)CW_Q16_MAX));
+    const __m256 id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d), _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_NEQ_OQ));
+    float idl[8] __attribute__((aligned(32)));
+    _mm256_store_ps(idl, id);
+    const __m256i lim = _mm256_set1_epi32(CW_Q16_MAX), nlim = _mm256_set1_epi32(-CW_Q16_MAX);
+    __m256i sum[8];
+    for (int l = 0; l < 8; l++) {
+        const __m256 il = _mm256_set1_ps(idl[l]);
+        __m256i qi[4];
+        for (int k = 0; k < 4; k++)
+            qi[k] = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(xv[l][k], il)), nlim), lim);
+        sum[l] = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+        _mm256_store_si256((__m256i *)q[l], _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[0], qi[1]), 0xD8));
+        _mm256_store_si256((__m256i *)(q[l] + 16), _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[2], qi[3]), 0xD8));
+    }
+    __m256i s;
+    CW_TB_FOLD8(__m256i, _mm256_add_epi32, _mm256_unpacklo_epi32, _mm256_unpackhi_epi32, FN(tb_shuf_epi32), CW_TB_PERM_SI, sum, s);
+    _mm256_storeu_ps(td, d);
+    _mm256_storeu_ps(tsd, _mm256_mul_ps(d, _mm256_cvtepi32_ps(s)));
+}
+
 // Quantizes tokens [t0, t1) into that layout (the padding lanes of the last group are zeroed by
 // the driver). A group whose tokens all lie in the range (its existing ones, for the last) is
 // quantized block by block for its eight tokens at once and transposed in registers (16 row
@@ -866,11 +922,8 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
             for (int64_t b = 0; b < nb; b++) {
                 // q[l] = token 8g+l's block b (zeros past the last token): 16 element pairs.
                 int16_t q[8][32] __attribute__((aligned(32)));
-                for (int l = 0; l < 8; l++) {
-                    const int64_t s = FN(tb_s)(nb, 8 * g + l, b);
-                    if (8 * g + l < ge) FN(q16_block)(a->x + (8 * g + l) * a->cols + 32 * b, q[l], a->td + s, a->tsd + s);
-                    else memset(q[l], 0, sizeof q[l]);
-                }
+                FN(q16_group)(a->x + 8 * g * a->cols + 32 * b, a->cols, (int)(ge - 8 * g), q,
+                              a->td + FN(tb_s)(nb, 8 * g, b), a->tsd + FN(tb_s)(nb, 8 * g, b));
                 // Two 8×8 transposes of 32-bit pairs: row p of the output holds pair p of the 8 tokens.
                 int16_t *dst = a->tq + FN(tb_x)(nb, 8 * g, b, 0);
                 for (int h = 0; h < 2; h++) {
