@@ -46,6 +46,10 @@ public final class KVCache {
     private var table: [[KVBlock]]
     private var tokenIds: [Int32] = []
     private var policyRuns: [(from: Int, policy: KVPolicy)] = [(0, .full)]
+    /// Whether a policy that evicts or merges entries was ever set (blocks take their policy from
+    /// the runs, so until then `advance` has no retention to apply — and skips the pass over
+    /// every layer's blocks that a decode step would otherwise make per sequence).
+    private var anyRetention = false
     private var provenanceRuns: [(from: Int, provenance: Provenance)] = [(0, .base)]
     private var slabs: [kv_slab] = []
     private var massBuffer: [Float] = []
@@ -71,6 +75,7 @@ public final class KVCache {
     /// Stores positions `from...` with `policy` (until another call for a later position).
     /// Positions already cached keep theirs.
     public func setPolicy(_ policy: KVPolicy, forPositionsFrom from: Int) {
+        if policy.retention != .all { anyRetention = true }
         policyRuns.removeAll { $0.from >= from }
         policyRuns.append((from, policy))
     }
@@ -386,6 +391,7 @@ public final class KVCache {
     // MARK: Retention
 
     private func applyRetention() {
+        guard anyRetention else { return }
         for l in 0..<layers {
             var evict: [ObjectIdentifier: Set<Int>] = [:]
             // Window.

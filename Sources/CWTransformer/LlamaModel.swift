@@ -307,6 +307,20 @@ public final class LlamaModel: @unchecked Sendable {
             && deltaRuns[0].first == 0 && deltaRuns[0].last == items.count - 1
         let splitPositions = items.count == 1 ? pos0[0]..<(pos0[0] + n) : 0..<n
 
+        /// RMSNorm of each token's row (several tokens: over the pool; each row alone, the same bits).
+        func rmsNorm(_ weight: [Float], _ x: UnsafeMutablePointer<Float>, _ out: UnsafeMutablePointer<Float>, tokens: Int) {
+            weight.withUnsafeBufferPointer { g in
+                guard let gp = g.baseAddress else { return }
+                if tokens >= 4 {
+                    pool.parallelFor(tokens) { lo, hi in
+                        for t in lo..<hi { VectorOps.rmsNorm(x + t * d, gp, out + t * d, n: d, eps: c.rmsNormEps) }
+                    }
+                } else {
+                    for t in 0..<tokens { VectorOps.rmsNorm(x + t * d, gp, out + t * d, n: d, eps: c.rmsNormEps) }
+                }
+            }
+        }
+
         /// y = W·x for all rows, then each segment's (or run of segments') delta on its own rows.
         func linear(_ layer: Int, _ p: Projection, _ m: WeightMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
             let exact = options.exactProjections.contains(p)
@@ -420,9 +434,7 @@ public final class LlamaModel: @unchecked Sendable {
 
         for (l, lw) in w.layers.enumerated() {
             // Attention block.
-            lw.attentionNorm.withUnsafeBufferPointer { g in
-                for t in 0..<n { VectorOps.rmsNorm(s.x + t * d, g.baseAddress!, s.xb + t * d, n: d, eps: c.rmsNormEps) }
-            }
+            rmsNorm(lw.attentionNorm, s.x, s.xb, tokens: n)
             // A batched step's caches for this layer are pulled in while q/k/v compute — up to 2 MiB
             // (an L2's worth; long contexts would only evict what was prefetched first).
             var kvSpans: [UnsafeRawBufferPointer] = prefetchCaches ? items.flatMap { $0.cache.memory(layer: l) } : []
@@ -462,11 +474,15 @@ public final class LlamaModel: @unchecked Sendable {
             VectorOps.add(s.x, s.xb, n: n * d)
 
             // Feed-forward block (SwiGLU).
-            lw.ffnNorm.withUnsafeBufferPointer { g in
-                for t in 0..<n { VectorOps.rmsNorm(s.x + t * d, g.baseAddress!, s.xb + t * d, n: d, eps: c.rmsNormEps) }
-            }
+            rmsNorm(lw.ffnNorm, s.x, s.xb, tokens: n)
             linear(l, s.xb, [(.gate, lw.wGate, s.hb), (.up, lw.wUp, s.hb2)])
-            VectorOps.siluMul(s.hb, s.hb2, n: n * ff)
+            // (split at multiples of 1,024 elements: each part's vector/tail split is the whole
+            // call's, so the same bits)
+            if n >= 4 {
+                pool.parallelFor(n * ff, granularity: 1024) { lo, hi in VectorOps.siluMul(s.hb + lo, s.hb2 + lo, n: hi - lo) }
+            } else {
+                VectorOps.siluMul(s.hb, s.hb2, n: n * ff)
+            }
             linear(l, .down, lw.wDown, s.hb, s.xb)
             VectorOps.add(s.x, s.xb, n: n * d)
         }
