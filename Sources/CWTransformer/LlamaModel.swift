@@ -198,6 +198,10 @@ public final class LlamaModel: @unchecked Sendable {
     /// Steps of fewer tokens than this run their deltas side by side (and, when additive, beside
     /// the base product); larger ones (prefill) keep each delta call's own split over the pool.
     static let smallStepTokens = 32
+    /// From this many tokens a call's RMSNorm and SwiGLU run on the pool. (From 4 they did, and
+    /// an 8-sequence decode step was no faster — 0.97× median over eight alternating `bench
+    /// --batch 8` rounds: two more pool jobs per layer for a few microseconds of work each.)
+    static let poolElementwiseTokens = 32
 
     /// Scratch activations for a micro-batch of `n` tokens.
     struct Scratch {
@@ -307,11 +311,11 @@ public final class LlamaModel: @unchecked Sendable {
             && deltaRuns[0].first == 0 && deltaRuns[0].last == items.count - 1
         let splitPositions = items.count == 1 ? pos0[0]..<(pos0[0] + n) : 0..<n
 
-        /// RMSNorm of each token's row (several tokens: over the pool; each row alone, the same bits).
+        /// RMSNorm of each token's row (a prefill-sized call: over the pool; each row alone, the same bits).
         func rmsNorm(_ weight: [Float], _ x: UnsafeMutablePointer<Float>, _ out: UnsafeMutablePointer<Float>, tokens: Int) {
             weight.withUnsafeBufferPointer { g in
                 guard let gp = g.baseAddress else { return }
-                if tokens >= 4 {
+                if tokens >= Self.poolElementwiseTokens {
                     pool.parallelFor(tokens) { lo, hi in
                         for t in lo..<hi { VectorOps.rmsNorm(x + t * d, gp, out + t * d, n: d, eps: c.rmsNormEps) }
                     }
@@ -478,7 +482,7 @@ public final class LlamaModel: @unchecked Sendable {
             linear(l, s.xb, [(.gate, lw.wGate, s.hb), (.up, lw.wUp, s.hb2)])
             // (split at multiples of 1,024 elements: each part's vector/tail split is the whole
             // call's, so the same bits)
-            if n >= 4 {
+            if n >= Self.poolElementwiseTokens {
                 pool.parallelFor(n * ff, granularity: 1024) { lo, hi in VectorOps.siluMul(s.hb + lo, s.hb2 + lo, n: hi - lo) }
             } else {
                 VectorOps.siluMul(s.hb, s.hb2, n: n * ff)
