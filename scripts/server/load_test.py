@@ -198,8 +198,15 @@ try:
     c = http.client.HTTPConnection(HOST, PORT, timeout=5); c.request("GET", "/metrics")
     metrics = c.getresponse().read().decode()
     running = [l for l in metrics.splitlines() if l.startswith("vllm:num_requests_running")]
-    report = {"phases": results, "server_peak_rss_mib": round((peak_rss_kib() or 0) / 1024, 1), "metrics_after": running,
-              "server": " ".join(cmd[1:])}
+    # Scaling over the run: the machine's speed drifts within a minute, so a single pair says
+    # little; alternating phases (e.g. --phases 1,8,1,8,1,8,...) give one ratio per pair.
+    scaling = {}
+    for n in sorted({r["clients"] for r in results if "vs_latest_single" in r}):
+        ratios = [r["vs_latest_single"] for r in results if r["clients"] == n and "vs_latest_single" in r]
+        scaling[str(n)] = {"pairs": len(ratios), "median_vs_latest_single": round(statistics.median(ratios), 2),
+                           "min": min(ratios), "max": max(ratios)}
+    report = {"phases": results, "scaling": scaling, "server_peak_rss_mib": round((peak_rss_kib() or 0) / 1024, 1),
+              "metrics_after": running, "server": " ".join(cmd[1:])}
     print(json.dumps(report, indent=1))
     if server.poll() is not None:
         print("server died during the test", file=sys.stderr); rc = 1
