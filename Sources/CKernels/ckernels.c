@@ -539,7 +539,7 @@ static void cw_many_task(void *c, int64_t s, int64_t e) {
         e -= m->side_idx;
         if (e <= s) return;
     }
-    for (int spin = 0; m->deferred && !atomic_load_explicit(&m->quantized, memory_order_acquire); spin++) {
+    for (long spin = 0; m->deferred && !atomic_load_explicit(&m->quantized, memory_order_acquire); spin++) {
         if ((spin & 63) == 63) sched_yield();
         else cw_cpu_relax();
     }
