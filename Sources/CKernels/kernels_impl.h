@@ -852,22 +852,21 @@ CW_INLINE int64_t FN(tb_x)(int64_t nb, int64_t t, int64_t b, int j) {
 }
 CW_INLINE int64_t FN(tb_s)(int64_t nb, int64_t t, int64_t b) { return ((t / 8) * nb + b) * 8 + t % 8; }
 
-// Eight tokens' lanes (a vector of eight) from eight vectors of partial results, one per token:
-// lane l = op over vector l's elements (max or add; exact, so the order does not matter).
-#define CW_TB_FOLD8(T, OP, UNLO, UNHI, SHUF, PERM, v, out)                                          \
-    do {                                                                                         \
-        T u_[4], w_[2];                                                                          \
-        for (int i_ = 0; i_ < 4; i_++) u_[i_] = OP(UNLO(v[2 * i_], v[2 * i_ + 1]), UNHI(v[2 * i_], v[2 * i_ + 1])); \
-        for (int i_ = 0; i_ < 2; i_++) w_[i_] = OP(SHUF(u_[2 * i_], u_[2 * i_ + 1], 0x44), SHUF(u_[2 * i_], u_[2 * i_ + 1], 0xEE)); \
-        out = OP(PERM(w_[0], w_[1], 0x20), PERM(w_[0], w_[1], 0x31));                             \
-    } while (0)
-CW_INLINE __m256i FN(tb_shuf_epi32)(__m256i a, __m256i b, int imm) {
-    return imm == 0x44 ? _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), 0x44))
-                       : _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), 0xEE));
+// Lane l = the max (`add` 0) or the sum (`add` 1) of v[l]'s eight elements, for eight vectors at
+// once. Exact here — maxima, and sums of integers below 2^24 — so the order does not matter.
+CW_INLINE __m256 FN(tb_fold8)(const __m256 v[8], const int add) {
+    __m256 u[4], w[2];
+    for (int i = 0; i < 4; i++) {
+        const __m256 lo = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]), hi = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+        u[i] = add ? _mm256_add_ps(lo, hi) : _mm256_max_ps(lo, hi);
+    }
+    for (int i = 0; i < 2; i++) {
+        const __m256 lo = _mm256_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44), hi = _mm256_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE);
+        w[i] = add ? _mm256_add_ps(lo, hi) : _mm256_max_ps(lo, hi);
+    }
+    const __m256 lo = _mm256_permute2f128_ps(w[0], w[1], 0x20), hi = _mm256_permute2f128_ps(w[0], w[1], 0x31);
+    return add ? _mm256_add_ps(lo, hi) : _mm256_max_ps(lo, hi);
 }
-#define CW_TB_SHUF_PS(a, b, imm) ((imm) == 0x44 ? _mm256_shuffle_ps(a, b, 0x44) : _mm256_shuffle_ps(a, b, 0xEE))
-#define CW_TB_PERM_PS(a, b, imm) ((imm) == 0x20 ? _mm256_permute2f128_ps(a, b, 0x20) : _mm256_permute2f128_ps(a, b, 0x31))
-#define CW_TB_PERM_SI(a, b, imm) ((imm) == 0x20 ? _mm256_permute2x128_si256(a, b, 0x20) : _mm256_permute2x128_si256(a, b, 0x31))
 
 // q16_block for block b of eight consecutive tokens at once (x: the first token's block, rows
 // `ld` apart; tokens from `nt` on are zeros), the same values as eight q16_block calls: each
@@ -885,27 +884,24 @@ CW_INLINE void FN(q16_group)(const float *x, int64_t ld, int nt, int16_t q[8][32
             m[l] = _mm256_max_ps(_mm256_and_ps(xv[l][k], absmask), m[l]);
         }
     }
-    __m256 amax;
-    CW_TB_FOLD8(__m256, _mm256_max_ps, _mm256_unpacklo_ps, _mm256_unpackhi_ps, CW_TB_SHUF_PS, CW_TB_PERM_PS, m, amax);
+    const __m256 amax = FN(tb_fold8)(m, 0);
     const __m256 d = _mm256_div_ps(amax, _mm256_set1_ps((float)CW_Q16_MAX));
     const __m256 id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d), _mm256_cmp_ps(d, _mm256_setzero_ps(), _CMP_NEQ_OQ));
     float idl[8] __attribute__((aligned(32)));
     _mm256_store_ps(idl, id);
     const __m256i lim = _mm256_set1_epi32(CW_Q16_MAX), nlim = _mm256_set1_epi32(-CW_Q16_MAX);
-    __m256i sum[8];
+    __m256 sum[8];  // per token, eight partial sums of its quants (|Σ| ≤ 32·32767: exact in fp32)
     for (int l = 0; l < 8; l++) {
         const __m256 il = _mm256_set1_ps(idl[l]);
         __m256i qi[4];
         for (int k = 0; k < 4; k++)
             qi[k] = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(xv[l][k], il)), nlim), lim);
-        sum[l] = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+        sum[l] = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3])));
         _mm256_store_si256((__m256i *)q[l], _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[0], qi[1]), 0xD8));
         _mm256_store_si256((__m256i *)(q[l] + 16), _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[2], qi[3]), 0xD8));
     }
-    __m256i s;
-    CW_TB_FOLD8(__m256i, _mm256_add_epi32, _mm256_unpacklo_epi32, _mm256_unpackhi_epi32, FN(tb_shuf_epi32), CW_TB_PERM_SI, sum, s);
     _mm256_storeu_ps(td, d);
-    _mm256_storeu_ps(tsd, _mm256_mul_ps(d, _mm256_cvtepi32_ps(s)));
+    _mm256_storeu_ps(tsd, _mm256_mul_ps(d, FN(tb_fold8)(sum, 1)));
 }
 
 // Quantizes tokens [t0, t1) into that layout (the padding lanes of the last group are zeroed by

@@ -54,13 +54,8 @@ public enum VectorOps {
     /// pairs (2i, 2i+1) when `interleaved`, else (i, i + headDim/2); `cos`/`sin` hold
     /// `tokens` × `headDim/2` angles' values.
     public static func rope(_ x: UnsafeMutablePointer<Float>, tokens: Int, heads: Int, headDim: Int,
-                            cos: [Float], sin: [Float], interleaved: Bool) {
-        precondition(cos.count >= tokens * (headDim / 2) && sin.count >= tokens * (headDim / 2), "rope: angle tables too short")
-        cos.withUnsafeBufferPointer { c in
-            sin.withUnsafeBufferPointer { s in
-                cw_rope(x, Int64(tokens), Int32(heads), Int32(headDim), c.baseAddress, s.baseAddress, interleaved ? 1 : 0)
-            }
-        }
+                            cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, interleaved: Bool) {
+        cw_rope(x, Int64(tokens), Int32(heads), Int32(headDim), cos, sin, interleaved ? 1 : 0)
     }
 
     /// `a[i] += b[i]`.

@@ -532,7 +532,14 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     private func applyRope(_ x: UnsafeMutablePointer<Float>, heads: Int, n: Int, cos: [Float], sin: [Float]) {
-        VectorOps.rope(x, tokens: n, heads: heads, headDim: config.headDim, cos: cos, sin: sin,
-                       interleaved: config.ropeStyle == .interleaved)
+        // (the tables hold n × headDim/2 values: forwardSegments builds them for these rows)
+        assert(cos.count >= n * (config.headDim / 2) && sin.count >= n * (config.headDim / 2))
+        cos.withUnsafeBufferPointer { c in
+            sin.withUnsafeBufferPointer { s in
+                guard let cp = c.baseAddress, let sp = s.baseAddress else { return }
+                VectorOps.rope(x, tokens: n, heads: heads, headDim: config.headDim, cos: cp, sin: sp,
+                               interleaved: config.ropeStyle == .interleaved)
+            }
+        }
     }
 }
