@@ -9,8 +9,9 @@ import CWKernels
 /// own contiguous region of K rows and V rows (`headDim` elements each) in that head's format —
 /// fp32, fp16 or int8 (see `KVFormat`) — so formats can differ between blocks and between heads.
 /// The last block of a layer is the *staging* block: fp32, filled one entry per position. It is
-/// *sealed* when full, or when the next position has another policy or provenance: it is then
-/// re-encoded in its policy's formats with exactly its rows (int8 keys get per-channel scales
+/// *sealed* when full, or when the next position has another retention policy or provenance (a
+/// change of storage alone keeps the block, which then takes the finer storage: `KVPolicy`): it is
+/// then re-encoded in its policy's formats with exactly its rows (int8 keys get per-channel scales
 /// over the block's rows — KIVI-style — and int8 values per-token scales; an unfilled block
 /// closed early holds only its rows). Attention (`attention(layer:…)`) reads every block in its
 /// own format in one fused C kernel (`kv_attention`); no dequantized copy of the cache is made.
@@ -183,10 +184,12 @@ public final class KVCache {
             let pos = count + r
             let pol = policy(at: pos), prov = provenance(at: pos)
             var tail = table[layer].last
-            if let t = tail, !t.sealed, t.isFull || t.policy != pol || t.provenance != prov {
+            if let t = tail, !t.sealed, t.isFull || (t.policy != pol && !t.policy.sharesBlocks(with: pol)) || t.provenance != prov {
                 table[layer][table[layer].count - 1] = t.sealedForm()
                 tail = nil
             }
+            // (a change of storage alone: the staging block takes this row too, in the finer storage)
+            if let t = tail, !t.sealed, t.policy != pol { t.share(with: pol) }
             if tail == nil || tail?.sealed == true {
                 let b = KVBlock.staging(kvHeads: kvHeads, headDim: headDim, blockSize: blockSize, policy: pol, provenance: prov)
                 table[layer].append(b)

@@ -191,22 +191,48 @@ final class KVCacheTests: XCTestCase {
         // Each layer: one sealed fp32 block (32 rows) + one staging fp32 block (32 slots).
         let fp32Block = 2 * 32 * 8 * 8 + 32 * 4 + 8
         XCTAssertEqual(cache.byteCount, 2 * 2 * fp32Block)
-        // Now int8 for 40..<104: staging closes at 40 (8 fp32 rows, sealed as fp32 exactly 8 rows).
+        // Now int8 for 40..<104: a change of storage alone keeps the staging block (32..<64 holds
+        // full rows, so it is sealed fp32, whole); 64..<96 is int8; 96..<104 stages (fp32, 32 slots).
         cache.setPolicy(.int8(), forPositionsFrom: 40)
         let kv2 = [Float](repeating: 0.25, count: 64 * 16)
         for l in 0..<2 { try cache.append(layer: l, keys: kv2, values: kv2, rows: 64) }
         cache.advance(to: 104)
-        let fp32Closed = 2 * 8 * 8 * 8 + 8 * 4 + 8
         let int8Block = 2 * (32 * 8 * 2 + 8 * 4 + 32 * 4) + 32 * 4 + 8
-        XCTAssertEqual(cache.byteCount, 2 * (fp32Block + fp32Closed + 2 * int8Block))
+        XCTAssertEqual(cache.byteCount, 2 * (3 * fp32Block + int8Block))
+        XCTAssertEqual(cache.blocks(layer: 0).map(\.positions.count), [32, 32, 32, 8])
+        XCTAssertEqual(cache.blocks(layer: 0).map(\.keyFormats), [[.fp32, .fp32], [.fp32, .fp32], [.int8, .int8], [.fp32, .fp32]])
         var sum = 0
         for l in 0..<2 { sum += cache.blocks(layer: l).reduce(0) { $0 + $1.byteCount } }
         XCTAssertEqual(cache.byteCount, sum)
         let m = cache.memory
         XCTAssertEqual(m.allocatedBytes, m.fp32Bytes + m.fp16Bytes + m.int8Bytes + m.scaleBytes + m.metadataBytes)
-        XCTAssertEqual(m.int8Bytes, 2 * 2 * 2 * 32 * 8 * 2)
+        XCTAssertEqual(m.int8Bytes, 2 * 2 * 32 * 8 * 2)
         XCTAssertEqual(m.entries, 2 * 104)
         XCTAssertLessThanOrEqual(m.usedBytes, m.allocatedBytes)
+    }
+
+    /// Per-chunk storage changes (the ChunkWise presets' full/int8) share blocks: a block is sealed
+    /// in the finest storage of its rows, so hard rows are never stored coarser and no short block
+    /// is left at a chunk edge; a retention change still closes the block. Attention over the
+    /// shared blocks stays within the int8 bound of the reference.
+    func testStorageChangesShareBlocksInTheFinerStorage() throws {
+        let cache = KVCache(layers: 1, kvDim: 16, maxCapacity: 4096, kvHeads: 2, blockSize: 8)
+        let policies: [(Int, KVPolicy)] = [(0, .int8()), (4, .full), (6, .int8()), (10, .half), (12, .int8()), (24, .window(sinks: 2, recent: 1_000))]
+        let r = try run(cache: cache, heads: 4, chunks: [3, 5, 6, 10, 4], policies: policies)
+        let b = cache.blocks(layer: 0)
+        XCTAssertEqual(b.map(\.positions), [Array(0..<8), Array(8..<16), Array(16..<24), Array(24..<28)])
+        XCTAssertEqual(b.map(\.keyFormats), [[.fp32, .fp32], [.fp16, .fp16], [.int8, .int8], [.fp32, .fp32]],
+                       "0..<8 holds full rows (fp32); 8..<16 half and int8 rows (fp16); 16..<24 int8 only")
+        XCTAssertEqual(b[0].policy, .full)
+        XCTAssertEqual(b[3].policy, .window(sinks: 2, recent: 1_000), "a retention change closes the block")
+        for (a, e) in zip(r.paged, r.ref) {
+            for (x, y) in zip(a, e) { XCTAssertEqual(x, y, accuracy: 0.05) }
+        }
+        XCTAssertEqual(KVPolicy.Storage.finer(.int8(heads: [0, 1]), .int8(heads: [1, 2])), .int8(heads: [1]))
+        XCTAssertEqual(KVPolicy.Storage.finer(.int8(heads: nil), .int8(heads: [2])), .int8(heads: [2]))
+        XCTAssertEqual(KVPolicy.Storage.finer(.int8(heads: [0]), .int8(heads: [1])), .fp32)
+        XCTAssertEqual(KVPolicy.Storage.finer(.fp16, .int8(heads: [0])), .fp32)
+        XCTAssertEqual(KVPolicy.Storage.finer(.fp16, .int8(heads: nil)), .fp16)
     }
 
     func testBudgetDegradesOldestEasyBlocksThenEvictsThenRefuses() throws {

@@ -15,7 +15,9 @@ final class KVBlock {
     let kvHeads: Int
     let headDim: Int
     let rowCapacity: Int
-    let policy: KVPolicy
+    /// The policy of its rows; a staging block that takes rows of another storage (same keep-all
+    /// retention, `KVCache.append`) holds the finer of the two (`KVPolicy.Storage.finer`).
+    private(set) var policy: KVPolicy
     let provenance: Provenance
     private(set) var sealed: Bool
     private(set) var kFormat: [KVFormat]
@@ -181,6 +183,13 @@ final class KVBlock {
         if tracksWeight { b.weight = keep.map { weight[$0] } }
         b.dedupeChecked = keep.filter { $0 < dedupeChecked }.count
         return b
+    }
+
+    /// Lets this staging block take rows of `other` too (`KVCache.append`): its storage becomes the
+    /// finer of the two, so no row is stored coarser than its own policy says.
+    func share(with other: KVPolicy) {
+        guard !sealed else { return }
+        policy = KVPolicy(storage: .finer(policy.storage, other.storage), retention: policy.retention)
     }
 
     /// The sealed form of this staging block in its policy's formats (self when already fp32 and full).

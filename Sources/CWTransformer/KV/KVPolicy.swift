@@ -27,10 +27,13 @@ public enum KVFormat: Int32, Sendable, CaseIterable, CustomStringConvertible {
 
 /// How the KV entries of a range of positions are stored and which of them are kept.
 ///
-/// A policy is chosen per chunk of positions (`KVCache.setPolicy(_:forPositionsFrom:)`): every
-/// block holds positions of one policy only (a policy change closes the current block).
-/// `storage` says the format a block takes once it is sealed (full, or closed by a policy or
-/// provenance change); until then the block being filled is fp32. `retention` says which entries
+/// A policy is chosen per chunk of positions (`KVCache.setPolicy(_:forPositionsFrom:)`).
+/// `storage` says the format a block takes once it is sealed (full, or closed by a retention or
+/// provenance change); until then the block being filled is fp32. A change of storage alone
+/// (between keep-all policies, as the ChunkWise presets' per-chunk full/int8) does not close the
+/// block: it keeps filling and is sealed in the finer storage of its rows (`Storage.finer`), so a
+/// hard chunk's rows are never stored coarser than `.full`, and blocks stay whole — a block cut
+/// at every chunk edge leaves short blocks, whose attention costs up to twice as much per row. `retention` says which entries
 /// survive; it is applied after every forward pass (`KVCache.advance(to:)`), so the queries of a
 /// chunk always see every entry that was retained before the chunk plus the whole chunk.
 ///
@@ -44,6 +47,22 @@ public struct KVPolicy: Hashable, Sendable, CustomStringConvertible {
         case fp16
         /// int8 for the listed KV heads (nil: all heads); the other heads stay fp32.
         case int8(heads: [Int]?)
+
+        /// The storage that keeps every head at least as precise as both: fp32 if either is,
+        /// fp16 over all-heads int8, int8 on the heads both quantize; otherwise fp32.
+        public static func finer(_ a: Storage, _ b: Storage) -> Storage {
+            switch (a, b) {
+            case _ where a == b: return a
+            case (.fp32, _), (_, .fp32): return .fp32
+            case (.fp16, .int8(nil)), (.int8(nil), .fp16): return .fp16
+            case (.int8(let x), .int8(let y)):
+                guard let x else { return .int8(heads: y) }
+                guard let y else { return .int8(heads: x) }
+                let both = x.filter { y.contains($0) }
+                return both.isEmpty ? .fp32 : .int8(heads: both)
+            default: return .fp32
+            }
+        }
     }
 
     public enum Retention: Hashable, Sendable {
@@ -67,6 +86,11 @@ public struct KVPolicy: Hashable, Sendable, CustomStringConvertible {
 
     public var storage: Storage
     public var retention: Retention
+
+    /// Whether rows of `self` and `other` may share a block: both keep every entry (the block then
+    /// takes the finer storage of the two). Retention policies keep their own blocks: eviction,
+    /// heavy-hitter budgets and merging work per policy.
+    func sharesBlocks(with other: KVPolicy) -> Bool { retention == .all && other.retention == .all }
 
     public init(storage: Storage, retention: Retention = .all) {
         self.storage = storage
