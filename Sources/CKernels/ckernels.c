@@ -720,10 +720,17 @@ double cw_attention_entropy(const float *q, const float *keys, int64_t kv_stride
     const cw_ops *ops = cw_ops_current();
     const int group = heads / kv_heads > 0 ? heads / kv_heads : 1;
     double sum = 0;
-    for (int h = 0; h < heads; h++) {
-        ops->dots(q + (int64_t)h * head_dim, keys + (int64_t)(h / group) * head_dim, kv_stride, nk, head_dim, scale, scores);
-        const double e = cw_normalized_entropy(scores, nk);
-        sum += e < 0 ? 0 : e;
+    // Per KV head, the scores of its group's query heads in one pass over the keys (each key row
+    // read once for all of them; the same bits as one head at a time), then their entropies in
+    // head order.
+    for (int h0 = 0; h0 < heads; h0 += group) {
+        const int g = heads - h0 < group ? heads - h0 : group;
+        ops->dots_group(g, q + (int64_t)h0 * head_dim, head_dim, keys + (int64_t)(h0 / group) * head_dim, kv_stride, nk, head_dim,
+                        scale, scores);
+        for (int i = 0; i < g; i++) {
+            const double e = cw_normalized_entropy(scores + (int64_t)i * nk, nk);
+            sum += e < 0 ? 0 : e;
+        }
     }
     return sum / heads;
 }

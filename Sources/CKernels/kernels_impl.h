@@ -316,10 +316,117 @@ static float FN(dot)(const float *a, const float *b, int64_t n) {
     return s;
 }
 
+// r[0..CW_VL) → one vector whose lane l is FN(hsum)(r[l]) bit for bit: the same pairwise tree (lane
+// i plus lane i + w for w = CW_VL/2, …, 1), CW_VL rows at once by shuffles (r is overwritten).
+CW_INLINE VF FN(hsum_rows)(VF *r) {
+#define HR_L(...) __VA_ARGS__
+#define HR_PAIR(lo, hi) __builtin_shufflevector(r[2 * i], r[2 * i + 1], lo) + __builtin_shufflevector(r[2 * i], r[2 * i + 1], hi)
+#if CW_VL == 16
+    for (int i = 0; i < 8; i++) r[i] = HR_PAIR(HR_L(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23), HR_L(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+    for (int i = 0; i < 4; i++) r[i] = HR_PAIR(HR_L(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27), HR_L(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31));
+    for (int i = 0; i < 2; i++) r[i] = HR_PAIR(HR_L(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), HR_L(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31));
+    for (int i = 0; i < 1; i++) r[i] = HR_PAIR(HR_L(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), HR_L(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31));
+#elif CW_VL == 8
+    for (int i = 0; i < 4; i++) r[i] = HR_PAIR(HR_L(0, 1, 2, 3, 8, 9, 10, 11), HR_L(4, 5, 6, 7, 12, 13, 14, 15));
+    for (int i = 0; i < 2; i++) r[i] = HR_PAIR(HR_L(0, 1, 4, 5, 8, 9, 12, 13), HR_L(2, 3, 6, 7, 10, 11, 14, 15));
+    for (int i = 0; i < 1; i++) r[i] = HR_PAIR(HR_L(0, 2, 4, 6, 8, 10, 12, 14), HR_L(1, 3, 5, 7, 9, 11, 13, 15));
+#else
+    for (int i = 0; i < 2; i++) r[i] = HR_PAIR(HR_L(0, 1, 4, 5), HR_L(2, 3, 6, 7));
+    for (int i = 0; i < 1; i++) r[i] = HR_PAIR(HR_L(0, 2, 4, 6), HR_L(1, 3, 5, 7));
+#endif
+#undef HR_PAIR
+#undef HR_L
+    return r[0];
+}
+
 // out[j] = dot(q, k + j·stride, n) · scale for j < nk: the attention scores of one query against
-// a run of key rows (FN(dot) inlined per key, so each score has dot's bits exactly).
+// a run of key rows, each with FN(dot)'s bits exactly: the same FMAs per key, CW_VL keys' final
+// sums folded at once by FN(hsum_rows) (the same tree as FN(hsum)), then the same scalar tail.
+// (One key at a time, each key's horizontal sum was a chain of dependent shuffles: ~30 cycles a
+// key for a 64-wide head.)
 static void FN(dots)(const float *q, const float *k, int64_t stride, int64_t nk, int64_t n, float scale, float *out) {
-    for (int64_t j = 0; j < nk; j++) out[j] = FN(dot)(q, k + j * stride, n) * scale;
+    const int64_t nv = n - n % CW_VL;  // where FN(dot)'s vector loops end
+    int64_t j = 0;
+    for (; j + CW_VL <= nk; j += CW_VL) {
+        VF r[CW_VL];
+        for (int l = 0; l < CW_VL; l++) {
+            const float *b = k + (j + l) * stride;
+            VF s0 = 0, s1 = 0;
+            int64_t i = 0;
+            for (; i + 2 * CW_VL <= n; i += 2 * CW_VL) {
+                s0 = CW_FMA(FN(vload)(q + i), FN(vload)(b + i), s0);
+                s1 = CW_FMA(FN(vload)(q + i + CW_VL), FN(vload)(b + i + CW_VL), s1);
+            }
+            for (; i + CW_VL <= n; i += CW_VL) s0 = CW_FMA(FN(vload)(q + i), FN(vload)(b + i), s0);
+            r[l] = s0 + s1;
+        }
+        float t[CW_VL];
+        FN(vstore)(t, FN(hsum_rows)(r));
+        for (int l = 0; l < CW_VL; l++) {
+            const float *b = k + (j + l) * stride;
+            float s = t[l];
+            for (int64_t i = nv; i < n; i++) s += q[i] * b[i];
+            out[j + l] = s * scale;
+        }
+    }
+    for (; j < nk; j++) out[j] = FN(dot)(q, k + j * stride, n) * scale;
+}
+
+// FN(dots) for G query heads sharing one KV head (q + g·qstride): each key row is loaded once for
+// all of them; every score is computed as in FN(dots) (the same FMAs, FN(hsum_rows), tail), so
+// out[g·nk + j] has the bits of dot(q_g, k_j) · scale.
+CW_INLINE void FN(dots_g)(const int G, const float *q, int64_t qstride, const float *k, int64_t stride, int64_t nk, int64_t n,
+                          float scale, float *out) {
+    const int64_t nv = n - n % CW_VL;
+    int64_t j = 0;
+    for (; j + CW_VL <= nk; j += CW_VL) {
+        VF r[8][CW_VL];
+        for (int l = 0; l < CW_VL; l++) {
+            const float *b = k + (j + l) * stride;
+            VF s0[8], s1[8];
+            for (int g = 0; g < G; g++) { s0[g] = 0; s1[g] = 0; }
+            int64_t i = 0;
+            for (; i + 2 * CW_VL <= n; i += 2 * CW_VL) {
+                const VF b0 = FN(vload)(b + i), b1 = FN(vload)(b + i + CW_VL);
+                for (int g = 0; g < G; g++) {
+                    s0[g] = CW_FMA(FN(vload)(q + g * qstride + i), b0, s0[g]);
+                    s1[g] = CW_FMA(FN(vload)(q + g * qstride + i + CW_VL), b1, s1[g]);
+                }
+            }
+            for (; i + CW_VL <= n; i += CW_VL) {
+                const VF b0 = FN(vload)(b + i);
+                for (int g = 0; g < G; g++) s0[g] = CW_FMA(FN(vload)(q + g * qstride + i), b0, s0[g]);
+            }
+            for (int g = 0; g < G; g++) r[g][l] = s0[g] + s1[g];
+        }
+        for (int g = 0; g < G; g++) {
+            float t[CW_VL];
+            FN(vstore)(t, FN(hsum_rows)(r[g]));
+            for (int l = 0; l < CW_VL; l++) {
+                const float *b = k + (j + l) * stride, *qg = q + g * qstride;
+                float sum = t[l];
+                for (int64_t i = nv; i < n; i++) sum += qg[i] * b[i];
+                out[g * nk + j + l] = sum * scale;
+            }
+        }
+    }
+    for (; j < nk; j++)
+        for (int g = 0; g < G; g++) out[g * nk + j] = FN(dot)(q + g * qstride, k + j * stride, n) * scale;
+}
+
+static void FN(dots_group)(int G, const float *q, int64_t qstride, const float *k, int64_t stride, int64_t nk, int64_t n,
+                           float scale, float *out) {
+    switch (G) {
+    case 1: FN(dots)(q, k, stride, nk, n, scale, out); break;
+    case 2: FN(dots_g)(2, q, qstride, k, stride, nk, n, scale, out); break;
+    case 3: FN(dots_g)(3, q, qstride, k, stride, nk, n, scale, out); break;
+    case 4: FN(dots_g)(4, q, qstride, k, stride, nk, n, scale, out); break;
+    default:
+        for (int g0 = 0; g0 < G; g0 += 4) {
+            const int c = G - g0 < 4 ? G - g0 : 4;
+            FN(dots_group)(c, q + g0 * qstride, qstride, k, stride, nk, n, scale, out + g0 * nk);
+        }
+    }
 }
 
 // Sum of a float array (the read-bandwidth probe): four independent vector accumulators.
@@ -1323,6 +1430,7 @@ const cw_ops CW_CAT(cw_ops, CW_ISA) = {
 #endif
     .dot = FN(dot),
     .dots = FN(dots),
+    .dots_group = FN(dots_group),
     .sum = FN(sum),
     .attn = FN(attn),
     .silu_mul = FN(silu_mul),

@@ -31,7 +31,8 @@ public enum VectorOps {
 
     /// Mean over query heads of the normalized entropy of softmax(scale · q_h·k_j) over `keyCount`
     /// key rows `keyStride` floats apart (head h reads kv head h / (heads / kvHeads)); each score
-    /// has the bits of `dot(q_h, k_j) * scale`. 0 for fewer than 2 keys. `scratch`: `keyCount` floats.
+    /// has the bits of `dot(q_h, k_j) * scale`. 0 for fewer than 2 keys. `scratch`: `max(1, heads / kvHeads) ×
+    /// keyCount` floats (the scores of one KV head's query heads).
     public static func attentionEntropy(query q: UnsafePointer<Float>, keys k: UnsafePointer<Float>, keyStride: Int, keyCount nk: Int,
                                         heads: Int, kvHeads: Int, headDim: Int, scale: Float, scratch: UnsafeMutablePointer<Float>) -> Double {
         cw_attention_entropy(q, k, Int64(keyStride), Int64(nk), Int32(heads), Int32(kvHeads), Int32(headDim), scale, scratch)

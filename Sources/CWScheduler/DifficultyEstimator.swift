@@ -186,35 +186,27 @@ public final class DifficultyEstimator: @unchecked Sendable {
         // exact precision: a prompt planned in one call and token by token gets the same plans (tested)
         Kernels.matmul(lw.wq, xb, tokens: n, q, precision: .exact, pool: pool)
         Kernels.matmul(lw.wk, xb, tokens: n, k, precision: .exact, pool: pool)
+        // RoPE: the cos/sin of every position of the call (computed as the model computes them),
+        // applied by the kernels' rotation.
         let hd = c.headDim, half = hd / 2
-        let inter = c.ropeStyle == .interleaved
-        // cos/sin of one position, computed once for every head of q and k.
-        var cosT = [Float](repeating: 0, count: half), sinT = [Float](repeating: 0, count: half)
-        func ropeTable(pos: Int) {
+        var cosT = [Float](repeating: 0, count: n * half), sinT = [Float](repeating: 0, count: n * half)
+        for t in 0..<n {
+            let p = Double(position + t)
             for i in 0..<half {
-                let a = Double(pos) * invFreq[i]
-                cosT[i] = Float(cos(a))
-                sinT[i] = Float(sin(a))
-            }
-        }
-        func rope(_ v: UnsafeMutablePointer<Float>, heads: Int) {
-            for h in 0..<heads {
-                let r = v + h * hd
-                for i in 0..<half {
-                    let cs = cosT[i], sn = sinT[i]
-                    let ia = inter ? 2 * i : i, ib = inter ? 2 * i + 1 : i + half
-                    let x0 = r[ia], x1 = r[ib]
-                    r[ia] = x0 * cs - x1 * sn
-                    r[ib] = x0 * sn + x1 * cs
-                }
+                let a = p * invFreq[i]
+                cosT[t * half + i] = Float(cos(a))
+                sinT[t * half + i] = Float(sin(a))
             }
         }
         if let b = lw.bq { for t in 0..<n { for i in 0..<c.qDim { q[t * c.qDim + i] += b[i] } } }
         if let b = lw.bk { for t in 0..<n { for i in 0..<c.kvDim { k[t * c.kvDim + i] += b[i] } } }
-        for t in 0..<n {
-            ropeTable(pos: position + t)
-            rope(q + t * c.qDim, heads: c.heads)
-            rope(k + t * c.kvDim, heads: c.kvHeads)
+        cosT.withUnsafeBufferPointer { cp in
+            sinT.withUnsafeBufferPointer { sp in
+                guard let cb = cp.baseAddress, let sb = sp.baseAddress else { return }
+                let inter = c.ropeStyle == .interleaved
+                VectorOps.rope(q, tokens: n, heads: c.heads, headDim: hd, cos: cb, sin: sb, interleaved: inter)
+                VectorOps.rope(k, tokens: n, heads: c.kvHeads, headDim: hd, cos: cb, sin: sb, interleaved: inter)
+            }
         }
         // The keys a token sees: the buffer's (earlier calls, oldest first) then this call's, one
         // contiguous run, so that every token's window is a slice and the tokens run in parallel
@@ -245,7 +237,7 @@ public final class DifficultyEstimator: @unchecked Sendable {
             (buf + keyRows * kv).update(from: k, count: n * kv)
             let keys = buf + start0 * kv
             pool.parallelFor(n) { lo, hi in
-                let scores = UnsafeMutablePointer<Float>.allocate(capacity: W)
+                let scores = UnsafeMutablePointer<Float>.allocate(capacity: W * max(1, c.heads / c.kvHeads))
                 defer { scores.deallocate() }
                 for t in lo..<hi {
                     // Per head: scores q·k/√d over the window, entropy of their softmax ÷ log(nk)

@@ -498,8 +498,8 @@ final class AttentionAndVectorTests: XCTestCase {
     func testAttentionEntropyEqualsThePerKeyLoop() {
         var seed: UInt64 = 0
         forEachPath { path in
-            for (headDim, heads, kvHeads) in [(64, 9, 3), (8, 4, 2), (13, 2, 2), (16, 3, 1)] {
-                for nk in [0, 1, 2, 7, 256] {
+            for (headDim, heads, kvHeads) in [(64, 9, 3), (8, 4, 2), (13, 2, 2), (16, 3, 1), (24, 12, 2), (64, 5, 5)] {
+                for nk in [0, 1, 2, 7, 37, 256] {
                     let stride = kvHeads * headDim + 5
                     seed += 2
                     let q = randomX(heads * headDim, seed: seed).map { 2 * $0 }
@@ -519,7 +519,8 @@ final class AttentionAndVectorTests: XCTestCase {
                         }
                         expected = hsum / Double(heads)
                     }
-                    let got = q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in scores.withUnsafeMutableBufferPointer { sp in
+                    var scratch = [Float](repeating: 0, count: max(1, nk) * max(1, heads / kvHeads))
+                    let got = q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in scratch.withUnsafeMutableBufferPointer { sp in
                         VectorOps.attentionEntropy(query: qp.baseAddress!, keys: kp.baseAddress!, keyStride: stride, keyCount: nk, heads: heads,
                                                    kvHeads: kvHeads, headDim: headDim, scale: scale, scratch: sp.baseAddress!)
                     } } }

@@ -204,7 +204,8 @@ double cw_normalized_entropy(const float *x, int64_t n);
 /// heads (q: heads × head_dim contiguous; head h reads kv head h / (heads / kv_heads)), the scores
 /// s_j = cw_dot_f32(q_h, k_j) · scale over `nk` key rows (`kv_stride` floats apart, kv heads'
 /// dims contiguous within a row), then cw_normalized_entropy(s) (0 where that returns -1),
-/// averaged over the heads. 0 for nk < 2. `scores`: scratch for nk floats.
+/// averaged over the heads. 0 for nk < 2. `scores`: scratch for (heads / kv_heads) × nk floats (or nk
+/// when kv_heads ≥ heads).
 double cw_attention_entropy(const float *q, const float *keys, int64_t kv_stride, int64_t nk, int heads, int kv_heads,
                             int head_dim, float scale, float *scores);
 /// max x[i] (NaNs skipped; -inf when n is 0 or all are NaN).
