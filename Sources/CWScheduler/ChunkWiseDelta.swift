@@ -357,7 +357,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         groupsLock.unlock()
         let lo = floorRank
         // Per group: its rank, its rows (nil = all n, in order) and its weighted u, owned here.
-        var parts: [(rank: Int, count: Int, rows: UnsafeMutablePointer<Int32>?, u: UnsafeMutablePointer<Float>)] = []
+        var parts: [(rank: Int, count: Int, rows: UnsafeMutablePointer<Int32>?, u: UnsafeMutablePointer<Float>, group: CallGroups.Group)] = []
         for g in callGroups.groups where g.count > 0 && g.rank > lo {
             let u = UnsafeMutablePointer<Float>.allocate(capacity: g.count * (g.rank - lo))
             var rows: UnsafeMutablePointer<Int32>? = nil
@@ -368,8 +368,33 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
                 }
                 rows = r
             }
-            groupDown(m, g, rows: rows.map { UnsafePointer($0) }, x: x, u: u, pool: pool)
-            parts.append((g.rank, g.count, rows, u))
+            parts.append((g.rank, g.count, rows, u, g))
+        }
+        // Every group's down product in one pool job: the groups' entries laid end to end, each
+        // part of the job running its share of each group it overlaps on its own thread (one job
+        // instead of one per rank group; each entry's u is computed as alone: the kernel's result
+        // for a row does not depend on which rows share its call).
+        var ends: [Int] = []
+        var total = 0
+        for p in parts { total += p.count; ends.append(total) }
+        let vt = m.vtFactor, ldx = m.inFeatures
+        callGroups.plans.withUnsafeBufferPointer { tp in
+            pool.parallelFor(total, granularity: 8) { s, e in
+                var start = 0
+                for (i, p) in parts.enumerated() {
+                    let a = max(s, start) - start, b = min(e, ends[i]) - start
+                    start = ends[i]
+                    guard b > a else { continue }
+                    let w = p.rank - lo, u = p.u + a * w
+                    if let rows = p.rows {
+                        LowRank.down(vt, rows: lo..<p.rank, x: x, ldx: ldx, xRows: UnsafePointer(rows + a), tokens: b - a, u: u, ldu: w, pool: pool)
+                    } else {
+                        LowRank.down(vt, rows: lo..<p.rank, x: x + a * ldx, ldx: ldx, tokens: b - a, u: u, ldu: w, pool: pool)
+                    }
+                    guard p.group.weighted else { continue }
+                    for j in a..<b { Self.weigh(p.u + j * w, width: w, lo: lo, plan: tp[p.rows.map { Int($0[j]) } ?? j]) }
+                }
+            }
         }
         // U·S widened to fp32 once (up to the largest rank a group needs; the same values): the up
         // product then runs in many small parts, each of which would widen its columns again.
