@@ -5,6 +5,8 @@
 // through the all-fp32 kernel that `exact` precision runs (bit-identical to cw_attention).
 // Usage: kv_attention_bench THREADS TOKENS FORMAT [HEADS KV_HEADS HEAD_DIM [decode]]
 // With `decode`: one query over a cache of TOKENS entries (a decode step at that depth) instead.
+// BLOCK=N in the environment: blocks of N entries instead of 32 (short blocks: what a cache cut at
+// every chunk edge had).
 #include "kv_kernels.h"
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,7 +17,7 @@ static float rnd(void){return (float)(rand()%2001-1000)/1000.f;}
 int main(int argc,char**argv){
   int threads=argc>1?atoi(argv[1]):2, tokens=argc>2?atoi(argv[2]):512, fmt=argc>3?atoi(argv[3]):0, fast=1;
   if(fmt==3){fmt=0;fast=0;}
-  int heads=argc>4?atoi(argv[4]):9, kvh=argc>5?atoi(argv[5]):3, hd=argc>6?atoi(argv[6]):64, bs=32;
+  int heads=argc>4?atoi(argv[4]):9, kvh=argc>5?atoi(argv[5]):3, hd=argc>6?atoi(argv[6]):64, bs=getenv("BLOCK")&&atoi(getenv("BLOCK"))>0?atoi(getenv("BLOCK")):32;
   int decode=argc>7&&!strcmp(argv[7],"decode");
   cw_pool*pool=cw_pool_create(threads);
   int blocks=(tokens+bs-1)/bs; kv_slab*sl=calloc((size_t)blocks*kvh,sizeof(kv_slab));
