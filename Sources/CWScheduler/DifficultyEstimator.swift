@@ -186,8 +186,9 @@ public final class DifficultyEstimator: @unchecked Sendable {
         // exact precision: a prompt planned in one call and token by token gets the same plans (tested)
         Kernels.matmul(lw.wq, xb, tokens: n, q, precision: .exact, pool: pool)
         Kernels.matmul(lw.wk, xb, tokens: n, k, precision: .exact, pool: pool)
-        // RoPE: the cos/sin of every position of the call (computed as the model computes them),
-        // applied by the kernels' rotation.
+        // RoPE: the cos/sin tables of every position of the call (Float(cos(p·θᵢ)) in Double, the
+        // model's formula; θ without the model's per-frequency factors, as before), applied by the
+        // kernels' rotation (the same products and roundings as the former Swift loop).
         let hd = c.headDim, half = hd / 2
         var cosT = [Float](repeating: 0, count: n * half), sinT = [Float](repeating: 0, count: n * half)
         for t in 0..<n {
