@@ -316,32 +316,9 @@ static float FN(dot)(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-// r[0..CW_VL) → one vector whose lane l is FN(hsum)(r[l]) bit for bit: the same pairwise tree (lane
-// i plus lane i + w for w = CW_VL/2, …, 1), CW_VL rows at once by shuffles (r is overwritten).
-CW_INLINE VF FN(hsum_rows)(VF *r) {
-#define HR_L(...) __VA_ARGS__
-#define HR_PAIR(lo, hi) __builtin_shufflevector(r[2 * i], r[2 * i + 1], lo) + __builtin_shufflevector(r[2 * i], r[2 * i + 1], hi)
-#if CW_VL == 16
-    for (int i = 0; i < 8; i++) r[i] = HR_PAIR(HR_L(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23), HR_L(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
-    for (int i = 0; i < 4; i++) r[i] = HR_PAIR(HR_L(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27), HR_L(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31));
-    for (int i = 0; i < 2; i++) r[i] = HR_PAIR(HR_L(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), HR_L(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31));
-    for (int i = 0; i < 1; i++) r[i] = HR_PAIR(HR_L(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), HR_L(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31));
-#elif CW_VL == 8
-    for (int i = 0; i < 4; i++) r[i] = HR_PAIR(HR_L(0, 1, 2, 3, 8, 9, 10, 11), HR_L(4, 5, 6, 7, 12, 13, 14, 15));
-    for (int i = 0; i < 2; i++) r[i] = HR_PAIR(HR_L(0, 1, 4, 5, 8, 9, 12, 13), HR_L(2, 3, 6, 7, 10, 11, 14, 15));
-    for (int i = 0; i < 1; i++) r[i] = HR_PAIR(HR_L(0, 2, 4, 6, 8, 10, 12, 14), HR_L(1, 3, 5, 7, 9, 11, 13, 15));
-#else
-    for (int i = 0; i < 2; i++) r[i] = HR_PAIR(HR_L(0, 1, 4, 5), HR_L(2, 3, 6, 7));
-    for (int i = 0; i < 1; i++) r[i] = HR_PAIR(HR_L(0, 2, 4, 6), HR_L(1, 3, 5, 7));
-#endif
-#undef HR_PAIR
-#undef HR_L
-    return r[0];
-}
-
 // out[j] = dot(q, k + j·stride, n) · scale for j < nk: the attention scores of one query against
 // a run of key rows, each with FN(dot)'s bits exactly: the same FMAs per key, CW_VL keys' final
-// sums folded at once by FN(hsum_rows) (the same tree as FN(hsum)), then the same scalar tail.
+// sums folded at once by FN(hsum_rows) (simd_common.h: the same tree as FN(hsum)), then the same scalar tail.
 // (One key at a time, each key's horizontal sum was a chain of dependent shuffles: ~30 cycles a
 // key for a 64-wide head.)
 static void FN(dots)(const float *q, const float *k, int64_t stride, int64_t nk, int64_t n, float scale, float *out) {

@@ -216,28 +216,6 @@ KV_INLINE float KFN(ld1)(const int fmt, const void *base, int64_t i) {
     return cw_h2f_portable(((const uint16_t *)base)[i]);
 }
 
-// r[0..KV_VL) → one vector whose lane i is the sum of the lanes of r[i] (r is overwritten).
-KV_INLINE KVF KFN(hsum_rows)(KVF *r) {
-#define KV_L(...) __VA_ARGS__
-#define KV_PAIR(lo, hi) __builtin_shufflevector(r[2 * i], r[2 * i + 1], lo) + __builtin_shufflevector(r[2 * i], r[2 * i + 1], hi)
-#if KV_VL == 16
-    for (int i = 0; i < 8; i++) r[i] = KV_PAIR(KV_L(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23), KV_L(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
-    for (int i = 0; i < 4; i++) r[i] = KV_PAIR(KV_L(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27), KV_L(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31));
-    for (int i = 0; i < 2; i++) r[i] = KV_PAIR(KV_L(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), KV_L(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31));
-    for (int i = 0; i < 1; i++) r[i] = KV_PAIR(KV_L(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), KV_L(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31));
-#elif KV_VL == 8
-    for (int i = 0; i < 4; i++) r[i] = KV_PAIR(KV_L(0, 1, 2, 3, 8, 9, 10, 11), KV_L(4, 5, 6, 7, 12, 13, 14, 15));
-    for (int i = 0; i < 2; i++) r[i] = KV_PAIR(KV_L(0, 1, 4, 5, 8, 9, 12, 13), KV_L(2, 3, 6, 7, 10, 11, 14, 15));
-    for (int i = 0; i < 1; i++) r[i] = KV_PAIR(KV_L(0, 2, 4, 6, 8, 10, 12, 14), KV_L(1, 3, 5, 7, 9, 11, 13, 15));
-#else
-    for (int i = 0; i < 2; i++) r[i] = KV_PAIR(KV_L(0, 1, 4, 5), KV_L(2, 3, 6, 7));
-    for (int i = 0; i < 1; i++) r[i] = KV_PAIR(KV_L(0, 2, 4, 6), KV_L(1, 3, 5, 7));
-#endif
-#undef KV_PAIR
-#undef KV_L
-    return r[0];
-}
-
 // e^x for x ≤ 0 (x < -87 gives ~1e-38 instead of a denormal or 0): 2^n · p(r), |r| ≤ ln2/2,
 // degree-6 Taylor polynomial (relative error < 2e-7).
 KV_INLINE KVF KFN(vexp)(KVF x) {

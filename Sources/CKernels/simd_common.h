@@ -21,6 +21,29 @@ SC_INLINE float SC_FN(hsum)(SC_VF v) {
     return a[0];
 }
 
+// r[0..SC_VL) → one vector whose lane l is SC_FN(hsum)(r[l]) bit for bit: the same pairwise tree
+// (lane i plus lane i + w for w = SC_VL/2, …, 1), SC_VL rows at once by shuffles (r is overwritten).
+SC_INLINE SC_VF SC_FN(hsum_rows)(SC_VF *r) {
+#define SC_L(...) __VA_ARGS__
+#define SC_PAIR(lo, hi) __builtin_shufflevector(r[2 * i], r[2 * i + 1], lo) + __builtin_shufflevector(r[2 * i], r[2 * i + 1], hi)
+#if SC_VL == 16
+    for (int i = 0; i < 8; i++) r[i] = SC_PAIR(SC_L(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23), SC_L(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+    for (int i = 0; i < 4; i++) r[i] = SC_PAIR(SC_L(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27), SC_L(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31));
+    for (int i = 0; i < 2; i++) r[i] = SC_PAIR(SC_L(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), SC_L(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31));
+    for (int i = 0; i < 1; i++) r[i] = SC_PAIR(SC_L(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), SC_L(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31));
+#elif SC_VL == 8
+    for (int i = 0; i < 4; i++) r[i] = SC_PAIR(SC_L(0, 1, 2, 3, 8, 9, 10, 11), SC_L(4, 5, 6, 7, 12, 13, 14, 15));
+    for (int i = 0; i < 2; i++) r[i] = SC_PAIR(SC_L(0, 1, 4, 5, 8, 9, 12, 13), SC_L(2, 3, 6, 7, 10, 11, 14, 15));
+    for (int i = 0; i < 1; i++) r[i] = SC_PAIR(SC_L(0, 2, 4, 6, 8, 10, 12, 14), SC_L(1, 3, 5, 7, 9, 11, 13, 15));
+#else
+    for (int i = 0; i < 2; i++) r[i] = SC_PAIR(SC_L(0, 1, 4, 5), SC_L(2, 3, 6, 7));
+    for (int i = 0; i < 1; i++) r[i] = SC_PAIR(SC_L(0, 2, 4, 6), SC_L(1, 3, 5, 7));
+#endif
+#undef SC_PAIR
+#undef SC_L
+    return r[0];
+}
+
 // SC_VL fp16 values widened exactly to fp32.
 SC_INLINE SC_VF SC_FN(h16load)(const uint16_t *p) {
 #if SC_X86 && SC_VL == 16
