@@ -304,15 +304,8 @@ static void FN(dequant)(int type, const uint8_t *p, float *y, int64_t n) {
 #include "simd_common.h"
 
 static float FN(dot)(const float *a, const float *b, int64_t n) {
-    VF s0 = 0, s1 = 0;
-    int64_t i = 0;
-    for (; i + 2 * CW_VL <= n; i += 2 * CW_VL) {
-        s0 = CW_FMA(FN(vload)(a + i), FN(vload)(b + i), s0);
-        s1 = CW_FMA(FN(vload)(a + i + CW_VL), FN(vload)(b + i + CW_VL), s1);
-    }
-    for (; i + CW_VL <= n; i += CW_VL) s0 = CW_FMA(FN(vload)(a + i), FN(vload)(b + i), s0);
-    float s = FN(hsum)(s0 + s1);
-    for (; i < n; i++) s += a[i] * b[i];
+    float s = FN(hsum)(FN(dot_lanes)(a, b, n));
+    for (int64_t i = n - n % CW_VL; i < n; i++) s += a[i] * b[i];
     return s;
 }
 
@@ -326,17 +319,7 @@ static void FN(dots)(const float *q, const float *k, int64_t stride, int64_t nk,
     int64_t j = 0;
     for (; j + CW_VL <= nk; j += CW_VL) {
         VF r[CW_VL];
-        for (int l = 0; l < CW_VL; l++) {
-            const float *b = k + (j + l) * stride;
-            VF s0 = 0, s1 = 0;
-            int64_t i = 0;
-            for (; i + 2 * CW_VL <= n; i += 2 * CW_VL) {
-                s0 = CW_FMA(FN(vload)(q + i), FN(vload)(b + i), s0);
-                s1 = CW_FMA(FN(vload)(q + i + CW_VL), FN(vload)(b + i + CW_VL), s1);
-            }
-            for (; i + CW_VL <= n; i += CW_VL) s0 = CW_FMA(FN(vload)(q + i), FN(vload)(b + i), s0);
-            r[l] = s0 + s1;
-        }
+        for (int l = 0; l < CW_VL; l++) r[l] = FN(dot_lanes)(q, k + (j + l) * stride, n);
         float t[CW_VL];
         FN(vstore)(t, FN(hsum_rows)(r));
         for (int l = 0; l < CW_VL; l++) {

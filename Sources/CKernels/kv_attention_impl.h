@@ -20,15 +20,8 @@ typedef float KFN(vf) __attribute__((ext_vector_type(KV_VL)));
 #include "simd_common.h"
 
 KV_INLINE float KFN(dot)(const float *a, const float *b, int64_t n) {
-    KVF s0 = 0, s1 = 0;
-    int64_t i = 0;
-    for (; i + 2 * KV_VL <= n; i += 2 * KV_VL) {
-        s0 = KV_FMA(KFN(vload)(a + i), KFN(vload)(b + i), s0);
-        s1 = KV_FMA(KFN(vload)(a + i + KV_VL), KFN(vload)(b + i + KV_VL), s1);
-    }
-    for (; i + KV_VL <= n; i += KV_VL) s0 = KV_FMA(KFN(vload)(a + i), KFN(vload)(b + i), s0);
-    float s = KFN(hsum)(s0 + s1);
-    for (; i < n; i++) s += a[i] * b[i];
+    float s = KFN(hsum)(KFN(dot_lanes)(a, b, n));
+    for (int64_t i = n - n % KV_VL; i < n; i++) s += a[i] * b[i];
     return s;
 }
 

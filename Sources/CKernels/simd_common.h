@@ -21,6 +21,21 @@ SC_INLINE float SC_FN(hsum)(SC_VF v) {
     return a[0];
 }
 
+// The vector part of the dot product of n floats: two accumulators over pairs of vectors, one more
+// vector into the first, the two summed lane-wise (contracted multiply-adds, like the bodies' FMA
+// macros). Its horizontal sum and the scalar tail from n − n % SC_VL on are the caller's. Every fp32
+// dot of the kernels goes through it, so they agree bit for bit.
+SC_INLINE SC_VF SC_FN(dot_lanes)(const float *a, const float *b, int64_t n) {
+    SC_VF s0 = 0, s1 = 0;
+    int64_t i = 0;
+    for (; i + 2 * SC_VL <= n; i += 2 * SC_VL) {
+        s0 = SC_FN(vload)(a + i) * SC_FN(vload)(b + i) + s0;
+        s1 = SC_FN(vload)(a + i + SC_VL) * SC_FN(vload)(b + i + SC_VL) + s1;
+    }
+    for (; i + SC_VL <= n; i += SC_VL) s0 = SC_FN(vload)(a + i) * SC_FN(vload)(b + i) + s0;
+    return s0 + s1;
+}
+
 // r[0..SC_VL) → one vector whose lane l is SC_FN(hsum)(r[l]) bit for bit: the same pairwise tree
 // (lane i plus lane i + w for w = SC_VL/2, …, 1), SC_VL rows at once by shuffles (r is overwritten).
 SC_INLINE SC_VF SC_FN(hsum_rows)(SC_VF *r) {
