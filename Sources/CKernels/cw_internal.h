@@ -69,7 +69,6 @@ typedef struct {
     void (*tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1);
     void (*quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1);
     float (*dot)(const float *a, const float *b, int64_t n);
-    void (*dots)(const float *q, const float *k, int64_t stride, int64_t nk, int64_t n, float scale, float *out);
     void (*dots_group)(int g, const float *q, int64_t qstride, const float *k, int64_t stride, int64_t nk, int64_t n, float scale,
                        float *out);
     float (*sum)(const float *a, int64_t n);

@@ -309,41 +309,20 @@ static float FN(dot)(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-// out[j] = dot(q, k + j·stride, n) · scale for j < nk: the attention scores of one query against
-// a run of key rows, each with FN(dot)'s bits exactly: the same FMAs per key, CW_VL keys' final
-// sums folded at once by FN(hsum_rows) (simd_common.h: the same tree as FN(hsum)), then the same scalar tail.
-// (One key at a time, each key's horizontal sum was a chain of dependent shuffles: ~30 cycles a
-// key for a 64-wide head.)
-static void FN(dots)(const float *q, const float *k, int64_t stride, int64_t nk, int64_t n, float scale, float *out) {
-    const int64_t nv = n - n % CW_VL;  // where FN(dot)'s vector loops end
-    int64_t j = 0;
-    for (; j + CW_VL <= nk; j += CW_VL) {
-        VF r[CW_VL];
-        for (int l = 0; l < CW_VL; l++) r[l] = FN(dot_lanes)(q, k + (j + l) * stride, n);
-        float t[CW_VL];
-        FN(vstore)(t, FN(hsum_rows)(r));
-        for (int l = 0; l < CW_VL; l++) {
-            const float *b = k + (j + l) * stride;
-            float s = t[l];
-            for (int64_t i = nv; i < n; i++) s += q[i] * b[i];
-            out[j + l] = s * scale;
-        }
-    }
-    for (; j < nk; j++) out[j] = FN(dot)(q, k + j * stride, n) * scale;
-}
-
-// FN(dots) for G query heads sharing one KV head (q + g·qstride): each key row is loaded once for
-// all of them; every score is computed as in FN(dots) (the same FMAs, FN(hsum_rows), tail), so
-// out[g·nk + j] has the bits of dot(q_g, k_j) · scale.
+// The attention scores of G query heads sharing one KV head (query g at q + g·qstride) against a
+// run of key rows: out[g·nk + j] = dot(q_g, k + j·stride, n) · scale, each with FN(dot)'s bits
+// exactly — the same FMAs per key (each key row loaded once for all G queries), CW_VL keys' final
+// sums folded at once by FN(hsum_rows) (simd_common.h: the same tree as FN(hsum)), then the same
+// scalar tail. G ≤ 4 (FN(dots_group) splits larger groups).
 CW_INLINE void FN(dots_g)(const int G, const float *q, int64_t qstride, const float *k, int64_t stride, int64_t nk, int64_t n,
                           float scale, float *out) {
     const int64_t nv = n - n % CW_VL;
     int64_t j = 0;
     for (; j + CW_VL <= nk; j += CW_VL) {
-        VF r[8][CW_VL];
+        VF r[4][CW_VL];
         for (int l = 0; l < CW_VL; l++) {
             const float *b = k + (j + l) * stride;
-            VF s0[8], s1[8];
+            VF s0[4], s1[4];
             for (int g = 0; g < G; g++) { s0[g] = 0; s1[g] = 0; }
             int64_t i = 0;
             for (; i + 2 * CW_VL <= n; i += 2 * CW_VL) {
@@ -377,7 +356,7 @@ CW_INLINE void FN(dots_g)(const int G, const float *q, int64_t qstride, const fl
 static void FN(dots_group)(int G, const float *q, int64_t qstride, const float *k, int64_t stride, int64_t nk, int64_t n,
                            float scale, float *out) {
     switch (G) {
-    case 1: FN(dots)(q, k, stride, nk, n, scale, out); break;
+    case 1: FN(dots_g)(1, q, qstride, k, stride, nk, n, scale, out); break;
     case 2: FN(dots_g)(2, q, qstride, k, stride, nk, n, scale, out); break;
     case 3: FN(dots_g)(3, q, qstride, k, stride, nk, n, scale, out); break;
     case 4: FN(dots_g)(4, q, qstride, k, stride, nk, n, scale, out); break;
@@ -1389,7 +1368,6 @@ const cw_ops CW_CAT(cw_ops, CW_ISA) = {
     .quantize_tiled = NULL,
 #endif
     .dot = FN(dot),
-    .dots = FN(dots),
     .dots_group = FN(dots_group),
     .sum = FN(sum),
     .attn = FN(attn),
