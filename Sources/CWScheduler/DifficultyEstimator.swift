@@ -55,7 +55,6 @@ public final class DifficultyEstimator: @unchecked Sendable {
     public private(set) var position = 0
     public private(set) var nanoseconds: UInt64 = 0
     public private(set) var tokensScored = 0
-    let invFreq: [Double]
     let responseModule: LadderModule?
     static let attentionWindow = 256
 
@@ -63,7 +62,6 @@ public final class DifficultyEstimator: @unchecked Sendable {
         self.model = model
         self.ladder = ladder
         self.config = config
-        invFreq = model.config.ropeInverseFrequencies()
         responseModule = [Projection.q, .k, .v].lazy.compactMap { ladder?.module(layer: 0, projection: $0) }.first
     }
 
@@ -186,29 +184,16 @@ public final class DifficultyEstimator: @unchecked Sendable {
         // exact precision: a prompt planned in one call and token by token gets the same plans (tested)
         Kernels.matmul(lw.wq, xb, tokens: n, q, precision: .exact, pool: pool)
         Kernels.matmul(lw.wk, xb, tokens: n, k, precision: .exact, pool: pool)
-        // RoPE: the cos/sin tables of every position of the call (Float(cos(p·θᵢ)) in Double, the
-        // model's formula; θ without the model's per-frequency factors, as before), applied by the
-        // kernels' rotation (the same products and roundings as the former Swift loop).
+        // RoPE as the model applies it (its tables, the kernels' rotation).
         let hd = c.headDim, half = hd / 2
-        var cosT = [Float](repeating: 0, count: n * half), sinT = [Float](repeating: 0, count: n * half)
-        for t in 0..<n {
-            let p = Double(position + t)
-            for i in 0..<half {
-                let a = p * invFreq[i]
-                cosT[t * half + i] = Float(cos(a))
-                sinT[t * half + i] = Float(sin(a))
-            }
-        }
         if let b = lw.bq { for t in 0..<n { for i in 0..<c.qDim { q[t * c.qDim + i] += b[i] } } }
         if let b = lw.bk { for t in 0..<n { for i in 0..<c.kvDim { k[t * c.kvDim + i] += b[i] } } }
-        cosT.withUnsafeBufferPointer { cp in
-            sinT.withUnsafeBufferPointer { sp in
-                guard let cb = cp.baseAddress, let sb = sp.baseAddress else { return }
-                let inter = c.ropeStyle == .interleaved
-                VectorOps.rope(q, tokens: n, heads: c.heads, headDim: hd, cos: cb, sin: sb, interleaved: inter)
-                VectorOps.rope(k, tokens: n, heads: c.kvHeads, headDim: hd, cos: cb, sin: sb, interleaved: inter)
-            }
-        }
+        let cosT = UnsafeMutablePointer<Float>.allocate(capacity: n * half), sinT = UnsafeMutablePointer<Float>.allocate(capacity: n * half)
+        defer { cosT.deallocate(); sinT.deallocate() }
+        model.ropeTables(start: position, count: n, cos: cosT, sin: sinT)
+        let inter = c.ropeStyle == .interleaved
+        VectorOps.rope(q, tokens: n, heads: c.heads, headDim: hd, cos: cosT, sin: sinT, interleaved: inter)
+        VectorOps.rope(k, tokens: n, heads: c.kvHeads, headDim: hd, cos: cosT, sin: sinT, interleaved: inter)
         // The keys a token sees: the buffer's (earlier calls, oldest first) then this call's, one
         // contiguous run, so that every token's window is a slice and the tokens run in parallel
         // (each one computed whole by one thread: the result does not depend on the pool).

@@ -130,6 +130,21 @@ public final class LlamaModel: @unchecked Sendable {
         self.ropeInvFreq = inv
     }
 
+    /// RoPE tables for `count` consecutive positions from `start`: row t (`headDim/2` values at
+    /// cos/sin + t·headDim/2) holds cos and sin of (start + t)·θᵢ, θ with the model's frequency
+    /// factors, computed in Double and rounded once — what the forward pass rotates q and k by.
+    public func ropeTables(start: Int, count: Int, cos: UnsafeMutablePointer<Float>, sin: UnsafeMutablePointer<Float>) {
+        let half = config.headDim / 2
+        for t in 0..<count {
+            let p = Double(start + t)
+            for j in 0..<half {
+                let a = p * ropeInvFreq[j]
+                cos[t * half + j] = Float(Foundation.cos(a))
+                sin[t * half + j] = Float(Foundation.sin(a))
+            }
+        }
+    }
+
     /// A fresh KV cache for this model.
     public func makeCache(maxContext: Int? = nil, initialCapacity: Int = 256) -> KVCache {
         KVCache(layers: config.layers, kvDim: config.kvDim, maxCapacity: min(maxContext ?? config.maxContext, config.maxContext),
@@ -271,13 +286,11 @@ public final class LlamaModel: @unchecked Sendable {
 
         // RoPE tables for every row's position.
         var cosT = [Float](repeating: 0, count: n * half), sinT = [Float](repeating: 0, count: n * half)
-        for (i, it) in items.enumerated() {
-            for t in 0..<it.tokens.count {
-                let p = Double(pos0[i] + t), row = rowStart[i] + t
-                for j in 0..<half {
-                    let a = p * ropeInvFreq[j]
-                    cosT[row * half + j] = Float(cos(a))
-                    sinT[row * half + j] = Float(sin(a))
+        cosT.withUnsafeMutableBufferPointer { cb in
+            sinT.withUnsafeMutableBufferPointer { sb in
+                guard let cp = cb.baseAddress, let sp = sb.baseAddress else { return }
+                for (i, it) in items.enumerated() {
+                    ropeTables(start: pos0[i], count: it.tokens.count, cos: cp + rowStart[i] * half, sin: sp + rowStart[i] * half)
                 }
             }
         }
