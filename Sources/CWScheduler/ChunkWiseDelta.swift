@@ -325,23 +325,30 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
                 let rows = g.count == n ? nil : all.baseAddress.map { UnsafePointer($0 + g.start) }
                 withUnsafeTemporaryAllocation(of: Float.self, capacity: g.count * w) { ub in
                     guard let u = ub.baseAddress else { return }
-                    groupDown(m, g, rows: rows, x: x, u: u, pool: pool)
+                    callGroups.plans.withUnsafeBufferPointer { tp in
+                        groupDown(m, rank: g.rank, weighted: g.weighted, rows: rows, entries: 0..<g.count, x: x, u: u, plans: tp, pool: pool)
+                    }
                     LowRank.up(m.usFactor, rows: lo..<g.rank, u: u, ldu: w, tokens: g.count, y: y, ldy: m.outFeatures, yRows: rows, pool: pool)
                 }
             }
         }
     }
 
-    /// Group g's down product into u (`g.count × (g.rank − floorRank)`), scaled by its rows' plans
-    /// (fades, α) when the group needs it; `rows`: the group's rows, nil for all rows in order.
-    func groupDown(_ m: LadderModule, _ g: CallGroups.Group, rows: UnsafePointer<Int32>?, x: UnsafePointer<Float>,
-                   u: UnsafeMutablePointer<Float>, pool: ThreadPool) {
-        let lo = floorRank, w = g.rank - lo
-        LowRank.down(m.vtFactor, rows: lo..<g.rank, x: x, ldx: m.inFeatures, xRows: rows, tokens: g.count, u: u, ldu: w, pool: pool)
-        guard g.weighted else { return }
-        callGroups.plans.withUnsafeBufferPointer { tp in
-            for j in 0..<g.count { Self.weigh(u + j * w, width: w, lo: lo, plan: tp[rows.map { Int($0[j]) } ?? j]) }
+    /// The down product of a rank group's entries `entries` into their rows of u (the group's u:
+    /// `count × (rank − floorRank)`), scaled by their plans (fades, α) when the group is `weighted`;
+    /// `rows`: the group's rows, nil for rows 0..<n in order. An entry's result does not depend on
+    /// which entries share the call.
+    func groupDown(_ m: LadderModule, rank: Int, weighted: Bool, rows: UnsafePointer<Int32>?, entries: Range<Int>,
+                   x: UnsafePointer<Float>, u: UnsafeMutablePointer<Float>, plans: UnsafeBufferPointer<TokenPlan>, pool: ThreadPool) {
+        let lo = floorRank, w = rank - lo, a = entries.lowerBound, ub = u + a * w
+        guard !entries.isEmpty else { return }
+        if let rows {
+            LowRank.down(m.vtFactor, rows: lo..<rank, x: x, ldx: m.inFeatures, xRows: rows + a, tokens: entries.count, u: ub, ldu: w, pool: pool)
+        } else {
+            LowRank.down(m.vtFactor, rows: lo..<rank, x: x + a * m.inFeatures, ldx: m.inFeatures, tokens: entries.count, u: ub, ldu: w, pool: pool)
         }
+        guard weighted else { return }
+        for j in entries { Self.weigh(u + j * w, width: w, lo: lo, plan: plans[rows.map { Int($0[j]) } ?? j]) }
     }
 
     /// `apply` for a large call in two halves: each rank group's down product (and its weights)
@@ -357,7 +364,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         groupsLock.unlock()
         let lo = floorRank
         // Per group: its rank, its rows (nil = all n, in order) and its weighted u, owned here.
-        var parts: [(rank: Int, count: Int, rows: UnsafeMutablePointer<Int32>?, u: UnsafeMutablePointer<Float>, group: CallGroups.Group)] = []
+        var parts: [(rank: Int, count: Int, rows: UnsafeMutablePointer<Int32>?, u: UnsafeMutablePointer<Float>, weighted: Bool)] = []
         for g in callGroups.groups where g.count > 0 && g.rank > lo {
             let u = UnsafeMutablePointer<Float>.allocate(capacity: g.count * (g.rank - lo))
             var rows: UnsafeMutablePointer<Int32>? = nil
@@ -368,7 +375,7 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
                 }
                 rows = r
             }
-            parts.append((g.rank, g.count, rows, u, g))
+            parts.append((g.rank, g.count, rows, u, g.weighted))
         }
         // Every group's down product in one pool job: the groups' entries laid end to end, each
         // part of the job running its share of each group it overlaps on its own thread (one job
@@ -377,7 +384,6 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         var ends: [Int] = []
         var total = 0
         for p in parts { total += p.count; ends.append(total) }
-        let vt = m.vtFactor, ldx = m.inFeatures
         callGroups.plans.withUnsafeBufferPointer { tp in
             pool.parallelFor(total, granularity: 8) { s, e in
                 var start = 0
@@ -385,14 +391,8 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
                     let a = max(s, start) - start, b = min(e, ends[i]) - start
                     start = ends[i]
                     guard b > a else { continue }
-                    let w = p.rank - lo, u = p.u + a * w
-                    if let rows = p.rows {
-                        LowRank.down(vt, rows: lo..<p.rank, x: x, ldx: ldx, xRows: UnsafePointer(rows + a), tokens: b - a, u: u, ldu: w, pool: pool)
-                    } else {
-                        LowRank.down(vt, rows: lo..<p.rank, x: x + a * ldx, ldx: ldx, tokens: b - a, u: u, ldu: w, pool: pool)
-                    }
-                    guard p.group.weighted else { continue }
-                    for j in a..<b { Self.weigh(p.u + j * w, width: w, lo: lo, plan: tp[p.rows.map { Int($0[j]) } ?? j]) }
+                    groupDown(m, rank: p.rank, weighted: p.weighted, rows: p.rows.map { UnsafePointer($0) }, entries: a..<b, x: x, u: p.u,
+                              plans: tp, pool: pool)
                 }
             }
         }
