@@ -210,6 +210,34 @@ static int LFN(up_blocked)(const cw_lora_args *g, int64_t o0, int64_t o1, const 
     return 1;
 }
 
+// One strip of 4 vectors of columns from s for TT tokens from t (TT ≤ 3): y[row] += Σ_i u[i]·f[i],
+// each sum from zero in order i = 0..k-1 (the per-token path's order), the factor vector widened
+// once per i for the TT tokens.
+LK_INLINE void LFN(up_strip)(const int TT, const cw_lora_args *g, int64_t k, const int h, int64_t t, int64_t s) {
+    LVF a[3][4];
+    const float *u[3];
+#pragma clang loop unroll(full)
+    for (int j = 0; j < TT; j++) {
+        u[j] = g->u + (t + j) * g->ku;
+        a[j][0] = a[j][1] = a[j][2] = a[j][3] = 0;
+    }
+    for (int64_t i = 0; i < k; i++) {
+        const LFN(frow) b = LFN(row)(g->f, g->ldf, i, h);
+#pragma clang loop unroll(full)
+        for (int v = 0; v < 4; v++) {
+            const LVF f = LFN(fload)(b, s + v * LK_VL, h);
+#pragma clang loop unroll(full)
+            for (int j = 0; j < TT; j++) a[j][v] = (LVF)u[j][i] * f + a[j][v];
+        }
+    }
+#pragma clang loop unroll(full)
+    for (int j = 0; j < TT; j++) {
+        float *y = g->y + (g->yrows ? g->yrows[t + j] : t + j) * g->ldy;
+#pragma clang loop unroll(full)
+        for (int v = 0; v < 4; v++) LFN(vstore)(y + s + v * LK_VL, LFN(vload)(y + s + v * LK_VL) + a[j][v]);
+    }
+}
+
 LK_INLINE void LFN(up_h)(const cw_lora_args *g, int64_t o0, int64_t o1, const int h) {
     if (g->tokens >= 4 && LFN(up_blocked)(g, o0, o1, h)) return;
     const int64_t k = g->k;
@@ -229,27 +257,21 @@ LK_INLINE void LFN(up_h)(const cw_lora_args *g, int64_t o0, int64_t o1, const in
     }
     for (int64_t s = head; s < o1; s += strip) {
         const int64_t se = o1 - s < strip ? o1 : s + strip;
-        for (int64_t t = 0; t < g->tokens; t++) {
+        int64_t t = 0;
+        if (se - s == strip) {
+            // Up to three tokens per pass over the factor: each factor vector is loaded (and, for
+            // fp16/int8 factors, widened) once for all of them — a batched step's adapter group
+            // holds a few tokens, which each widened the whole factor again. Every output is the
+            // same sum in the same order as alone: identical results.
+            for (; t + 3 <= g->tokens; t += 3) LFN(up_strip)(3, g, k, h, t, s);
+            if (t + 2 == g->tokens) { LFN(up_strip)(2, g, k, h, t, s); t += 2; }
+            if (t + 1 == g->tokens) { LFN(up_strip)(1, g, k, h, t, s); t += 1; }
+        }
+        for (; t < g->tokens; t++) {
             const int64_t row = g->yrows ? g->yrows[t] : t;
             float *y = g->y + row * g->ldy;
             const float *u = g->u + t * g->ku;
             int64_t o = s;
-            if (se - s == strip) {
-                LVF a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-                for (int64_t i = 0; i < k; i++) {
-                    const LVF ui = u[i];
-                    const LFN(frow) b = LFN(row)(g->f, g->ldf, i, h);
-                    a0 = ui * LFN(fload)(b, o, h) + a0;
-                    a1 = ui * LFN(fload)(b, o + LK_VL, h) + a1;
-                    a2 = ui * LFN(fload)(b, o + 2 * LK_VL, h) + a2;
-                    a3 = ui * LFN(fload)(b, o + 3 * LK_VL, h) + a3;
-                }
-                LFN(vstore)(y + o, LFN(vload)(y + o) + a0);
-                LFN(vstore)(y + o + LK_VL, LFN(vload)(y + o + LK_VL) + a1);
-                LFN(vstore)(y + o + 2 * LK_VL, LFN(vload)(y + o + 2 * LK_VL) + a2);
-                LFN(vstore)(y + o + 3 * LK_VL, LFN(vload)(y + o + 3 * LK_VL) + a3);
-                continue;
-            }
             for (; o + LK_VL <= se; o += LK_VL) {
                 LVF a = 0;
                 for (int64_t i = 0; i < k; i++) a = (LVF)u[i] * LFN(fload)(LFN(row)(g->f, g->ldf, i, h), o, h) + a;

@@ -3,7 +3,6 @@ import CWScheduler
 import Foundation
 import Metrics
 import Logging
-import Metrics
 
 /// What one sequence asks of the batch scheduler (already validated and tokenized).
 public struct SequenceRequest: Sendable {
@@ -318,9 +317,12 @@ public actor BatchScheduler {
         members = order.map { members[$0] }
         steps += 1
         peakBatch = max(peakBatch, items.count)
+        metrics.batchSequences.record(items.count)
+        let stepStart = ContinuousClock.now
         let logits: [[Float]]
         do {
             logits = try await runner.forward(ForwardRunner.Items(items: items))
+            metrics.stepTime.recordInterval(since: stepStart, now: .now)
         } catch {
             logger.error("forward pass failed", metadata: ["error": "\(error)", "batch": "\(items.count)"])
             for m in members {

@@ -15,6 +15,9 @@ import Prometheus
 /// - `chunkwise:kv_cache_bytes{format="fp32"}` (gauge: bytes allocated for running sequences' KV caches)
 /// - `chunkwise:chunk_rank` (histogram of the LoRA rank chosen per chunk — fed by the ChunkWise scheduler)
 /// - `chunkwise:requests_total{endpoint, status}` (counter of finished HTTP requests)
+/// - `chunkwise:batch_sequences` (histogram of the sequences that share one forward step — how well
+///   continuous batching fills its steps) and `chunkwise:step_seconds` (histogram of the forward
+///   steps' durations)
 public final class ServerMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     let factory: PrometheusMetricsFactory
@@ -27,6 +30,8 @@ public final class ServerMetrics: Sendable {
     let kvBytes: CoreMetrics.Gauge
     /// The LoRA rank chosen for a chunk; the ChunkWise scheduler records into it.
     public let chunkRank: CoreMetrics.Recorder
+    let batchSequences: CoreMetrics.Recorder
+    let stepTime: CoreMetrics.Timer
 
     public init() {
         let registry = PrometheusCollectorRegistry()
@@ -37,6 +42,11 @@ public final class ServerMetrics: Sendable {
         f.durationHistogramBuckets["vllm:time_to_first_token_seconds"] = latency
         f.durationHistogramBuckets["vllm:time_per_output_token_seconds"] = latency
         f.valueHistogramBuckets["chunkwise:chunk_rank"] = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256]
+        f.valueHistogramBuckets["chunkwise:batch_sequences"] = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 64]
+        f.durationHistogramBuckets["chunkwise:step_seconds"] = [.microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
+                                                               .milliseconds(10), .milliseconds(15), .milliseconds(20), .milliseconds(25),
+                                                               .milliseconds(30), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+                                                               .seconds(1)]
         self.registry = registry
         self.factory = f
         running = CoreMetrics.Gauge(label: "vllm:num_requests_running", factory: f)
@@ -47,6 +57,8 @@ public final class ServerMetrics: Sendable {
         generationTokens = CoreMetrics.Counter(label: "vllm:generation_tokens_total", factory: f)
         kvBytes = CoreMetrics.Gauge(label: "chunkwise:kv_cache_bytes", dimensions: [("format", "fp32")], factory: f)
         chunkRank = CoreMetrics.Recorder(label: "chunkwise:chunk_rank", factory: f)
+        batchSequences = CoreMetrics.Recorder(label: "chunkwise:batch_sequences", factory: f)
+        stepTime = CoreMetrics.Timer(label: "chunkwise:step_seconds", factory: f)
         running.record(0)
         waiting.record(0)
         kvBytes.record(0)

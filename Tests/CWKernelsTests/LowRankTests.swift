@@ -235,10 +235,22 @@ final class LowRankTests: XCTestCase {
                 return (u, y)
             }
             let (uAll, yAll) = run(0, tokens)
+            var single: [(u: [Float], y: [Float])] = []
             for t in 0..<tokens {
                 let (u1, y1) = run(t, 1)
+                single.append((u1, y1))
                 XCTAssertEqual(u1.map(\.bitPattern), uAll[(t * k)..<((t + 1) * k)].map(\.bitPattern), "\(storage) u of token \(t)")
                 XCTAssertEqual(y1.map(\.bitPattern), yAll[(t * out)..<((t + 1) * out)].map(\.bitPattern), "\(storage) y of token \(t)")
+            }
+            // 2 and 3 tokens (a batched step's adapter group) share each widened factor vector.
+            for n in 2...3 {
+                for t0 in stride(from: 0, through: tokens - n, by: n) {
+                    let (_, yn) = run(t0, n)
+                    for j in 0..<n {
+                        XCTAssertEqual(yn[(j * out)..<((j + 1) * out)].map(\.bitPattern), single[t0 + j].y.map(\.bitPattern),
+                                       "\(storage) y of token \(t0 + j) in a call of \(n)")
+                    }
+                }
             }
         }
     }

@@ -160,6 +160,15 @@ final class CompletionTests: XCTestCase {
                            "# TYPE chunkwise:chunk_rank histogram", "chunkwise:requests_total{"] {
                 XCTAssertTrue(t.contains(needle), "missing \(needle) in\n\(t)")
             }
+            // One sequence of 5 tokens: the prompt's step (which samples the first token) and 4 decode
+            // steps, each with that one sequence.
+            func value(_ name: String) -> Double? {
+                t.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+            }
+            XCTAssertEqual(value("chunkwise:batch_sequences_count"), 5, t)
+            XCTAssertEqual(value("chunkwise:batch_sequences_sum"), 5, t)
+            XCTAssertEqual(value("chunkwise:step_seconds_count"), 5, t)
+            XCTAssertGreaterThan(value("chunkwise:step_seconds_sum") ?? 0, 0, t)
         }
     }
 }

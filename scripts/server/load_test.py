@@ -109,17 +109,24 @@ def one_request(i):
         conn.close()
 
 
-def generated_total():
-    """The server's vllm:generation_tokens_total (tokens sampled so far, all requests)."""
+COUNTERS = ("vllm:generation_tokens_total", "chunkwise:batch_sequences_sum", "chunkwise:batch_sequences_count",
+            "chunkwise:step_seconds_sum", "chunkwise:step_seconds_count")
+
+
+def counters():
+    """The server's counters above: tokens sampled so far (all requests); the forward steps, their
+    sequences and their time."""
     c = http.client.HTTPConnection(HOST, PORT, timeout=5)
+    out = dict.fromkeys(COUNTERS, 0.0)
     try:
         c.request("GET", "/metrics")
         for line in c.getresponse().read().decode().splitlines():
-            if line.startswith("vllm:generation_tokens_total"):
-                return float(line.split()[-1])
+            name = line.split(" ")[0].split("{")[0]
+            if name in out:
+                out[name] = float(line.split()[-1])
     finally:
         c.close()
-    return 0.0
+    return out
 
 
 def phase(n):
@@ -129,14 +136,16 @@ def phase(n):
     = tokens of the requests that completed / time until the last one finished (that includes the
     drain after the deadline, when fewer than N requests remain, so it can understate N-client
     throughput; with requests of equal length they end together and the two agree)."""
-    g0 = generated_total()
+    c0 = counters()
     deadline = time.monotonic() + args.seconds
     window = {}
 
     def sample_at_deadline():
         time.sleep(max(0.0, deadline - time.monotonic()))
-        window["tokens"] = generated_total() - g0
+        c1 = counters()
         window["seconds"] = time.monotonic() - t0
+        window.update({k: c1[k] - c0[k] for k in COUNTERS})
+        window["tokens"] = window["vllm:generation_tokens_total"]
     lock = threading.Lock()
     stats = {"ok": 0, "errors": {}, "tokens": 0, "ttft": []}
     counter = [0]
@@ -166,6 +175,13 @@ def phase(n):
     return {"clients": n, "seconds": round(elapsed, 1), "requests_ok": stats["ok"], "errors_by_status": stats["errors"],
             "tokens": stats["tokens"], "tokens_per_second": round(window["tokens"] / window["seconds"], 1),
             "completed_tokens_per_second": round(stats["tokens"] / elapsed, 1),
+            # Over the window: forward steps, the mean sequences per step, the mean step time, and
+            # the share of the window the forward passes took (the rest: sampling, streaming,
+            # admission, waiting for requests).
+            "steps": int(window["chunkwise:step_seconds_count"]),
+            "mean_batch": round(window["chunkwise:batch_sequences_sum"] / max(1, window["chunkwise:batch_sequences_count"]), 2),
+            "mean_step_ms": round(1000 * window["chunkwise:step_seconds_sum"] / max(1, window["chunkwise:step_seconds_count"]), 2),
+            "forward_share": round(window["chunkwise:step_seconds_sum"] / window["seconds"], 3),
             "ttft_mean_ms": round(1000 * statistics.mean(tt), 1) if tt else None,
             "ttft_p50_ms": round(1000 * tt[len(tt) // 2], 1) if tt else None,
             "ttft_p95_ms": round(1000 * tt[int(len(tt) * 0.95)], 1) if tt else None}
