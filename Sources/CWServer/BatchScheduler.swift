@@ -333,10 +333,19 @@ public actor BatchScheduler {
         }
         let now = ContinuousClock.now
         var finishedIDs = Set<Int>()
-        for (i, m) in members.enumerated() where m.sample && !m.seq.cancelled {
+        // Every sequence's next token, sampled side by side on the forward pool (idle between passes;
+        // each sequence's sampler is used by one thread). One after another, 8 sequences' samplers
+        // (temperature 0.8, 49k vocabulary) took 0.82–0.86 ms of a ~37 ms step on an AVX2 host; 0.52 ms so.
+        let sampling = members.indices.filter { members[$0].sample && !members[$0].seq.cancelled }
+        let work = SamplingWork(seqs: sampling.map { members[$0].seq }, logits: sampling.map { logits[$0] })
+        runner.pool.parallelFor(work.seqs.count) { s, e in work.run(s..<e) }
+        var next = [Int](repeating: 0, count: members.count)
+        for (j, i) in sampling.enumerated() { next[i] = work.next[j] }
+        for i in sampling {
+            let m = members[i]
             // The ChunkWise scheduler reads the last row's distribution (entropy signal).
             (m.seq.request.delta?.delta as? ChunkWiseDelta)?.observe(logits: logits[i])
-            if advance(m.seq, logits: logits[i], now: now) {
+            if advance(m.seq, next: next[i], now: now) {
                 finishedIDs.insert(m.seq.id)
                 if let cw = m.seq.request.delta?.delta as? ChunkWiseDelta {
                     for chunk in cw.statistics.chunks { metrics.chunkRank.record(chunk.rank) }
@@ -352,9 +361,8 @@ public actor BatchScheduler {
         }
     }
 
-    /// Samples a sequence's next token and emits it; true when the sequence has finished.
-    private func advance(_ s: SeqState, logits: [Float], now: ContinuousClock.Instant) -> Bool {
-        let next = s.sampler.sample(logits, history: s.history)
+    /// Emits a sequence's next token (sampled); true when the sequence has finished.
+    private func advance(_ s: SeqState, next: Int, now: ContinuousClock.Instant) -> Bool {
         if s.generated.isEmpty, let started = s.started {
             s.stats.prefillSeconds = seconds(now - started)
             s.stats.timeToFirstTokenSeconds = seconds(now - s.enqueued)
@@ -394,6 +402,29 @@ public actor BatchScheduler {
         s.continuation.yield(.finished(text: s.fullText, tokens: s.generated, stats: s.stats))
         s.continuation.finish()
         return true
+    }
+}
+
+/// The samplers of one step's sequences, run side by side on the pool: part [s, e) samples sequences
+/// s..<e (each sequence's sampler by one thread) while the scheduler actor waits for the job.
+final class SamplingWork: @unchecked Sendable {
+    let seqs: [BatchScheduler.SeqState]
+    let logits: [[Float]]
+    /// The sampled tokens (one buffer, written at distinct indices by the parts: no exclusive
+    /// access to a property is held across threads).
+    let next: UnsafeMutableBufferPointer<Int>
+
+    init(seqs: [BatchScheduler.SeqState], logits: [[Float]]) {
+        self.seqs = seqs
+        self.logits = logits
+        self.next = .allocate(capacity: seqs.count)
+        next.initialize(repeating: 0)
+    }
+
+    deinit { next.deallocate() }
+
+    func run(_ range: Range<Int>) {
+        for j in range { next[j] = seqs[j].sampler.sample(logits[j], history: seqs[j].history) }
     }
 }
 
