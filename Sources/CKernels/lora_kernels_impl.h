@@ -133,20 +133,21 @@ static void LFN(down)(const cw_lora_args *g, int64_t i0, int64_t i1, int64_t t0,
 // output is Σ_i u·w from zero in order i = 0..k-1, then added to y — as the per-token path does:
 // identical results.
 #define LK_UP_T (LK_VL >= 16 ? 4 : 2)
-// T tokens × V vectors (V ≤ 4) of columns from s: T·V independent accumulators.
-LK_INLINE void LFN(up_tile)(const int T, const int V, const cw_lora_args *g, const float *w, int64_t ldw, int64_t off, int64_t t0, int64_t s) {
+// T tokens × V vectors (V ≤ 4) of columns from s: T·V independent accumulators. The factor: rows of
+// type h (`LFN(row)`) from f, column c at element c − off of its row; each factor vector is loaded
+// (for fp16/int8, widened) once per i for the T tokens.
+LK_INLINE void LFN(up_tile)(const int T, const int V, const cw_lora_args *g, const void *f, int64_t ldf, const int h, int64_t off,
+                            int64_t t0, int64_t s) {
     LVF acc[4][4];
     for (int t = 0; t < T; t++)
         for (int v = 0; v < V; v++) acc[t][v] = 0;
     const float *u[4];
     for (int t = 0; t < T; t++) u[t] = g->u + (t0 + t) * g->ku;
     for (int64_t i = 0; i < g->k; i++) {
-        const float *wr = w + i * ldw + (s - off);
-        LVF wv[4];
-        for (int v = 0; v < V; v++) wv[v] = LFN(vload)(wr + v * LK_VL);
-        for (int t = 0; t < T; t++) {
-            const LVF ui = u[t][i];
-            for (int v = 0; v < V; v++) acc[t][v] = ui * wv[v] + acc[t][v];
+        const LFN(frow) b = LFN(row)(f, ldf, i, h);
+        for (int v = 0; v < V; v++) {
+            const LVF wv = LFN(fload)(b, s - off + v * LK_VL, h);
+            for (int t = 0; t < T; t++) acc[t][v] = (LVF)u[t][i] * wv + acc[t][v];
         }
     }
     for (int t = 0; t < T; t++) {
@@ -158,10 +159,10 @@ LK_INLINE void LFN(up_tile)(const int T, const int V, const cw_lora_args *g, con
 
 LK_INLINE void LFN(up_tile_v)(const int T, const int64_t V, const cw_lora_args *g, const float *w, int64_t ldw, int64_t off, int64_t t0, int64_t s) {
     switch (V) {
-    case 1: LFN(up_tile)(T, 1, g, w, ldw, off, t0, s); break;
-    case 2: LFN(up_tile)(T, 2, g, w, ldw, off, t0, s); break;
-    case 3: LFN(up_tile)(T, 3, g, w, ldw, off, t0, s); break;
-    default: LFN(up_tile)(T, 4, g, w, ldw, off, t0, s); break;
+    case 1: LFN(up_tile)(T, 1, g, w, ldw, 0, off, t0, s); break;
+    case 2: LFN(up_tile)(T, 2, g, w, ldw, 0, off, t0, s); break;
+    case 3: LFN(up_tile)(T, 3, g, w, ldw, 0, off, t0, s); break;
+    default: LFN(up_tile)(T, 4, g, w, ldw, 0, off, t0, s); break;
     }
 }
 
@@ -210,34 +211,6 @@ static int LFN(up_blocked)(const cw_lora_args *g, int64_t o0, int64_t o1, const 
     return 1;
 }
 
-// One strip of 4 vectors of columns from s for TT tokens from t (TT ≤ 3): y[row] += Σ_i u[i]·f[i],
-// each sum from zero in order i = 0..k-1 (the per-token path's order), the factor vector widened
-// once per i for the TT tokens.
-LK_INLINE void LFN(up_strip)(const int TT, const cw_lora_args *g, int64_t k, const int h, int64_t t, int64_t s) {
-    LVF a[3][4];
-    const float *u[3];
-#pragma clang loop unroll(full)
-    for (int j = 0; j < TT; j++) {
-        u[j] = g->u + (t + j) * g->ku;
-        a[j][0] = a[j][1] = a[j][2] = a[j][3] = 0;
-    }
-    for (int64_t i = 0; i < k; i++) {
-        const LFN(frow) b = LFN(row)(g->f, g->ldf, i, h);
-#pragma clang loop unroll(full)
-        for (int v = 0; v < 4; v++) {
-            const LVF f = LFN(fload)(b, s + v * LK_VL, h);
-#pragma clang loop unroll(full)
-            for (int j = 0; j < TT; j++) a[j][v] = (LVF)u[j][i] * f + a[j][v];
-        }
-    }
-#pragma clang loop unroll(full)
-    for (int j = 0; j < TT; j++) {
-        float *y = g->y + (g->yrows ? g->yrows[t + j] : t + j) * g->ldy;
-#pragma clang loop unroll(full)
-        for (int v = 0; v < 4; v++) LFN(vstore)(y + s + v * LK_VL, LFN(vload)(y + s + v * LK_VL) + a[j][v]);
-    }
-}
-
 LK_INLINE void LFN(up_h)(const cw_lora_args *g, int64_t o0, int64_t o1, const int h) {
     if (g->tokens >= 4 && LFN(up_blocked)(g, o0, o1, h)) return;
     const int64_t k = g->k;
@@ -263,9 +236,9 @@ LK_INLINE void LFN(up_h)(const cw_lora_args *g, int64_t o0, int64_t o1, const in
             // fp16/int8 factors, widened) once for all of them — a batched step's adapter group
             // holds a few tokens, which each widened the whole factor again. Every output is the
             // same sum in the same order as alone: identical results.
-            for (; t + 3 <= g->tokens; t += 3) LFN(up_strip)(3, g, k, h, t, s);
-            if (t + 2 == g->tokens) { LFN(up_strip)(2, g, k, h, t, s); t += 2; }
-            if (t + 1 == g->tokens) { LFN(up_strip)(1, g, k, h, t, s); t += 1; }
+            for (; t + 3 <= g->tokens; t += 3) LFN(up_tile)(3, 4, g, g->f, g->ldf, h, 0, t, s);
+            if (t + 2 == g->tokens) { LFN(up_tile)(2, 4, g, g->f, g->ldf, h, 0, t, s); t += 2; }
+            if (t + 1 == g->tokens) { LFN(up_tile)(1, 4, g, g->f, g->ldf, h, 0, t, s); t += 1; }
         }
         for (; t < g->tokens; t++) {
             const int64_t row = g->yrows ? g->yrows[t] : t;
