@@ -898,6 +898,19 @@ CW_INLINE int64_t FN(tb_x)(int64_t nb, int64_t t, int64_t b, int j) {
 }
 CW_INLINE int64_t FN(tb_s)(int64_t nb, int64_t t, int64_t b) { return ((t / 8) * nb + b) * 8 + t % 8; }
 
+// One token group (4–8 tokens: every batched decode step) at the AVX2 level, which has no VNNI,
+// uses a second layout, "rotated": block b's 256 int16 are 16 vectors Y[k][s] (quad k = element
+// pairs 4k..4k+3, rotation s = 0..3) whose lane l = 4h + m holds element pair 4k + m of token
+// 4h + ((m − s) mod 4). Against a weight vector holding the quad's four pairs in each 128-bit half
+// (what widening 8 weight bytes in registers gives), the four rotations cover every (token, pair)
+// once, and four in-lane shuffles gather each token's sum (FN(tb_tile1)). Offset of token t's
+// pair p in a block:
+#define CW_TB_ONE (!CW_VNNI)
+CW_INLINE int64_t FN(tb_rx)(int64_t t, int p) {
+    const int m = p & 3, j = (int)(t & 3);
+    return 16 * (4 * (p >> 2) + ((m - j) & 3)) + 2 * ((t & 4) + m);
+}
+
 // Lane l = the max (`add` 0) or the sum (`add` 1) of v[l]'s eight elements, for eight vectors at
 // once. Exact here — maxima, and sums of integers below 2^24 — so the order does not matter.
 CW_INLINE __m256 FN(tb_fold8)(const __m256 v[8], const int add) {
@@ -950,8 +963,8 @@ CW_INLINE void FN(q16_group)(const float *x, int64_t ld, int nt, int16_t q[8][32
     _mm256_storeu_ps(tsd, _mm256_mul_ps(d, FN(tb_fold8)(sum, 1)));
 }
 
-// Quantizes tokens [t0, t1) into that layout (the padding lanes of the last group are zeroed by
-// the driver). A group whose tokens all lie in the range (its existing ones, for the last) is
+// Quantizes tokens [t0, t1) into that layout, or the rotated one for a single group at the AVX2
+// level (the padding lanes of the last group are zeroed by the driver). A group whose tokens all lie in the range (its existing ones, for the last) is
 // quantized block by block for its eight tokens at once and transposed in registers (16 row
 // stores per block instead of 128 pair stores); tokens of groups cut by the range are scattered
 // pair by pair (no other thread writes their lanes).
@@ -966,6 +979,25 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
                 int16_t q[8][32] __attribute__((aligned(32)));
                 FN(q16_group)(a->x + 8 * g * a->cols + 32 * b, a->cols, (int)(ge - 8 * g), q,
                               a->td + FN(tb_s)(nb, 8 * g, b), a->tsd + FN(tb_s)(nb, 8 * g, b));
+                if (CW_TB_ONE && T <= 8) {
+                    // Rotated layout: R[j] = pairs 4k..4k+3 of tokens j (low half) and 4 + j (high);
+                    // lane m of Y[k][s] comes from R[(m − s) mod 4] (three blends).
+                    int16_t *dst = a->tq + b * 256;
+                    for (int k = 0; k < 4; k++) {
+                        __m256i R[4];
+                        for (int j = 0; j < 4; j++)
+                            R[j] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_load_si128((const __m128i *)(q[j] + 8 * k))),
+                                                           _mm_load_si128((const __m128i *)(q[4 + j] + 8 * k)), 1);
+                        for (int s = 0; s < 4; s++) {
+                            __m256i v = R[(0 - s) & 3];
+                            v = _mm256_blend_epi32(v, R[(1 - s) & 3], 0x22);
+                            v = _mm256_blend_epi32(v, R[(2 - s) & 3], 0x44);
+                            v = _mm256_blend_epi32(v, R[(3 - s) & 3], 0x88);
+                            _mm256_storeu_si256((__m256i *)(dst + 16 * (4 * k + s)), v);
+                        }
+                    }
+                    continue;
+                }
                 // Two 8×8 transposes of 32-bit pairs: row p of the output holds pair p of the 8 tokens.
                 int16_t *dst = a->tq + FN(tb_x)(nb, 8 * g, b, 0);
                 for (int h = 0; h < 2; h++) {
@@ -996,6 +1028,10 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
             int16_t q[32];
             const int64_t s = FN(tb_s)(nb, t, b);
             FN(q16_block)(a->x + t * a->cols + 32 * b, q, a->td + s, a->tsd + s);
+            if (CW_TB_ONE && T <= 8) {
+                for (int p = 0; p < 16; p++) memcpy(a->tq + b * 256 + FN(tb_rx)(t, p), q + 2 * p, 4);
+                continue;
+            }
             // element pair p of this token: one 32-bit store at lane t % 8 of row p
             int16_t *dst = a->tq + FN(tb_x)(nb, t, b, 0);
             for (int p = 0; p < 16; p++) memcpy(dst + 16 * p, q + 2 * p, 4);
@@ -1122,6 +1158,80 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
     }
 }
 
+#if CW_TB_ONE
+// The tile's rows × the one token group (rotated layout, above): out[i] lanes = tokens, the same
+// bits as FN(tb_tile) (the same exact integer sum I per row, token and block, then the same two
+// fused steps). For each block and pair of rows: quad k's weights W (lane m of each half = pair
+// 4k + m) meet the four rotations Y[k][s] in four accumulators A[s]; token 4h + j's sum is
+// Σ_s A[s][4h + (j + s) mod 4] (in-lane shuffles 0x39, 0x4E, 0x93). Q4_0/Q4_1 widen their
+// weights in registers (8 bytes broadcast and zero-extended: the low nibbles are quads 0–1, the
+// high ones quads 2–3), so one group needs no unpacking pass; Q8_0 and Q5 read them from the
+// unpacked tile (`mem`: one 16-byte broadcast per quad), which measured faster for Q8_0 than
+// widening in registers (its quads take a load, an unpack and a shift each).
+// Time per 8-token product against the broadcast kernel (FN(tb_tile)) on a Zen 3 host, the two
+// alternating in one process through a temporary switch (medians of 60 pairs, one thread):
+// Q4_1 1536×576 0.86–0.89×, 576×1536 0.87–0.91×, Q4_0 0.92×, Q5_0 0.97×, Q5_1 0.98×, Q8_0 1536×576
+// 0.94–0.96×, 49152×576 (2 threads) 0.96×; the register-widened Q8_0 was 1.09–1.18×. The same
+// bits as before (Benchmarks/quick/bits_hash.c, 1–9 tokens). VNNI's vpdpwssd fuses the add, so
+// the AVX-512 level keeps the broadcast kernel (not measured: no such machine in that session).
+CW_INLINE __m256i FN(tb_bq)(const uint8_t *p) { int64_t v; memcpy(&v, p, 8); return _mm256_set1_epi64x(v); }
+CW_INLINE void FN(tb_tile1)(const cw_mm *a, const int type, const uint8_t *const *wr, const int mem, FN(tb_w) w,
+                            const uint8_t *pf, int64_t pf_bytes, __m256 out[TB_R]) {
+    const int64_t nb = a->cols / 32;
+    const int BYTES = cw_block_bytes(type), QO = type == CW_TYPE_Q4_0 ? 2 : 4;
+    for (int i = 0; i < TB_R; i++) out[i] = _mm256_setzero_ps();
+    const uintptr_t lo = (uintptr_t)pf & ~(uintptr_t)63, end = (uintptr_t)pf + (uintptr_t)pf_bytes;
+    const int64_t lines = pf ? (int64_t)((end - lo + 63) / 64) : 0;
+    int64_t done = 0;
+    const __m256i z = _mm256_setzero_si256(), m4 = _mm256_set1_epi16(0x0F);
+    for (int64_t b = 0; b < nb; b++) {
+        const int64_t upto = lines * (b + 1) / nb;
+        for (; done < upto; done++) _mm_prefetch((const char *)(lo + 64 * (uintptr_t)done), _MM_HINT_T0);
+        const int16_t *yb = a->tq + b * 256;
+        const __m256 dxv = _mm256_loadu_ps(a->td + b * 8), sdv = _mm256_loadu_ps(a->tsd + b * 8);
+#pragma clang loop unroll(full)
+        for (int r0 = 0; r0 < TB_R; r0 += 2) {  // two rows at a time: 8 accumulators
+            __m256i A[2][4];
+#pragma clang loop unroll(full)
+            for (int k = 0; k < 4; k++) {
+                __m256i W[2];
+#pragma clang loop unroll(full)
+                for (int i = 0; i < 2; i++) {
+                    if (mem) {
+                        W[i] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w.wq + ((r0 + i) * nb + b) * 32 + 8 * k)));
+                    } else {
+                        const __m256i v = _mm256_unpacklo_epi8(FN(tb_bq)(wr[r0 + i] + b * BYTES + QO + 8 * (k & 1)), z);
+                        W[i] = k < 2 ? _mm256_and_si256(v, m4) : _mm256_srli_epi16(v, 4);
+                    }
+                }
+#pragma clang loop unroll(full)
+                for (int s = 0; s < 4; s++) {
+                    const __m256i y = _mm256_loadu_si256((const __m256i *)(yb + 16 * (4 * k + s)));
+#pragma clang loop unroll(full)
+                    for (int i = 0; i < 2; i++) A[i][s] = k ? FN(tb_dp)(A[i][s], y, W[i]) : _mm256_madd_epi16(y, W[i]);
+                }
+            }
+#pragma clang loop unroll(full)
+            for (int i = 0; i < 2; i++) {
+                const __m256i I = _mm256_add_epi32(_mm256_add_epi32(A[i][0], _mm256_shuffle_epi32(A[i][1], 0x39)),
+                                                   _mm256_add_epi32(_mm256_shuffle_epi32(A[i][2], 0x4E), _mm256_shuffle_epi32(A[i][3], 0x93)));
+                float dw, ow;
+                if (mem) {
+                    dw = w.dw[2 * ((r0 + i) * nb + b)];
+                    ow = w.dw[2 * ((r0 + i) * nb + b) + 1];
+                } else {
+                    const __m128 dm = FN(h2f2)(wr[r0 + i] + b * BYTES);
+                    dw = _mm_cvtss_f32(dm);
+                    ow = type == CW_TYPE_Q4_1 ? _mm_cvtss_f32(_mm_movehdup_ps(dm)) : FN(tb_ow)(type, dw);
+                }
+                out[r0 + i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(_mm256_set1_ps(dw), dxv), out[r0 + i]);
+                if (type != CW_TYPE_Q8_0) out[r0 + i] = _mm256_fmadd_ps(_mm256_set1_ps(ow), sdv, out[r0 + i]);
+            }
+        }
+    }
+}
+#endif
+
 // A tile's rows (wr) × token groups [g0, g1). `scratch`: the caller's per-thread buffer for the
 // unpacked tile (fetched once per call, not per tile).
 static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t *pf, int64_t pf_bytes, int64_t g0, int64_t g1,
@@ -1129,6 +1239,26 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
     const int64_t nb = a->cols / 32;
     FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + TB_R * nb * 64)};
     __m256 o[TB_R];
+#if CW_TB_ONE
+    if (a->tokens <= 8) {  // one group, rotated layout (g0 = 0, g1 = 1)
+#define CW_TB1_CASE(TYPE, MEM)                                                                  \
+    case TYPE:                                                                                  \
+        if (MEM) FN(tb_unpack_rows)(TYPE, wr, nb, w);                                           \
+        FN(tb_tile1)(a, TYPE, wr, MEM, w, pf, pf_bytes, o);                                     \
+        break;
+        switch (a->type) {
+        CW_TB1_CASE(CW_TYPE_Q4_0, 0)
+        CW_TB1_CASE(CW_TYPE_Q4_1, 0)
+        CW_TB1_CASE(CW_TYPE_Q5_0, 1)
+        CW_TB1_CASE(CW_TYPE_Q5_1, 1)
+        CW_TB1_CASE(CW_TYPE_Q8_0, 1)
+        default: return;
+        }
+#undef CW_TB1_CASE
+        for (int i = 0; i < TB_R; i++) _mm256_storeu_ps(out + i * 8, o[i]);
+        return;
+    }
+#endif
 #define CW_TB_CASE(TYPE)                                                                        \
     case TYPE:                                                                                  \
         FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                    \
