@@ -1170,8 +1170,9 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
 // widening in registers (its quads take a load, an unpack and a shift each).
 // Time per 8-token product against the broadcast kernel (FN(tb_tile)) on a Zen 3 host, the two
 // alternating in one process through a temporary switch (medians of 60 pairs, one thread):
-// Q4_1 1536×576 0.86–0.89×, 576×1536 0.87–0.91×, Q4_0 0.92×, Q5_0 0.97×, Q5_1 0.98×, Q8_0 1536×576
-// 0.94–0.96×, 49152×576 (2 threads) 0.96×; the register-widened Q8_0 was 1.09–1.18×. The same
+// Q4_1 1536×576 0.89× (0.86–0.91× on two threads), 576×1536 0.87–0.91×, Q4_0 0.92×, Q5_0 0.97×,
+// Q5_1 0.98×, Q8_0 1536×576 0.94–0.96×, 49152×576 (2 threads) 0.96×; the register-widened Q8_0
+// was 1.09–1.18×. The same
 // bits as before (Benchmarks/quick/bits_hash.c, 1–9 tokens). VNNI's vpdpwssd fuses the add, so
 // the AVX-512 level keeps the broadcast kernel (not measured: no such machine in that session).
 CW_INLINE __m256i FN(tb_bq)(const uint8_t *p) { int64_t v; memcpy(&v, p, 8); return _mm256_set1_epi64x(v); }
