@@ -964,10 +964,11 @@ CW_INLINE void FN(q16_group)(const float *x, int64_t ld, int nt, int16_t q[8][32
 }
 
 // Quantizes tokens [t0, t1) into that layout, or the rotated one for a single group at the AVX2
-// level (the padding lanes of the last group are zeroed by the driver). A group whose tokens all lie in the range (its existing ones, for the last) is
-// quantized block by block for its eight tokens at once and transposed in registers (16 row
-// stores per block instead of 128 pair stores); tokens of groups cut by the range are scattered
-// pair by pair (no other thread writes their lanes).
+// level (the padding lanes of the last group are zeroed by the driver). A group whose tokens all
+// lie in the range (its existing ones, for the last) is quantized block by block for its eight
+// tokens at once and transposed in registers (16 row stores per block instead of 128 pair
+// stores); tokens of groups cut by the range are scattered pair by pair (no other thread writes
+// their lanes).
 static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
     const int64_t nb = a->cols / 32, T = a->tokens;
     int64_t t = t0;
@@ -1145,15 +1146,22 @@ CW_INLINE void FN(tb_block)(const cw_mm *a, const int type, FN(tb_w) w, int64_t 
 // one burst. (Two prefetches per row and block pair, 3× the lines, cost a batched 8-token decode
 // step ~7%: the dot products are bound by the load ports the prefetches share; none at all cost
 // ~20%.)
+typedef struct { uintptr_t lo; int64_t lines, done; } FN(tb_pf);
+CW_INLINE FN(tb_pf) FN(tb_pf_start)(const uint8_t *pf, int64_t pf_bytes) {
+    const uintptr_t lo = (uintptr_t)pf & ~(uintptr_t)63, end = (uintptr_t)pf + (uintptr_t)pf_bytes;
+    return (FN(tb_pf)){lo, pf ? (int64_t)((end - lo + 63) / 64) : 0, 0};
+}
+// Block b of nb is about to compute: prefetch its share of the lines.
+CW_INLINE void FN(tb_pf_block)(FN(tb_pf) *p, int64_t b, int64_t nb) {
+    const int64_t upto = p->lines * (b + 1) / nb;
+    for (; p->done < upto; p->done++) _mm_prefetch((const char *)(p->lo + 64 * (uintptr_t)p->done), _MM_HINT_T0);
+}
 CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, const uint8_t *pf, int64_t pf_bytes, __m256 out[TB_R]) {
     const int64_t nb = a->cols / 32;
     for (int i = 0; i < TB_R; i++) out[i] = _mm256_setzero_ps();
-    const uintptr_t lo = (uintptr_t)pf & ~(uintptr_t)63, end = (uintptr_t)pf + (uintptr_t)pf_bytes;
-    const int64_t lines = pf ? (int64_t)((end - lo + 63) / 64) : 0;
-    int64_t done = 0;
+    FN(tb_pf) next = FN(tb_pf_start)(pf, pf_bytes);
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t upto = lines * (b + 1) / nb;
-        for (; done < upto; done++) _mm_prefetch((const char *)(lo + 64 * (uintptr_t)done), _MM_HINT_T0);
+        FN(tb_pf_block)(&next, b, nb);
         FN(tb_block)(a, type, w, g, b, out);
     }
 }
@@ -1172,22 +1180,19 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
 // alternating in one process through a temporary switch (medians of 60 pairs, one thread):
 // Q4_1 1536×576 0.89× (0.86–0.91× on two threads), 576×1536 0.87–0.91×, Q4_0 0.92×, Q5_0 0.97×,
 // Q5_1 0.98×, Q8_0 1536×576 0.94–0.96×, 49152×576 (2 threads) 0.96×; the register-widened Q8_0
-// was 1.09–1.18×. The same
-// bits as before (Benchmarks/quick/bits_hash.c, 1–9 tokens). VNNI's vpdpwssd fuses the add, so
-// the AVX-512 level keeps the broadcast kernel (not measured: no such machine in that session).
+// was 1.09–1.18×. The same bits as before (Benchmarks/quick/bits_hash.c, 1–9 tokens). VNNI's
+// vpdpwssd fuses the add, so the AVX-512 level keeps the broadcast kernel (not measured there:
+// no such machine in that session).
 CW_INLINE __m256i FN(tb_bq)(const uint8_t *p) { int64_t v; memcpy(&v, p, 8); return _mm256_set1_epi64x(v); }
 CW_INLINE void FN(tb_tile1)(const cw_mm *a, const int type, const uint8_t *const *wr, const int mem, FN(tb_w) w,
                             const uint8_t *pf, int64_t pf_bytes, __m256 out[TB_R]) {
     const int64_t nb = a->cols / 32;
     const int BYTES = cw_block_bytes(type), QO = type == CW_TYPE_Q4_0 ? 2 : 4;
     for (int i = 0; i < TB_R; i++) out[i] = _mm256_setzero_ps();
-    const uintptr_t lo = (uintptr_t)pf & ~(uintptr_t)63, end = (uintptr_t)pf + (uintptr_t)pf_bytes;
-    const int64_t lines = pf ? (int64_t)((end - lo + 63) / 64) : 0;
-    int64_t done = 0;
+    FN(tb_pf) next = FN(tb_pf_start)(pf, pf_bytes);
     const __m256i z = _mm256_setzero_si256(), m4 = _mm256_set1_epi16(0x0F);
     for (int64_t b = 0; b < nb; b++) {
-        const int64_t upto = lines * (b + 1) / nb;
-        for (; done < upto; done++) _mm_prefetch((const char *)(lo + 64 * (uintptr_t)done), _MM_HINT_T0);
+        FN(tb_pf_block)(&next, b, nb);
         const int16_t *yb = a->tq + b * 256;
         const __m256 dxv = _mm256_loadu_ps(a->td + b * 8), sdv = _mm256_loadu_ps(a->tsd + b * 8);
 #pragma clang loop unroll(full)
