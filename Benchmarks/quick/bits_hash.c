@@ -1,6 +1,6 @@
 // Bit-identity check for kernel refactors: hashes (FNV-1a over the output floats' bits) of
-// cw_matmul for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × four shapes × 1–9, 14 and 19 tokens (the one-token and batched
-// paths), fixed inputs. Build it from the sources before and after a change and diff the outputs;
+// cw_matmul for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × four shapes × 1–9, 14 and 19 tokens (the one-token
+// and batched paths), fixed inputs. Build it from the sources before and after a change and diff the outputs;
 // CHUNKWISE_KERNELS=avx2|portable checks the other levels. PREC: 0 exact, 1 fast.
 //   K=../../Sources/CKernels
 //   clang -O3 -ffp-contract=fast -fno-math-errno -DPREC=1 -I $K/include $K/*.c bits_hash.c -o bits_hash -lpthread -lm

@@ -903,9 +903,10 @@ CW_INLINE int64_t FN(tb_s)(int64_t nb, int64_t t, int64_t b) { return ((t / 8) *
 // pairs 4k..4k+3, rotation s = 0..3) whose lane l = 4h + m holds element pair 4k + m of token
 // 4h + ((m − s) mod 4). Against a weight vector holding the quad's four pairs in each 128-bit half
 // (what widening 8 weight bytes in registers gives), the four rotations cover every (token, pair)
-// once, and four in-lane shuffles gather each token's sum (FN(tb_tile1)). Offset of token t's
-// pair p in a block:
+// once, and four in-lane shuffles gather each token's sum (FN(tb_tile1)). The quantizer and the
+// kernel both ask FN(tb_rotated) which layout a call uses. Offset of token t's pair p in a block:
 #define CW_TB_ONE (!CW_VNNI)
+CW_INLINE int FN(tb_rotated)(const cw_mm *a) { return CW_TB_ONE && a->tokens <= 8; }
 CW_INLINE int64_t FN(tb_rx)(int64_t t, int p) {
     const int m = p & 3, j = (int)(t & 3);
     return 16 * (4 * (p >> 2) + ((m - j) & 3)) + 2 * ((t & 4) + m);
@@ -980,7 +981,7 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
                 int16_t q[8][32] __attribute__((aligned(32)));
                 FN(q16_group)(a->x + 8 * g * a->cols + 32 * b, a->cols, (int)(ge - 8 * g), q,
                               a->td + FN(tb_s)(nb, 8 * g, b), a->tsd + FN(tb_s)(nb, 8 * g, b));
-                if (CW_TB_ONE && T <= 8) {
+                if (FN(tb_rotated)(a)) {
                     // Rotated layout: R[j] = pairs 4k..4k+3 of tokens j (low half) and 4 + j (high);
                     // lane m of Y[k][s] comes from R[(m − s) mod 4] (three blends).
                     int16_t *dst = a->tq + b * 256;
@@ -1029,7 +1030,7 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
             int16_t q[32];
             const int64_t s = FN(tb_s)(nb, t, b);
             FN(q16_block)(a->x + t * a->cols + 32 * b, q, a->td + s, a->tsd + s);
-            if (CW_TB_ONE && T <= 8) {
+            if (FN(tb_rotated)(a)) {
                 for (int p = 0; p < 16; p++) memcpy(a->tq + b * 256 + FN(tb_rx)(t, p), q + 2 * p, 4);
                 continue;
             }
@@ -1167,6 +1168,7 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
 }
 
 #if CW_TB_ONE
+_Static_assert(TB_R % 2 == 0, "FN(tb_tile1) takes the tile's rows two at a time");
 // The tile's rows × the one token group (rotated layout, above): out[i] lanes = tokens, the same
 // bits as FN(tb_tile) (the same exact integer sum I per row, token and block, then the same two
 // fused steps). For each block and pair of rows: quad k's weights W (lane m of each half = pair
@@ -1179,7 +1181,7 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
 // Time per 8-token product against the broadcast kernel (FN(tb_tile)) on a Zen 3 host, the two
 // alternating in one process through a temporary switch (medians of 60 pairs, one thread):
 // Q4_1 1536×576 0.89× (0.86–0.91× on two threads), 576×1536 0.87–0.91×, Q4_0 0.92×, Q5_0 0.97×,
-// Q5_1 0.98×, Q8_0 1536×576 0.94–0.96×, 49152×576 (2 threads) 0.96×; the register-widened Q8_0
+// Q5_1 0.98×, Q8_0 1536×576 0.96×, 49152×576 (2 threads) 0.96×; the register-widened Q8_0
 // was 1.09–1.18×. The same bits as before (Benchmarks/quick/bits_hash.c, 1–9 tokens). VNNI's
 // vpdpwssd fuses the add, so the AVX-512 level keeps the broadcast kernel (not measured there:
 // no such machine in that session).
@@ -1246,7 +1248,7 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
     FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + TB_R * nb * 64)};
     __m256 o[TB_R];
 #if CW_TB_ONE
-    if (a->tokens <= 8) {  // one group, rotated layout (g0 = 0, g1 = 1)
+    if (FN(tb_rotated)(a)) {  // one group (g0 = 0, g1 = 1)
 #define CW_TB1_CASE(TYPE, MEM)                                                                  \
     case TYPE:                                                                                  \
         if (MEM) FN(tb_unpack_rows)(TYPE, wr, nb, w);                                           \

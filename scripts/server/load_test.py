@@ -6,7 +6,8 @@ Starts the server itself on a free 127.0.0.1 port (so it can read its peak RSS f
 time, with requests spread over the base model and the adapters. Reports per phase: requests ok,
 errors by HTTP status, generated tokens per second, mean/p50/p95 time to first token, and, from the
 server's own metrics, its forward steps in the phase's window (count, mean sequences per step, mean
-step time, the share of the window they took); and the server's peak RSS. Stops the server at the end (SIGTERM) whatever happens.
+step time, the share of the window they took); and the server's peak RSS. Stops the server at the
+end (SIGTERM) whatever happens.
 
   python3 scripts/server/load_test.py --phases 1,8,32 --seconds 20
 """
