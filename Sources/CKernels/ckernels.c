@@ -529,7 +529,7 @@ typedef struct {
     cw_mm mm[CW_MANY_MAX];
     int64_t start[CW_MANY_MAX + 1]; // first concatenated row of each matrix
     int count, tiled;
-    double pf_per_row[CW_PF_MAX];
+    int64_t pf_cum[CW_PF_MAX + 1];
     const cw_side *side;
     int64_t side_idx;  // side tasks take the first side->count units (CW_MANY_GRAIN indices each)
     // Activations quantized inside the job (`cw_many_quantize`, by the calling thread) while the
@@ -622,10 +622,16 @@ int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float
     }
     if (tiled && spans && nspans > 0) {
         if (nspans > CW_PF_MAX) nspans = CW_PF_MAX;
-        for (int k = 0; k < nspans; k++) c.pf_per_row[k] = (double)spans[k].bytes / (double)c.start[count];
+        c.pf_cum[0] = 0;
+        for (int k = 0; k < nspans; k++) {
+            const uintptr_t lo = (uintptr_t)spans[k].p & ~(uintptr_t)63;
+            const int64_t lines = spans[k].p && spans[k].bytes > 0
+                                      ? (int64_t)(((uintptr_t)spans[k].p + (uintptr_t)spans[k].bytes - lo + 63) / 64) : 0;
+            c.pf_cum[k + 1] = c.pf_cum[k] + lines;
+        }
         for (int i = 0; i < count; i++) {
             c.mm[i].pf = spans;
-            c.mm[i].pf_per_row = c.pf_per_row;
+            c.mm[i].pf_cum = c.pf_cum;
             c.mm[i].npf = nspans;
             c.mm[i].pf_row0 = c.start[i];
             c.mm[i].pf_rows = c.start[count];

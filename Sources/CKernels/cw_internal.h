@@ -41,7 +41,7 @@ typedef struct {
     // Batched kernel: spans prefetched while rows compute; this matrix's rows are rows
     // [pf_row0, pf_row0 + rows) of pf_rows in all (see cw_matmul_many_side).
     const cw_span *pf;
-    const double *pf_per_row; // bytes of each span per row of the call
+    const int64_t *pf_cum; // cache lines of spans [0, k) (npf + 1 entries; the last: all of them)
     int npf;
     int64_t pf_row0, pf_rows;
     // After rows × tokens of this matrix are written (cw_side.after; NULL: none). The batched

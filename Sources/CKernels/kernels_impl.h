@@ -1287,15 +1287,21 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
 }
 
 // Rows [r, r_end) of this matrix are about to compute: prefetch their share of the call's spans
-// (cw_matmul_many_side), each line once over the whole call. The boundaries come from one function
-// of the row index across the concatenated matrices, so the slices of all tiles tile each span.
-CW_INLINE void FN(pf_slice)(const cw_mm *a, int64_t r, int64_t r_end) {
+// (cw_matmul_many_side), each line once over the whole call. The spans' lines, one after another,
+// are dealt out in proportion to the rows across the concatenated matrices (row g starts at line
+// ⌊L·g / R⌋ of L), so the slices of all tiles cover every line once; `k` is the caller's cursor into
+// the spans (a tile costs its lines and the spans it crosses, not a pass over all the spans).
+CW_INLINE void FN(pf_slice)(const cw_mm *a, int64_t r, int64_t r_end, int *k) {
+    const int64_t L = a->pf_cum[a->npf], R = a->pf_rows;
     const int64_t g0 = a->pf_row0 + r, g1 = a->pf_row0 + r_end;
-    for (int k = 0; k < a->npf; k++) {
-        const char *base = (const char *)a->pf[k].p;
-        const int64_t lo = (int64_t)((double)g0 * a->pf_per_row[k]) & ~(int64_t)63;
-        const int64_t hi = g1 == a->pf_rows ? a->pf[k].bytes : (int64_t)((double)g1 * a->pf_per_row[k]) & ~(int64_t)63;
-        for (int64_t o = lo; o < hi; o += 64) __builtin_prefetch(base + o, 0, 2);
+    int64_t p = L * g0 / R;
+    const int64_t p1 = g1 >= R ? L : L * g1 / R;
+    while (p < p1 && *k < a->npf) {
+        while (*k < a->npf - 1 && a->pf_cum[*k + 1] <= p) (*k)++;
+        const int64_t end = a->pf_cum[*k + 1] < p1 ? a->pf_cum[*k + 1] : p1;
+        const uintptr_t lo = (uintptr_t)a->pf[*k].p & ~(uintptr_t)63;
+        for (; p < end; p++) __builtin_prefetch((const char *)(lo + 64 * (uintptr_t)(p - a->pf_cum[*k])), 0, 2);
+        if (end == a->pf_cum[*k + 1]) (*k)++;
     }
 }
 
@@ -1308,6 +1314,7 @@ static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
     float out[GC * TB_R * 8];
     uint8_t *scratch = (uint8_t *)cw_tls_scratch(CW_TLS_DEQUANT, (size_t)(TB_R * (a->cols / 32) * (64 + 8)));
     if (!scratch) return;
+    int pk = 0;  // FN(pf_slice)'s cursor
     for (int64_t gc = 0; gc < G; gc += GC) {
         const int64_t ge = gc + GC < G ? gc + GC : G;
         for (int64_t r = r0; r < r1; r += TB_R) {
@@ -1316,7 +1323,7 @@ static void FN(tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
             // The next tile's rows are prefetched while these compute (the tile reads its rows in
             // one burst, which the hardware prefetchers do not run ahead of).
             const int64_t nr = r + TB_R < r1 ? (r1 - r - TB_R < TB_R ? r1 - r - TB_R : TB_R) : 0;
-            if (a->npf && gc == 0) FN(pf_slice)(a, r, r + TB_R < r1 ? r + TB_R : r1);
+            if (a->npf && gc == 0) FN(pf_slice)(a, r, r + TB_R < r1 ? r + TB_R : r1, &pk);
             FN(tb_rows)(a, wr, nr ? a->w + (r + TB_R) * a->row_bytes : NULL, nr * a->row_bytes, gc, ge, scratch, out);
             for (int64_t g = gc; g < ge; g++) {
                 const int64_t nt = T - 8 * g < 8 ? T - 8 * g : 8;
