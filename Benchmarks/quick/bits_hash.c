@@ -1,6 +1,7 @@
 // Bit-identity check for kernel refactors: hashes (FNV-1a over the output floats' bits) of
-// cw_matmul for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × four shapes × 1–9, 14 and 19 tokens (the one-token
-// and batched paths), fixed inputs. Build it from the sources before and after a change and diff the outputs;
+// cw_matmul for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 × four shapes × 1–9, 14, 19 and 136 tokens (the
+// one-token and batched paths; 136 = 17 groups: two chunks of groups, the second of one), fixed
+// inputs. Build it from the sources before and after a change and diff the outputs;
 // CHUNKWISE_KERNELS=avx2|portable checks the other levels. PREC: 0 exact, 1 fast.
 //   K=../../Sources/CKernels
 //   clang -O3 -ffp-contract=fast -fno-math-errno -DPREC=1 -I $K/include $K/*.c bits_hash.c -o bits_hash -lpthread -lm
@@ -17,7 +18,7 @@ static int bb(int t){switch(t){case 2:return 18;case 3:return 20;case 6:return 2
 int main(){
   cw_pool*pool=cw_pool_create(2);
   int types[]={2,3,6,7,8}; int shapes[][2]={{576,576},{1536,576},{576,1536},{37,96}};
-  for(int ti=0;ti<5;ti++)for(int si=0;si<4;si++)for(int tok=1;tok<=20;tok+=(tok<9?1:5)){
+  for(int ti=0;ti<5;ti++)for(int si=0;si<4;si++)for(int tok=1;tok<=136;tok=(tok<9?tok+1:tok<19?tok+5:136+(tok==136))){
     int type=types[ti],rows=shapes[si][0],cols=shapes[si][1];
     int64_t rb=cols/32*bb(type); size_t wb=rows*rb; srand(ti*100+si*10+tok);
     uint8_t*w=malloc(wb); for(size_t i=0;i<wb;i++)w[i]=rand();

@@ -898,15 +898,16 @@ CW_INLINE int64_t FN(tb_x)(int64_t nb, int64_t t, int64_t b, int j) {
 }
 CW_INLINE int64_t FN(tb_s)(int64_t nb, int64_t t, int64_t b) { return ((t / 8) * nb + b) * 8 + t % 8; }
 
-// One token group (4–8 tokens: every batched decode step) at the AVX2 level, which has no VNNI,
-// uses a second layout, "rotated": block b's 256 int16 are 16 vectors Y[k][s] (quad k = element
+// At the AVX2 level, which has no VNNI, every batched call (a decode step's group of 4–8 tokens,
+// a prefill's many groups) uses a second layout, "rotated": each group's block b of 256 int16 (at
+// tq + (g·nb + b)·256, td/tsd as above) is 16 vectors Y[k][s] (quad k = element
 // pairs 4k..4k+3, rotation s = 0..3) whose lane l = 4h + m holds element pair 4k + m of token
 // 4h + ((m − s) mod 4). Against a weight vector holding the quad's four pairs in each 128-bit half
 // (what widening 8 weight bytes in registers gives), the four rotations cover every (token, pair)
 // once, and four in-lane shuffles gather each token's sum (FN(tb_tile1)). The quantizer and the
 // kernel both ask FN(tb_rotated) which layout a call uses. Offset of token t's pair p in a block:
 #define CW_TB_ONE (!CW_VNNI)
-CW_INLINE int FN(tb_rotated)(const cw_mm *a) { return CW_TB_ONE && a->tokens <= 8; }
+CW_INLINE int FN(tb_rotated)(const cw_mm *a) { (void)a; return CW_TB_ONE; }
 CW_INLINE int64_t FN(tb_rx)(int64_t t, int p) {
     const int m = p & 3, j = (int)(t & 3);
     return 16 * (4 * (p >> 2) + ((m - j) & 3)) + 2 * ((t & 4) + m);
@@ -984,7 +985,7 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
                 if (FN(tb_rotated)(a)) {
                     // Rotated layout: R[j] = pairs 4k..4k+3 of tokens j (low half) and 4 + j (high);
                     // lane m of Y[k][s] comes from R[(m − s) mod 4] (three blends).
-                    int16_t *dst = a->tq + b * 256;
+                    int16_t *dst = a->tq + (g * nb + b) * 256;
                     for (int k = 0; k < 4; k++) {
                         __m256i R[4];
                         for (int j = 0; j < 4; j++)
@@ -1031,7 +1032,7 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
             const int64_t s = FN(tb_s)(nb, t, b);
             FN(q16_block)(a->x + t * a->cols + 32 * b, q, a->td + s, a->tsd + s);
             if (FN(tb_rotated)(a)) {
-                for (int p = 0; p < 16; p++) memcpy(a->tq + b * 256 + FN(tb_rx)(t, p), q + 2 * p, 4);
+                for (int p = 0; p < 16; p++) memcpy(a->tq + ((t / 8) * nb + b) * 256 + FN(tb_rx)(t, p), q + 2 * p, 4);
                 continue;
             }
             // element pair p of this token: one 32-bit store at lane t % 8 of row p
@@ -1169,24 +1170,28 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
 
 #if CW_TB_ONE
 _Static_assert(TB_R % 2 == 0, "FN(tb_tile1) takes the tile's rows two at a time");
-// The tile's rows × the one token group (rotated layout, above): out[i] lanes = tokens, the same
+// The tile's rows × token group g (rotated layout, above): out[i] lanes = tokens, the same
 // bits as FN(tb_tile) (the same exact integer sum I per row, token and block, then the same two
 // fused steps). For each block and pair of rows: quad k's weights W (lane m of each half = pair
 // 4k + m) meet the four rotations Y[k][s] in four accumulators A[s]; token 4h + j's sum is
 // Σ_s A[s][4h + (j + s) mod 4] (in-lane shuffles 0x39, 0x4E, 0x93). Q4_0/Q4_1 widen their
 // weights in registers (8 bytes broadcast and zero-extended: the low nibbles are quads 0–1, the
-// high ones quads 2–3), so one group needs no unpacking pass; Q8_0 and Q5 read them from the
-// unpacked tile (`mem`: one 16-byte broadcast per quad), which measured faster for Q8_0 than
-// widening in registers (its quads take a load, an unpack and a shift each).
+// high ones quads 2–3), so a call of one group needs no unpacking pass; Q8_0 and Q5, and every
+// type when a call has several groups (prefill), read them from the tile unpacked once (`mem`: one
+// 16-byte broadcast per quad), which measured faster for Q8_0 than widening in registers (its quads
+// take a load, an unpack and a shift each).
 // Time per 8-token product against the broadcast kernel (FN(tb_tile)) on a Zen 3 host, the two
 // alternating in one process through a temporary switch (medians of 60 pairs, one thread):
 // Q4_1 1536×576 0.89× (0.86–0.91× on two threads), 576×1536 0.87–0.91×, Q4_0 0.92×, Q5_0 0.97×,
 // Q5_1 0.98×, Q8_0 1536×576 0.96×, 49152×576 (2 threads) 0.96×; the register-widened Q8_0
-// was 1.09–1.18×. The same bits as before (Benchmarks/quick/bits_hash.c, 1–9 tokens). VNNI's
-// vpdpwssd fuses the add, so the AVX-512 level keeps the broadcast kernel (not measured there:
-// no such machine in that session).
+// was 1.09–1.18×. Several groups (prefill; a later session, Benchmarks/quick/ab_matmul.c against
+// the broadcast kernel, medians of 20 pairs): 128 tokens on one thread Q4_1 1536×576 0.922×,
+// 576×1536 0.927×, 576×576 0.908×, Q4_0 0.950×, Q5_0 0.932×, Q8_0 0.949×; two threads, 512 tokens
+// 0.917×, 16 tokens 0.959×, the 49152×576 Q8_0 head at 16 tokens 0.775×. The same bits as before
+// (Benchmarks/quick/bits_hash.c, 1–9, 14, 19 and 136 tokens). VNNI's vpdpwssd fuses the add, so
+// the AVX-512 level keeps the broadcast kernel (not measured there: no such machine then).
 CW_INLINE __m256i FN(tb_bq)(const uint8_t *p) { int64_t v; memcpy(&v, p, 8); return _mm256_set1_epi64x(v); }
-CW_INLINE void FN(tb_tile1)(const cw_mm *a, const int type, const uint8_t *const *wr, const int mem, FN(tb_w) w,
+CW_INLINE void FN(tb_tile1)(const cw_mm *a, const int type, const uint8_t *const *wr, const int mem, FN(tb_w) w, int64_t g,
                             const uint8_t *pf, int64_t pf_bytes, __m256 out[TB_R]) {
     const int64_t nb = a->cols / 32;
     const int BYTES = cw_block_bytes(type), QO = type == CW_TYPE_Q4_0 ? 2 : 4;
@@ -1195,8 +1200,8 @@ CW_INLINE void FN(tb_tile1)(const cw_mm *a, const int type, const uint8_t *const
     const __m256i z = _mm256_setzero_si256(), m4 = _mm256_set1_epi16(0x0F);
     for (int64_t b = 0; b < nb; b++) {
         FN(tb_pf_block)(&next, b, nb);
-        const int16_t *yb = a->tq + b * 256;
-        const __m256 dxv = _mm256_loadu_ps(a->td + b * 8), sdv = _mm256_loadu_ps(a->tsd + b * 8);
+        const int16_t *yb = a->tq + (g * nb + b) * 256;
+        const __m256 dxv = _mm256_loadu_ps(a->td + (g * nb + b) * 8), sdv = _mm256_loadu_ps(a->tsd + (g * nb + b) * 8);
 #pragma clang loop unroll(full)
         for (int r0 = 0; r0 < TB_R; r0 += 2) {  // two rows at a time: 8 accumulators
             __m256i A[2][4];
@@ -1248,25 +1253,35 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
     FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + TB_R * nb * 64)};
     __m256 o[TB_R];
 #if CW_TB_ONE
-    if (FN(tb_rotated)(a)) {  // one group (g0 = 0, g1 = 1)
-#define CW_TB1_CASE(TYPE, MEM)                                                                  \
-    case TYPE:                                                                                  \
-        if (MEM) FN(tb_unpack_rows)(TYPE, wr, nb, w);                                           \
-        FN(tb_tile1)(a, TYPE, wr, MEM, w, pf, pf_bytes, o);                                     \
-        break;
-        switch (a->type) {
-        CW_TB1_CASE(CW_TYPE_Q4_0, 0)
-        CW_TB1_CASE(CW_TYPE_Q4_1, 0)
-        CW_TB1_CASE(CW_TYPE_Q5_0, 1)
-        CW_TB1_CASE(CW_TYPE_Q5_1, 1)
-        CW_TB1_CASE(CW_TYPE_Q8_0, 1)
-        default: return;
-        }
-#undef CW_TB1_CASE
-        for (int i = 0; i < TB_R; i++) _mm256_storeu_ps(out + i * 8, o[i]);
-        return;
+    // Rotated layout: one group of Q4_0/Q4_1 widens its weights in registers; every other call
+    // unpacks the tile once and reads it for each group (`mem`).
+    const int regs = g1 - g0 == 1 && (a->type == CW_TYPE_Q4_0 || a->type == CW_TYPE_Q4_1);
+#define CW_TB1_GROUPS(TYPE)                                                                     \
+    FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                        \
+    for (int64_t g = g0; g < g1; g++) {                                                         \
+        FN(tb_tile1)(a, TYPE, wr, 1, w, g, g == g0 ? pf : NULL, pf_bytes, o);                   \
+        for (int i = 0; i < TB_R; i++) _mm256_storeu_ps(out + ((g - g0) * TB_R + i) * 8, o[i]); \
     }
-#endif
+    switch (a->type) {
+    case CW_TYPE_Q4_0:
+    case CW_TYPE_Q4_1:
+        if (regs) {
+            if (a->type == CW_TYPE_Q4_0) FN(tb_tile1)(a, CW_TYPE_Q4_0, wr, 0, w, g0, pf, pf_bytes, o);
+            else FN(tb_tile1)(a, CW_TYPE_Q4_1, wr, 0, w, g0, pf, pf_bytes, o);
+            for (int i = 0; i < TB_R; i++) _mm256_storeu_ps(out + i * 8, o[i]);
+        } else if (a->type == CW_TYPE_Q4_0) {
+            CW_TB1_GROUPS(CW_TYPE_Q4_0)
+        } else {
+            CW_TB1_GROUPS(CW_TYPE_Q4_1)
+        }
+        return;
+    case CW_TYPE_Q5_0: CW_TB1_GROUPS(CW_TYPE_Q5_0) return;
+    case CW_TYPE_Q5_1: CW_TB1_GROUPS(CW_TYPE_Q5_1) return;
+    case CW_TYPE_Q8_0: CW_TB1_GROUPS(CW_TYPE_Q8_0) return;
+    default: return;
+    }
+#undef CW_TB1_GROUPS
+#else
 #define CW_TB_CASE(TYPE)                                                                        \
     case TYPE:                                                                                  \
         FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                    \
@@ -1284,6 +1299,7 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
     }
     switch (a->type) { CW_TB_CASE(CW_TYPE_Q8_0) default: return; }
 #undef CW_TB_CASE
+#endif
 }
 
 // Rows [r, r_end) of this matrix are about to compute: prefetch their share of the call's spans
