@@ -227,7 +227,7 @@ enum { CW_PARTS_PER_THREAD = 8 };
 
 // Part i of `parts` starts at unit units·(1 − (1 − i/parts)²) ("guided"): sizes fall linearly from
 // ~2/parts of the job to ~1/parts² at its end, so the threads finish within a small part of each
-// other (equal parts left them up to one part apart: 3–5% of an 8-token product on two threads,
+// other (equal parts left them up to one part apart: 2–5.5% of an 8-token product on two threads,
 // Benchmarks/quick/ab_matmul.c). A job of fewer than 2·parts units keeps equal parts (guided ones
 // would put two units in one part and leave the last parts empty). Boundaries depend only on
 // (units, parts, i): results do not move.

@@ -904,10 +904,9 @@ CW_INLINE int64_t FN(tb_s)(int64_t nb, int64_t t, int64_t b) { return ((t / 8) *
 // pairs 4k..4k+3, rotation s = 0..3) whose lane l = 4h + m holds element pair 4k + m of token
 // 4h + ((m − s) mod 4). Against a weight vector holding the quad's four pairs in each 128-bit half
 // (what widening 8 weight bytes in registers gives), the four rotations cover every (token, pair)
-// once, and four in-lane shuffles gather each token's sum (FN(tb_tile1)). The quantizer and the
-// kernel both ask FN(tb_rotated) which layout a call uses. Offset of token t's pair p in a block:
-#define CW_TB_ONE (!CW_VNNI)
-CW_INLINE int FN(tb_rotated)(const cw_mm *a) { (void)a; return CW_TB_ONE; }
+// once, and four in-lane shuffles gather each token's sum (FN(tb_tile_rot)). The quantizer and
+// the kernel both follow CW_TB_ROT. Offset of token t's pair p in a block:
+#define CW_TB_ROT (!CW_VNNI)
 CW_INLINE int64_t FN(tb_rx)(int64_t t, int p) {
     const int m = p & 3, j = (int)(t & 3);
     return 16 * (4 * (p >> 2) + ((m - j) & 3)) + 2 * ((t & 4) + m);
@@ -965,8 +964,8 @@ CW_INLINE void FN(q16_group)(const float *x, int64_t ld, int nt, int16_t q[8][32
     _mm256_storeu_ps(tsd, _mm256_mul_ps(d, FN(tb_fold8)(sum, 1)));
 }
 
-// Quantizes tokens [t0, t1) into that layout, or the rotated one for a single group at the AVX2
-// level (the padding lanes of the last group are zeroed by the driver). A group whose tokens all
+// Quantizes tokens [t0, t1) into that layout, or the rotated one at the AVX2 level (the padding
+// lanes of the last group are zeroed by the driver). A group whose tokens all
 // lie in the range (its existing ones, for the last) is quantized block by block for its eight
 // tokens at once and transposed in registers (16 row stores per block instead of 128 pair
 // stores); tokens of groups cut by the range are scattered pair by pair (no other thread writes
@@ -982,7 +981,7 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
                 int16_t q[8][32] __attribute__((aligned(32)));
                 FN(q16_group)(a->x + 8 * g * a->cols + 32 * b, a->cols, (int)(ge - 8 * g), q,
                               a->td + FN(tb_s)(nb, 8 * g, b), a->tsd + FN(tb_s)(nb, 8 * g, b));
-                if (FN(tb_rotated)(a)) {
+                if (CW_TB_ROT) {
                     // Rotated layout: R[j] = pairs 4k..4k+3 of tokens j (low half) and 4 + j (high);
                     // lane m of Y[k][s] comes from R[(m − s) mod 4] (three blends).
                     int16_t *dst = a->tq + (g * nb + b) * 256;
@@ -1031,7 +1030,7 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
             int16_t q[32];
             const int64_t s = FN(tb_s)(nb, t, b);
             FN(q16_block)(a->x + t * a->cols + 32 * b, q, a->td + s, a->tsd + s);
-            if (FN(tb_rotated)(a)) {
+            if (CW_TB_ROT) {
                 for (int p = 0; p < 16; p++) memcpy(a->tq + ((t / 8) * nb + b) * 256 + FN(tb_rx)(t, p), q + 2 * p, 4);
                 continue;
             }
@@ -1168,8 +1167,8 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
     }
 }
 
-#if CW_TB_ONE
-_Static_assert(TB_R % 2 == 0, "FN(tb_tile1) takes the tile's rows two at a time");
+#if CW_TB_ROT
+_Static_assert(TB_R % 2 == 0, "FN(tb_tile_rot) takes the tile's rows two at a time");
 // The tile's rows × token group g (rotated layout, above): out[i] lanes = tokens, the same
 // bits as FN(tb_tile) (the same exact integer sum I per row, token and block, then the same two
 // fused steps). For each block and pair of rows: quad k's weights W (lane m of each half = pair
@@ -1191,7 +1190,7 @@ _Static_assert(TB_R % 2 == 0, "FN(tb_tile1) takes the tile's rows two at a time"
 // (Benchmarks/quick/bits_hash.c, 1–9, 14, 19 and 136 tokens). VNNI's vpdpwssd fuses the add, so
 // the AVX-512 level keeps the broadcast kernel (not measured there: no such machine then).
 CW_INLINE __m256i FN(tb_bq)(const uint8_t *p) { int64_t v; memcpy(&v, p, 8); return _mm256_set1_epi64x(v); }
-CW_INLINE void FN(tb_tile1)(const cw_mm *a, const int type, const uint8_t *const *wr, const int mem, FN(tb_w) w, int64_t g,
+CW_INLINE void FN(tb_tile_rot)(const cw_mm *a, const int type, const uint8_t *const *wr, const int mem, FN(tb_w) w, int64_t g,
                             const uint8_t *pf, int64_t pf_bytes, __m256 out[TB_R]) {
     const int64_t nb = a->cols / 32;
     const int BYTES = cw_block_bytes(type), QO = type == CW_TYPE_Q4_0 ? 2 : 4;
@@ -1252,35 +1251,31 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
     const int64_t nb = a->cols / 32;
     FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + TB_R * nb * 64)};
     __m256 o[TB_R];
-#if CW_TB_ONE
-    // Rotated layout: one group of Q4_0/Q4_1 widens its weights in registers; every other call
-    // unpacks the tile once and reads it for each group (`mem`).
-    const int regs = g1 - g0 == 1 && (a->type == CW_TYPE_Q4_0 || a->type == CW_TYPE_Q4_1);
-#define CW_TB1_GROUPS(TYPE)                                                                     \
-    FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                        \
-    for (int64_t g = g0; g < g1; g++) {                                                         \
-        FN(tb_tile1)(a, TYPE, wr, 1, w, g, g == g0 ? pf : NULL, pf_bytes, o);                   \
-        for (int i = 0; i < TB_R; i++) _mm256_storeu_ps(out + ((g - g0) * TB_R + i) * 8, o[i]); \
-    }
-    switch (a->type) {
-    case CW_TYPE_Q4_0:
-    case CW_TYPE_Q4_1:
-        if (regs) {
-            if (a->type == CW_TYPE_Q4_0) FN(tb_tile1)(a, CW_TYPE_Q4_0, wr, 0, w, g0, pf, pf_bytes, o);
-            else FN(tb_tile1)(a, CW_TYPE_Q4_1, wr, 0, w, g0, pf, pf_bytes, o);
-            for (int i = 0; i < TB_R; i++) _mm256_storeu_ps(out + i * 8, o[i]);
-        } else if (a->type == CW_TYPE_Q4_0) {
-            CW_TB1_GROUPS(CW_TYPE_Q4_0)
-        } else {
-            CW_TB1_GROUPS(CW_TYPE_Q4_1)
-        }
+#if CW_TB_ROT
+    // Rotated layout: one group of Q4_0/Q4_1 (REGS) widens its weights in registers; every other
+    // call unpacks the tile once and reads it for each group (`mem`).
+#define CW_TB_ROT_CASE(TYPE, REGS)                                                                  \
+    case TYPE:                                                                                      \
+        if (REGS && g1 - g0 == 1) {                                                                 \
+            FN(tb_tile_rot)(a, TYPE, wr, 0, w, g0, pf, pf_bytes, o);                                \
+            for (int i = 0; i < TB_R; i++) _mm256_storeu_ps(out + i * 8, o[i]);                     \
+            return;                                                                                 \
+        }                                                                                           \
+        FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                        \
+        for (int64_t g = g0; g < g1; g++) {                                                         \
+            FN(tb_tile_rot)(a, TYPE, wr, 1, w, g, g == g0 ? pf : NULL, pf_bytes, o);                \
+            for (int i = 0; i < TB_R; i++) _mm256_storeu_ps(out + ((g - g0) * TB_R + i) * 8, o[i]); \
+        }                                                                                           \
         return;
-    case CW_TYPE_Q5_0: CW_TB1_GROUPS(CW_TYPE_Q5_0) return;
-    case CW_TYPE_Q5_1: CW_TB1_GROUPS(CW_TYPE_Q5_1) return;
-    case CW_TYPE_Q8_0: CW_TB1_GROUPS(CW_TYPE_Q8_0) return;
+    switch (a->type) {
+    CW_TB_ROT_CASE(CW_TYPE_Q4_0, 1)
+    CW_TB_ROT_CASE(CW_TYPE_Q4_1, 1)
+    CW_TB_ROT_CASE(CW_TYPE_Q5_0, 0)
+    CW_TB_ROT_CASE(CW_TYPE_Q5_1, 0)
+    CW_TB_ROT_CASE(CW_TYPE_Q8_0, 0)
     default: return;
     }
-#undef CW_TB1_GROUPS
+#undef CW_TB_ROT_CASE
 #else
 #define CW_TB_CASE(TYPE)                                                                        \
     case TYPE:                                                                                  \

@@ -214,9 +214,10 @@ final class MatmulTests: XCTestCase {
 
     /// The batched (tiled) fast kernel computes each token's outputs with the same sequence of
     /// operations whatever the other tokens in the call, their number or order, and the thread
-    /// count: a token's result is bit-identical across batches (batches of 4–8 tokens take the
-    /// one-group kernel and its rotated layout at the AVX2 level). The AVX2 and AVX-512 levels
-    /// agree bit for bit (integer sums are exact; the float steps are the same instructions).
+    /// count: a token's result is bit-identical across batches (at the AVX2 level every batch takes
+    /// the rotated layout, and one of 4–8 tokens widens Q4 weights in registers). The AVX2 and
+    /// AVX-512 levels agree bit for bit (integer sums are exact; the float steps are the same
+    /// instructions).
     func testFastBatchedTokensAreIndependentOfTheBatch() throws {
         for type in [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0] {
             let c = makeCase(type, rows: 37, cols: 96, seed: 40 + UInt64(type.rawValue))
