@@ -206,6 +206,13 @@ public final class KVCache {
         table.indices.contains(layer) ? table[layer].map(\.memory) : []
     }
 
+    /// `memory(layer:)` appended to `spans` (no array per call: a batched step asks every
+    /// sequence's cache for every layer).
+    public func appendMemory(layer: Int, to spans: inout [UnsafeRawBufferPointer]) {
+        guard table.indices.contains(layer) else { return }
+        for b in table[layer] { spans.append(b.memory) }
+    }
+
     /// Causal attention of `tokens` queries (`q`: `tokens × heads·headDim`, the positions just
     /// appended) over layer `layer`'s retained entries; writes `out` (same shape). `fast`: fp32
     /// blocks go through the blocked kernel as well (equal to rounding); otherwise an all-fp32

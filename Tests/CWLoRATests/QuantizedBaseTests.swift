@@ -125,6 +125,15 @@ final class QuantizedBaseTests: XCTestCase {
                 let a = try model.forward(batch: [LlamaModel.BatchItem(tokens: prompt, cache: d1, delta: stack), LlamaModel.BatchItem(tokens: [5, 6], cache: d2, delta: stack)], options: opts)
                 let b = try model.forward(batch: [LlamaModel.BatchItem(tokens: prompt, cache: e1, delta: old), LlamaModel.BatchItem(tokens: [5, 6], cache: e2, delta: old)], options: opts)
                 XCTAssertEqual(a.map { $0.map(\.bitPattern) }, b.map { $0.map(\.bitPattern) }, "\(storage) \(precision) batch")
+                // A sequence without a delta between two with it (two runs; its rows get no delta).
+                let f = (0..<3).map { _ in model.makeCache(maxContext: 64) }, g = (0..<3).map { _ in model.makeCache(maxContext: 64) }
+                let mixedA = try model.forward(batch: [LlamaModel.BatchItem(tokens: [5, 6], cache: f[0], delta: stack),
+                                                       LlamaModel.BatchItem(tokens: [7], cache: f[1]),
+                                                       LlamaModel.BatchItem(tokens: [9, 10, 11], cache: f[2], delta: stack)], options: opts)
+                let mixedB = try model.forward(batch: [LlamaModel.BatchItem(tokens: [5, 6], cache: g[0], delta: old),
+                                                       LlamaModel.BatchItem(tokens: [7], cache: g[1]),
+                                                       LlamaModel.BatchItem(tokens: [9, 10, 11], cache: g[2], delta: old)], options: opts)
+                XCTAssertTrue(mixedA.map { $0.map(\.bitPattern) } == mixedB.map { $0.map(\.bitPattern) }, "\(storage) \(precision) mixed batch")
             }
         }
     }
