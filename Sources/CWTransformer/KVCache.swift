@@ -200,14 +200,9 @@ public final class KVCache {
         }
     }
 
-    /// Layer `layer`'s block storage, for prefetching before its attention (the weights streamed
-    /// through the caches since the last step have evicted it).
-    public func memory(layer: Int) -> [UnsafeRawBufferPointer] {
-        table.indices.contains(layer) ? table[layer].map(\.memory) : []
-    }
-
-    /// `memory(layer:)` appended to `spans` (no array per call: a batched step asks every
-    /// sequence's cache for every layer).
+    /// Layer `layer`'s block storage appended to `spans`, for prefetching before its attention (the
+    /// weights streamed through the caches since the last step have evicted it). Appends rather
+    /// than returns: a batched step asks every sequence's cache for every layer.
     public func appendMemory(layer: Int, to spans: inout [UnsafeRawBufferPointer]) {
         guard table.indices.contains(layer) else { return }
         for b in table[layer] { spans.append(b.memory) }

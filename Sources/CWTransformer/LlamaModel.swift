@@ -401,13 +401,8 @@ public final class LlamaModel: @unchecked Sendable {
             // run's rows (the runs' rows are disjoint), and only those rows are added to y: rows of
             // sequences without a delta are neither cleared nor added (a serial pass over the whole
             // output per projection before, ~2% of an 8-sequence step's calling thread).
-            var offsets: [Int] = [0]
-            for o in outs { offsets.append(offsets[offsets.count - 1] + n * o.1.rows) }
-            let base = offsets
+            let base = outs.reduce(into: [0]) { $0.append($0[$0.count - 1] + n * $1.1.rows) }
             func dz(_ j: Int) -> UnsafeMutablePointer<Float> { s.dz + base[j] }
-            func runRows(_ run: (delta: ProjectionDelta, first: Int, last: Int)) -> Range<Int> {
-                rowStart[run.first]..<(rowStart[run.last] + items[run.last].tokens.count)
-            }
             Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec,
                            prefetch: (prefetchDeltas ? deltaMemory(layer, outs.map(\.0)) : []) + alsoPrefetch,
                            side: (deltaRuns.count * outs.count, { i in
@@ -442,10 +437,14 @@ public final class LlamaModel: @unchecked Sendable {
             return true
         }
 
+        /// The batch rows of a run of segments.
+        func runRows(_ run: (delta: ProjectionDelta, first: Int, last: Int)) -> Range<Int> {
+            rowStart[run.first]..<(rowStart[run.last] + items[run.last].tokens.count)
+        }
+
         func applyDelta(_ run: (delta: ProjectionDelta, first: Int, last: Int), _ layer: Int, _ p: Projection, _ m: WeightMatrix,
                         _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
-            let r = rowStart[run.first]
-            let len = rowStart[run.last] + items[run.last].tokens.count - r
+            let rows = runRows(run), r = rows.lowerBound, len = rows.count
             let positions = run.first == run.last ? pos0[run.first]..<(pos0[run.first] + len) : 0..<len
             run.delta.apply(layer: layer, projection: p, x: x + r * m.cols, tokens: len,
                             positions: positions, y: y + r * m.rows, pool: pool)
