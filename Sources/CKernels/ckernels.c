@@ -213,6 +213,7 @@ struct cw_pool {
     int64_t count, g, units;
     int parts;
     _Atomic int next; // the next part to take
+    _Atomic int rest; // set by cw_pool_rest: the waiting workers sleep at once instead of spinning
 };
 
 static _Thread_local int cw_in_job = 0;
@@ -260,6 +261,7 @@ static void *cw_worker(void *arg) {
         uint64_t g = atomic_load_explicit(&p->gen, memory_order_acquire);
         for (int spin = 0; g == seen && spin < CW_SPIN; spin++) {
             if (atomic_load_explicit(&p->quit, memory_order_relaxed)) return NULL;
+            if (atomic_load_explicit(&p->rest, memory_order_relaxed)) break;
             // Yield now and then: on an oversubscribed machine the thread we wait for may need this core.
             if ((spin & 63) == 63) sched_yield();
             else cw_cpu_relax();
@@ -319,6 +321,12 @@ void cw_pool_destroy(cw_pool *p) {
 
 int cw_pool_threads(const cw_pool *p) { return p ? p->n : 1; }
 
+// (A worker that already sleeps stays asleep; one spinning sees the flag within a pause and
+// sleeps; the next job clears it before it is published, so no worker misses that job.)
+void cw_pool_rest(cw_pool *p) {
+    if (p) atomic_store_explicit(&p->rest, 1, memory_order_relaxed);
+}
+
 // cw_pool_parallel_for, with `first(first_ctx)` run on the calling thread once the job is published
 // and before that thread takes a part (or, when the job runs on the calling thread alone, before it).
 static void cw_pool_run(cw_pool *p, int64_t count, int64_t granularity, cw_range_fn fn, void *ctx,
@@ -338,6 +346,7 @@ static void cw_pool_run(cw_pool *p, int64_t count, int64_t granularity, cw_range
     p->units = units;
     p->parts = (int)(units < (int64_t)p->n * CW_PARTS_PER_THREAD ? units : (int64_t)p->n * CW_PARTS_PER_THREAD);
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->rest, 0, memory_order_relaxed);
     atomic_store_explicit(&p->pending, p->n - 1, memory_order_relaxed);
     atomic_fetch_add(&p->gen, 1); // seq_cst: publishes the job, ordered before the sleepers check
     if (atomic_load(&p->sleepers) > 0) {

@@ -22,6 +22,11 @@ public final class ThreadPool: @unchecked Sendable {
 
     deinit { cw_pool_destroy(handle) }
 
+    /// Lets the waiting workers sleep now instead of spinning for the next job (which wakes them):
+    /// for a caller that will leave the pool idle for a while, so that their spinning does not take
+    /// cores from the threads that run in the meantime (a server between its steps).
+    public func rest() { cw_pool_rest(handle) }
+
     /// Runs `body(start, end)` over `0..<count` split into contiguous chunks, one per worker,
     /// chunk boundaries a multiple of `granularity`. Returns when all chunks are done.
     public func parallelFor(_ count: Int, granularity: Int = 1, _ body: (Int, Int) -> Void) {

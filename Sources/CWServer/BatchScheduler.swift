@@ -70,13 +70,22 @@ final class ForwardRunner: @unchecked Sendable {
     /// use them until it returns).
     struct Items: @unchecked Sendable { let items: [LlamaModel.BatchItem] }
 
-    func forward(_ box: Items) async throws -> [[Float]] {
-        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<[[Float]], Error>) in
+    /// One forward pass over the step's sequences, then their sampling (`sampling`, if any) on the
+    /// same thread and pool, while the workers are still awake; then the pool rests until the next
+    /// step (its workers would otherwise spin on a core the scheduler and the HTTP handlers need).
+    /// Returns the logits and the forward pass's own duration (without the sampling).
+    func forward(_ box: Items, sampling: SamplingWork?) async throws -> (logits: [[Float]], forward: Duration) {
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<([[Float]], Duration), Error>) in
             queue.async {
                 do {
-                    c.resume(returning: try self.model.forward(batch: box.items,
-                                                               options: ForwardOptions(precision: self.precision, pool: self.pool, logits: .last)))
+                    let start = ContinuousClock.now
+                    let logits = try self.model.forward(batch: box.items, options: ForwardOptions(precision: self.precision, pool: self.pool, logits: .last))
+                    let forward = ContinuousClock.now - start
+                    if let work = sampling { self.pool.parallelFor(work.seqs.count) { s, e in work.run(s..<e, logits: logits) } }
+                    self.pool.rest()
+                    c.resume(returning: (logits, forward))
                 } catch {
+                    self.pool.rest()
                     c.resume(throwing: error)
                 }
             }
@@ -318,11 +327,17 @@ public actor BatchScheduler {
         steps += 1
         peakBatch = max(peakBatch, items.count)
         metrics.batchSequences.record(items.count)
-        let stepStart = ContinuousClock.now
+        // Every sequence's next token, sampled side by side on the forward pool right after the pass
+        // (each sequence's sampler is used by one thread; the actor does not touch the samplers while
+        // it waits). One after another, 8 sequences' samplers (temperature 0.8, 49k vocabulary) took
+        // 0.82–0.86 ms of a ~37 ms step on an AVX2 host.
+        let sampling = members.indices.filter { members[$0].sample && !members[$0].seq.cancelled }
+        let work = SamplingWork(seqs: sampling.map { members[$0].seq }, rows: sampling)
         let logits: [[Float]]
         do {
-            logits = try await runner.forward(ForwardRunner.Items(items: items))
-            metrics.stepTime.recordInterval(since: stepStart, now: .now)
+            let result = try await runner.forward(ForwardRunner.Items(items: items), sampling: work)
+            logits = result.logits
+            metrics.stepTime.recordDuration(result.forward)
         } catch {
             logger.error("forward pass failed", metadata: ["error": "\(error)", "batch": "\(items.count)"])
             for m in members {
@@ -333,15 +348,9 @@ public actor BatchScheduler {
         }
         let now = ContinuousClock.now
         var finishedIDs = Set<Int>()
-        // Every sequence's next token, sampled side by side on the forward pool (idle between passes;
-        // each sequence's sampler is used by one thread). One after another, 8 sequences' samplers
-        // (temperature 0.8, 49k vocabulary) took 0.82–0.86 ms of a ~37 ms step on an AVX2 host; 0.52 ms so.
-        let sampling = members.indices.filter { members[$0].sample && !members[$0].seq.cancelled }
-        let work = SamplingWork(seqs: sampling.map { members[$0].seq }, logits: sampling.map { logits[$0] })
-        runner.pool.parallelFor(work.seqs.count) { s, e in work.run(s..<e) }
         var next = [Int](repeating: 0, count: members.count)
         for (j, i) in sampling.enumerated() { next[i] = work.next[j] }
-        for i in sampling {
+        for i in sampling where !members[i].seq.cancelled {
             let m = members[i]
             // The ChunkWise scheduler reads the last row's distribution (entropy signal).
             (m.seq.request.delta?.delta as? ChunkWiseDelta)?.observe(logits: logits[i])
@@ -406,25 +415,26 @@ public actor BatchScheduler {
 }
 
 /// The samplers of one step's sequences, run side by side on the pool: part [s, e) samples sequences
-/// s..<e (each sequence's sampler by one thread) while the scheduler actor waits for the job.
+/// s..<e (each sequence's sampler by one thread) while the scheduler actor waits for the step.
 final class SamplingWork: @unchecked Sendable {
     let seqs: [BatchScheduler.SeqState]
-    let logits: [[Float]]
+    /// Sequence j's row in the forward pass's logits.
+    let rows: [Int]
     /// The sampled tokens (one buffer, written at distinct indices by the parts: no exclusive
     /// access to a property is held across threads).
     let next: UnsafeMutableBufferPointer<Int>
 
-    init(seqs: [BatchScheduler.SeqState], logits: [[Float]]) {
+    init(seqs: [BatchScheduler.SeqState], rows: [Int]) {
         self.seqs = seqs
-        self.logits = logits
+        self.rows = rows
         self.next = .allocate(capacity: seqs.count)
         next.initialize(repeating: 0)
     }
 
     deinit { next.deallocate() }
 
-    func run(_ range: Range<Int>) {
-        for j in range { next[j] = seqs[j].sampler.sample(logits[j], history: seqs[j].history) }
+    func run(_ range: Range<Int>, logits: [[Float]]) {
+        for j in range { next[j] = seqs[j].sampler.sample(logits[rows[j]], history: seqs[j].history) }
     }
 }
 
@@ -434,7 +444,10 @@ func seconds(_ d: Duration) -> Double {
 
 extension CoreMetrics.Timer {
     func recordInterval(since start: ContinuousClock.Instant, now: ContinuousClock.Instant) {
-        let d = now - start
+        recordDuration(now - start)
+    }
+
+    func recordDuration(_ d: Duration) {
         recordNanoseconds(d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
     }
 }

@@ -468,6 +468,36 @@ final class ThreadPoolTests: XCTestCase {
         }
         XCTAssertEqual(n, 9)
     }
+
+    /// `rest` (the waiting workers sleep at once instead of spinning) before jobs of every size,
+    /// repeated and with pauses, never loses a job or a part of one: the calls race with workers
+    /// that are spinning, falling asleep or asleep.
+    func testRestNeverLosesAJob() {
+        let pool = ThreadPool(threads: 3)
+        final class Counter: @unchecked Sendable { var n = 0; let lock = NSLock() }
+        let counter = Counter()
+        var expected = 0
+        for i in 0..<3000 {
+            switch i % 6 {
+            case 0: pool.rest()
+            case 1: pool.rest(); pool.rest()
+            case 2, 3: break
+            case 4: pool.rest(); usleep(200)   // let the workers reach their sleep
+            default: break
+            }
+            let count = 1 + i % 40
+            pool.parallelFor(count) { s, e in counter.lock.lock(); counter.n += e - s; counter.lock.unlock() }
+            expected += count
+            if i % 500 == 499 { pool.rest(); usleep(20_000) }  // long rests: every worker asleep
+        }
+        XCTAssertEqual(counter.n, expected)
+        // Resting an idle pool, then work from several threads at once.
+        pool.rest(); usleep(1000); pool.rest()
+        DispatchQueue.concurrentPerform(iterations: 4) { _ in
+            for _ in 0..<200 { pool.parallelFor(5) { s, e in counter.lock.lock(); counter.n += e - s; counter.lock.unlock() } }
+        }
+        XCTAssertEqual(counter.n, expected + 4 * 200 * 5)
+    }
 }
 
 final class AttentionAndVectorTests: XCTestCase {

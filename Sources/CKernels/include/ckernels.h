@@ -92,6 +92,10 @@ typedef void (*cw_range_fn)(void *ctx, int64_t start, int64_t end);
 cw_pool *cw_pool_create(int threads);
 void cw_pool_destroy(cw_pool *pool);
 int cw_pool_threads(const cw_pool *pool);
+// The pool's waiting workers go to sleep at once instead of spinning for the next job (the next
+// job wakes them). For a caller that knows the pool will be idle for a while (between a server's
+// steps), so that the spinning does not take a core from the threads that run meanwhile.
+void cw_pool_rest(cw_pool *pool);
 /// Splits 0..<count into at most `threads` contiguous ranges whose boundaries are multiples of
 /// `granularity` and runs `fn` on each, returning when all are done. A call made from inside a
 /// job, or while another thread is using the pool, runs serially on the calling thread.
