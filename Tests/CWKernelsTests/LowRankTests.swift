@@ -42,7 +42,7 @@ final class LowRankTests: XCTestCase {
         let shapes: [(rank: Int, inF: Int, out: Int)] = [(1, 5, 7), (3, 64, 33), (16, 576, 192), (17, 129, 1000), (16, 1536, 576)]
         var rng = RNG(42)
         for pool in [ThreadPool(threads: 1), ThreadPool(threads: 3)] {
-            try forEachPath { path in
+            forEachPath { path in
                 for (si, sh) in shapes.enumerated() {
                     for storage in LowRankFactor.Storage.allCases {
                         let a = LowRankFactor(rows: sh.rank, cols: sh.inF, storage: storage, values: (0..<(sh.rank * sh.inF)).map { _ in rng.float() })
