@@ -312,6 +312,7 @@ public final class LlamaModel: @unchecked Sendable {
         // tasks): their small, latency-bound factor reads overlap the weight stream instead of
         // running on one thread after it while the other threads wait.
         let sideDeltas = concurrentDeltas && !deltaRuns.isEmpty && deltaRuns.allSatisfy { $0.delta.isAdditive }
+        let sideAdds = SideDeltaAdds()
         // A batched step (the integer kernel, compute-bound) pulls the deltas' factors into cache
         // while it computes (one token streams the weights; prefetching there made no difference).
         let prefetchDeltas = !deltaRuns.isEmpty && prec == .fast && n >= 4
@@ -391,32 +392,40 @@ public final class LlamaModel: @unchecked Sendable {
         }
 
         /// The projections of one input with every (run, projection) delta as a side task of the
-        /// product's pool job, each into its own zeroed buffer, added to the outputs afterwards —
-        /// bit-identical to adding in place when a projection has one low-rank term (the up kernel
-        /// sums from zero, then adds); with several adapters or bias deltas on one projection the
-        /// terms are summed before they meet y (last-bit differences).
+        /// product's pool job, each into its own zeroed buffer, added to the outputs inside the same
+        /// job — bit-identical to adding in place when a projection has one low-rank term (the up
+        /// kernel sums from zero, then adds); with several adapters or bias deltas on one projection
+        /// the terms are summed before they meet y (last-bit differences).
         func linearWithSideDeltas(_ layer: Int, _ x: UnsafeMutablePointer<Float>, _ outs: [(Projection, WeightMatrix, UnsafeMutablePointer<Float>)],
                                   alsoPrefetch: [UnsafeRawBufferPointer]) {
             // outs[j]'s deltas go to s.dz at n · (rows of outs[0..<j]). Each task zeroes only its
             // run's rows (the runs' rows are disjoint), and only those rows are added to y: rows of
-            // sequences without a delta are neither cleared nor added (a serial pass over the whole
-            // output per projection before, ~2% of an 8-sequence step's calling thread).
+            // sequences without a delta are neither cleared nor added.
             let base = outs.reduce(into: [0]) { $0.append($0[$0.count - 1] + n * $1.1.rows) }
             func dz(_ j: Int) -> UnsafeMutablePointer<Float> { s.dz + base[j] }
+            // The runs' deltas on rows r0..<r1 × tokens t0..<t1 of outs[j].
+            func add(_ j: Int, _ r0: Int, _ r1: Int, _ t0: Int, _ t1: Int) {
+                let rows = outs[j].1.rows
+                for run in deltaRuns {
+                    for t in runRows(run).clamped(to: t0..<t1) {
+                        VectorOps.add(outs[j].2 + t * rows + r0, dz(j) + t * rows + r0, n: r1 - r0)
+                    }
+                }
+            }
+            // Each part of the product, once written, gets its deltas from the thread that wrote it
+            // while it is in that core's cache — or, while side tasks are still running, from the
+            // last of them (the adds were a serial pass on the calling thread after the job, ~2%
+            // of its time in an 8-sequence server step).
+            sideAdds.reset(tasks: deltaRuns.count * outs.count)
             Kernels.matmul(outs.map { (w: $0.1, y: $0.2) }, x, tokens: n, precision: prec,
                            prefetch: (prefetchDeltas ? deltaMemory(layer, outs.map(\.0)) : []) + alsoPrefetch,
                            side: (deltaRuns.count * outs.count, { i in
                                let j = i % outs.count, run = deltaRuns[i / outs.count], rows = outs[j].1.rows, t = runRows(run)
                                (dz(j) + t.lowerBound * rows).initialize(repeating: 0, count: t.count * rows)
                                applyDelta(run, layer, outs[j].0, outs[j].1, x, dz(j))
-                           }), pool: pool)
-            for (j, o) in outs.enumerated() {
-                let rows = o.1.rows
-                for run in deltaRuns {
-                    let t = runRows(run)
-                    VectorOps.add(o.2 + t.lowerBound * rows, dz(j) + t.lowerBound * rows, n: t.count * rows)
-                }
-            }
+                               sideAdds.taskDone(add)
+                           }),
+                           after: { j, r0, r1, t0, t1 in sideAdds.written(j, r0, r1, t0, t1, add) }, pool: pool)
         }
 
         /// A large call whose rows all belong to one delta run (a prefill): the deltas' down products
@@ -567,5 +576,45 @@ public final class LlamaModel: @unchecked Sendable {
                                interleaved: config.ropeStyle == .interleaved)
             }
         }
+    }
+}
+
+/// When a batched product's parts get their side deltas (`linearWithSideDeltas`): a part written
+/// after every side task has finished is added at once by the thread that wrote it; one written
+/// before is queued, and the last side task adds the queue. The lock orders the writes: a part's
+/// y and a task's delta buffer are both complete before whoever adds them takes it.
+final class SideDeltaAdds: @unchecked Sendable {
+    typealias Part = (j: Int, r0: Int, r1: Int, t0: Int, t1: Int)
+    private let lock = NSLock()
+    private var remaining = 0
+    private var pending: [Part] = []
+
+    func reset(tasks: Int) {
+        lock.lock()
+        remaining = tasks
+        pending.removeAll(keepingCapacity: true)
+        lock.unlock()
+    }
+
+    /// A side task has finished; the last one adds the parts queued before it.
+    func taskDone(_ add: (Int, Int, Int, Int, Int) -> Void) {
+        lock.lock()
+        remaining -= 1
+        var queued: [Part] = []
+        if remaining == 0 { swap(&queued, &pending) }
+        lock.unlock()
+        for p in queued { add(p.j, p.r0, p.r1, p.t0, p.t1) }
+    }
+
+    /// Rows r0..<r1 × tokens t0..<t1 of target j are written.
+    func written(_ j: Int, _ r0: Int, _ r1: Int, _ t0: Int, _ t1: Int, _ add: (Int, Int, Int, Int, Int) -> Void) {
+        lock.lock()
+        if remaining > 0 {
+            pending.append((j, r0, r1, t0, t1))
+            lock.unlock()
+            return
+        }
+        lock.unlock()
+        add(j, r0, r1, t0, t1)
     }
 }
