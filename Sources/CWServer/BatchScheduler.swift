@@ -70,24 +70,23 @@ final class ForwardRunner: @unchecked Sendable {
     /// use them until it returns).
     struct Items: @unchecked Sendable { let items: [LlamaModel.BatchItem] }
 
-    /// One forward pass over the step's sequences, then their sampling (`sampling`, if any) on the
-    /// same thread and pool, while the workers are still awake; then the pool rests until the next
-    /// step (its workers would otherwise spin on a core the scheduler and the HTTP handlers need).
-    /// Returns the logits and the forward pass's own duration (without the sampling).
-    func forward(_ box: Items, sampling: SamplingWork?) async throws -> (logits: [[Float]], forward: Duration) {
+    /// One forward pass over the step's sequences, then their sampling on the same thread and pool,
+    /// while the workers are still awake; then the pool rests until the next step (its workers
+    /// would otherwise spin on a core the scheduler and the HTTP handlers need) — before the actor
+    /// resumes, so that the rest cannot fall into the next step's jobs. Returns the logits and the
+    /// forward pass's own duration (without the sampling).
+    func forward(_ box: Items, sampling work: SamplingWork) async throws -> (logits: [[Float]], forward: Duration) {
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<([[Float]], Duration), Error>) in
             queue.async {
-                do {
+                let result = Result { () throws -> ([[Float]], Duration) in
                     let start = ContinuousClock.now
                     let logits = try self.model.forward(batch: box.items, options: ForwardOptions(precision: self.precision, pool: self.pool, logits: .last))
                     let forward = ContinuousClock.now - start
-                    if let work = sampling { self.pool.parallelFor(work.seqs.count) { s, e in work.run(s..<e, logits: logits) } }
-                    self.pool.rest()
-                    c.resume(returning: (logits, forward))
-                } catch {
-                    self.pool.rest()
-                    c.resume(throwing: error)
+                    self.pool.parallelFor(work.seqs.count) { s, e in work.run(s..<e, logits: logits) }
+                    return (logits, forward)
                 }
+                self.pool.rest()
+                c.resume(with: result)
             }
         }
     }

@@ -481,7 +481,6 @@ final class ThreadPoolTests: XCTestCase {
             switch i % 6 {
             case 0: pool.rest()
             case 1: pool.rest(); pool.rest()
-            case 2, 3: break
             case 4: pool.rest(); usleep(200)   // let the workers reach their sleep
             default: break
             }
