@@ -1168,10 +1168,9 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
 }
 
 #if CW_TB_ROT
-_Static_assert(TB_R % 2 == 0, "FN(tb_tile_rot) takes the tile's rows two at a time");
 // The tile's rows × token group g (rotated layout, above): out[i] lanes = tokens, the same
 // bits as FN(tb_tile) (the same exact integer sum I per row, token and block, then the same two
-// fused steps). For each block and pair of rows: quad k's weights W (lane m of each half = pair
+// fused steps). For each block and row: quad k's weights W (lane m of each half = pair
 // 4k + m) meet the four rotations Y[k][s] in four accumulators A[s]; token 4h + j's sum is
 // Σ_s A[s][4h + (j + s) mod 4] (in-lane shuffles 0x39, 0x4E, 0x93). Q4_0/Q4_1 widen their
 // weights in registers (8 bytes broadcast and zero-extended: the low nibbles are quads 0–1, the
@@ -1189,6 +1188,11 @@ _Static_assert(TB_R % 2 == 0, "FN(tb_tile_rot) takes the tile's rows two at a ti
 // 0.917×, 16 tokens 0.959×, the 49152×576 Q8_0 head at 16 tokens 0.775×. The same bits as before
 // (Benchmarks/quick/bits_hash.c, 1–9, 14, 19 and 136 tokens). VNNI's vpdpwssd fuses the add, so
 // the AVX-512 level keeps the broadcast kernel (not measured there: no such machine then).
+// Rows one at a time (2026-12-01; they were taken in pairs sharing each activation load, which
+// clang compiled into ~70 spills and reloads per block): the same bits, and on a Zen 3 host
+// (ab_matmul, 20 pairs, one thread unless said) 8 tokens Q4_1 1536×576 0.91× (two threads 0.90×),
+// Q4_0 576×1536 0.88×, Q5_0 0.91×, Q5_1 0.76×, Q8_0 0.91× (the 49152×576 head on two threads
+// 0.91×); 16 tokens Q4_1 0.86×, 128 tokens 0.89×, 512 tokens on two threads 0.88×.
 CW_INLINE __m256i FN(tb_bq)(const uint8_t *p) { int64_t v; memcpy(&v, p, 8); return _mm256_set1_epi64x(v); }
 CW_INLINE void FN(tb_tile_rot)(const cw_mm *a, const int type, const uint8_t *const *wr, const int mem, FN(tb_w) w, int64_t g,
                             const uint8_t *pf, int64_t pf_bytes, __m256 out[TB_R]) {
@@ -1201,44 +1205,47 @@ CW_INLINE void FN(tb_tile_rot)(const cw_mm *a, const int type, const uint8_t *co
         FN(tb_pf_block)(&next, b, nb);
         const int16_t *yb = a->tq + (g * nb + b) * 256;
         const __m256 dxv = _mm256_loadu_ps(a->td + (g * nb + b) * 8), sdv = _mm256_loadu_ps(a->tsd + (g * nb + b) * 8);
+        // One row at a time, its activations read from L1 again for each row: 4 accumulators, no
+        // spills. (Two rows sharing each activation load needed 8 accumulators plus the
+        // activations, which clang hoisted out of the rows and spilled to the stack: ~70 stack
+        // accesses per block. The barrier keeps it from hoisting the loads again.)
 #pragma clang loop unroll(full)
-        for (int r0 = 0; r0 < TB_R; r0 += 2) {  // two rows at a time: 8 accumulators
-            __m256i A[2][4];
+        for (int r = 0; r < TB_R; r++) {
+            __asm__ volatile("" ::: "memory");
+            const uint8_t *wb = wr[r] + b * BYTES;
+            __m256i W[4];
+            if (mem) {
 #pragma clang loop unroll(full)
-            for (int k = 0; k < 4; k++) {
-                __m256i W[2];
+                for (int k = 0; k < 4; k++)
+                    W[k] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w.wq + (r * nb + b) * 32 + 8 * k)));
+            } else {
+                const __m256i v0 = _mm256_unpacklo_epi8(FN(tb_bq)(wb + QO), z), v1 = _mm256_unpacklo_epi8(FN(tb_bq)(wb + QO + 8), z);
+                W[0] = _mm256_and_si256(v0, m4);
+                W[1] = _mm256_and_si256(v1, m4);
+                W[2] = _mm256_srli_epi16(v0, 4);
+                W[3] = _mm256_srli_epi16(v1, 4);
+            }
+            __m256i A[4];
 #pragma clang loop unroll(full)
-                for (int i = 0; i < 2; i++) {
-                    if (mem) {
-                        W[i] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w.wq + ((r0 + i) * nb + b) * 32 + 8 * k)));
-                    } else {
-                        const __m256i v = _mm256_unpacklo_epi8(FN(tb_bq)(wr[r0 + i] + b * BYTES + QO + 8 * (k & 1)), z);
-                        W[i] = k < 2 ? _mm256_and_si256(v, m4) : _mm256_srli_epi16(v, 4);
-                    }
-                }
+            for (int k = 0; k < 4; k++)
 #pragma clang loop unroll(full)
                 for (int s = 0; s < 4; s++) {
                     const __m256i y = _mm256_loadu_si256((const __m256i *)(yb + 16 * (4 * k + s)));
-#pragma clang loop unroll(full)
-                    for (int i = 0; i < 2; i++) A[i][s] = k ? FN(tb_dp)(A[i][s], y, W[i]) : _mm256_madd_epi16(y, W[i]);
+                    A[s] = k ? FN(tb_dp)(A[s], y, W[k]) : _mm256_madd_epi16(y, W[k]);
                 }
+            const __m256i I = _mm256_add_epi32(_mm256_add_epi32(A[0], _mm256_shuffle_epi32(A[1], 0x39)),
+                                               _mm256_add_epi32(_mm256_shuffle_epi32(A[2], 0x4E), _mm256_shuffle_epi32(A[3], 0x93)));
+            float dw, ow;
+            if (mem) {
+                dw = w.dw[2 * (r * nb + b)];
+                ow = w.dw[2 * (r * nb + b) + 1];
+            } else {
+                const __m128 dm = FN(h2f2)(wb);
+                dw = _mm_cvtss_f32(dm);
+                ow = type == CW_TYPE_Q4_1 ? _mm_cvtss_f32(_mm_movehdup_ps(dm)) : FN(tb_ow)(type, dw);
             }
-#pragma clang loop unroll(full)
-            for (int i = 0; i < 2; i++) {
-                const __m256i I = _mm256_add_epi32(_mm256_add_epi32(A[i][0], _mm256_shuffle_epi32(A[i][1], 0x39)),
-                                                   _mm256_add_epi32(_mm256_shuffle_epi32(A[i][2], 0x4E), _mm256_shuffle_epi32(A[i][3], 0x93)));
-                float dw, ow;
-                if (mem) {
-                    dw = w.dw[2 * ((r0 + i) * nb + b)];
-                    ow = w.dw[2 * ((r0 + i) * nb + b) + 1];
-                } else {
-                    const __m128 dm = FN(h2f2)(wr[r0 + i] + b * BYTES);
-                    dw = _mm_cvtss_f32(dm);
-                    ow = type == CW_TYPE_Q4_1 ? _mm_cvtss_f32(_mm_movehdup_ps(dm)) : FN(tb_ow)(type, dw);
-                }
-                out[r0 + i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(_mm256_set1_ps(dw), dxv), out[r0 + i]);
-                if (type != CW_TYPE_Q8_0) out[r0 + i] = _mm256_fmadd_ps(_mm256_set1_ps(ow), sdv, out[r0 + i]);
-            }
+            out[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I), _mm256_mul_ps(_mm256_set1_ps(dw), dxv), out[r]);
+            if (type != CW_TYPE_Q8_0) out[r] = _mm256_fmadd_ps(_mm256_set1_ps(ow), sdv, out[r]);
         }
     }
 }
