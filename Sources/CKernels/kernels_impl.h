@@ -1174,10 +1174,11 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
 // 4k + m) meet the four rotations Y[k][s] in four accumulators A[s]; token 4h + j's sum is
 // Σ_s A[s][4h + (j + s) mod 4] (in-lane shuffles 0x39, 0x4E, 0x93). Q4_0/Q4_1 widen their
 // weights in registers (8 bytes broadcast and zero-extended: the low nibbles are quads 0–1, the
-// high ones quads 2–3), so a call of one group needs no unpacking pass; Q8_0 and Q5, and every
-// type when a call has several groups (prefill), read them from the tile unpacked once (`mem`: one
-// 16-byte broadcast per quad), which measured faster for Q8_0 than widening in registers (its quads
-// take a load, an unpack and a shift each).
+// high ones quads 2–3), and Q8_0 too (each quad's 8 bytes sign-extended and broadcast), so a call
+// of one group needs no unpacking pass; Q5, and every type when a call has several groups
+// (prefill), read them from the tile unpacked once (`mem`: one 16-byte broadcast per quad). (With
+// rows in pairs, Q8_0 measured faster unpacked; one row at a time, widened in registers is
+// 0.95–0.98× the unpacked tile's time: ab_matmul, Q8_0 1536×576 one thread, 49152×576 two.)
 // Time per 8-token product against the broadcast kernel (FN(tb_tile)) on a Zen 3 host, the two
 // alternating in one process through a temporary switch (medians of 60 pairs, one thread):
 // Q4_1 1536×576 0.89× (0.86–0.91× on two threads), 576×1536 0.87–0.91×, Q4_0 0.92×, Q5_0 0.97×,
@@ -1218,6 +1219,10 @@ CW_INLINE void FN(tb_tile_rot)(const cw_mm *a, const int type, const uint8_t *co
 #pragma clang loop unroll(full)
                 for (int k = 0; k < 4; k++)
                     W[k] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w.wq + (r * nb + b) * 32 + 8 * k)));
+            } else if (type == CW_TYPE_Q8_0) {
+#pragma clang loop unroll(full)
+                for (int k = 0; k < 4; k++)
+                    W[k] = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(wb + 2 + 8 * k))));
             } else {
                 const __m256i v0 = _mm256_unpacklo_epi8(FN(tb_bq)(wb + QO), z), v1 = _mm256_unpacklo_epi8(FN(tb_bq)(wb + QO + 8), z);
                 W[0] = _mm256_and_si256(v0, m4);
@@ -1259,7 +1264,7 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
     FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + TB_R * nb * 64)};
     __m256 o[TB_R];
 #if CW_TB_ROT
-    // Rotated layout: one group of Q4_0/Q4_1 (REGS) widens its weights in registers; every other
+    // Rotated layout: one group of Q4_0/Q4_1/Q8_0 (REGS) widens its weights in registers; every other
     // call unpacks the tile once and reads it for each group (`mem`).
 #define CW_TB_ROT_CASE(TYPE, REGS)                                                                  \
     case TYPE:                                                                                      \
@@ -1279,7 +1284,7 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
     CW_TB_ROT_CASE(CW_TYPE_Q4_1, 1)
     CW_TB_ROT_CASE(CW_TYPE_Q5_0, 0)
     CW_TB_ROT_CASE(CW_TYPE_Q5_1, 0)
-    CW_TB_ROT_CASE(CW_TYPE_Q8_0, 0)
+    CW_TB_ROT_CASE(CW_TYPE_Q8_0, 1)
     default: return;
     }
 #undef CW_TB_ROT_CASE
