@@ -1191,9 +1191,10 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
 // the AVX-512 level keeps the broadcast kernel (not measured there: no such machine then).
 // Rows one at a time (2026-12-01; they were taken in pairs sharing each activation load, which
 // clang compiled into ~70 spills and reloads per block): the same bits, and on a Zen 3 host
-// (ab_matmul, 20 pairs, one thread unless said) 8 tokens Q4_1 1536×576 0.91× (two threads 0.90×),
-// Q4_0 576×1536 0.88×, Q5_0 0.91×, Q5_1 0.76×, Q8_0 0.91× (the 49152×576 head on two threads
-// 0.91×); 16 tokens Q4_1 0.86×, 128 tokens 0.89×, 512 tokens on two threads 0.88×.
+// (ab_matmul, 20 pairs, one thread unless said) 8 tokens Q4_1 1536×576 0.88–0.91× (two threads
+// 0.90×), Q4_0 576×1536 0.88×, Q5_0 0.91×, Q5_1 0.76×, Q8_0 0.91× (the 49152×576 head on two
+// threads 0.89–0.91×, and 0.80× once it also widened in registers); 16 tokens Q4_1 0.86×, 128
+// tokens 0.89×, 512 tokens on two threads 0.88×.
 CW_INLINE __m256i FN(tb_bq)(const uint8_t *p) { int64_t v; memcpy(&v, p, 8); return _mm256_set1_epi64x(v); }
 CW_INLINE void FN(tb_tile_rot)(const cw_mm *a, const int type, const uint8_t *const *wr, const int mem, FN(tb_w) w, int64_t g,
                             const uint8_t *pf, int64_t pf_bytes, __m256 out[TB_R]) {
