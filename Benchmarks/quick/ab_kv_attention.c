@@ -46,6 +46,6 @@ int main(int argc,char**argv){
   int iters=1; double t; do{iters*=2;t=now();for(int i=0;i<iters;i++)f[0](q,o[0],tokens,base,heads,kvh,hd,sl,blocks,0.125f,NULL,1,pool[0]);t=now()-t;}while(t<0.05);
   double ta[1000],tb[1000],r[1000];
   for(int p=0;p<pairs;p++){ for(int k=0;k<2;k++){ int w=(p+k)%2; double t0=now(); for(int i=0;i<iters;i++)f[w](q,o[w],tokens,base,heads,kvh,hd,sl,blocks,0.125f,NULL,1,pool[w]); double d=(now()-t0)/iters; if(w)tb[p]=d; else ta[p]=d; } r[p]=tb[p]/ta[p]; }
-  qsort(ta,pairs,8,cmpd);qsort(tb,pairs,8,cmpd);qsort(r,pairs,8,cmpd);
+  qsort(ta,pairs,sizeof(double),cmpd);qsort(tb,pairs,sizeof(double),cmpd);qsort(r,pairs,sizeof(double),cmpd);
   printf("tokens %d base %d fmt %d threads %d same=%d: A %.3f ms B %.3f ms; B/A median %.3f [%.3f %.3f]\n",tokens,base,fmt,threads,same,ta[pairs/2]*1e3,tb[pairs/2]*1e3,r[pairs/2],r[pairs/4],r[3*pairs/4]);
 }
