@@ -43,12 +43,18 @@ public struct SchedulerLimits: Sendable {
     public var kvBudgetBytes: Int = 1 << 30
     /// Prompt tokens pushed through per step (across all prefilling sequences); bounds step time.
     public var prefillTokensPerStep: Int = 256
+    /// Bytes of finished prompts' KV blocks kept for reuse by later requests that start the same
+    /// way (`PrefixCache`); part of `kvBudgetBytes` (entries are evicted before a request would
+    /// wait for budget). 0 turns prompt caching off.
+    public var prefixCacheBytes: Int = 128 << 20
 
-    public init(maxRunning: Int = 8, maxWaiting: Int = 64, kvBudgetBytes: Int = 1 << 30, prefillTokensPerStep: Int = 256) {
+    public init(maxRunning: Int = 8, maxWaiting: Int = 64, kvBudgetBytes: Int = 1 << 30, prefillTokensPerStep: Int = 256,
+                prefixCacheBytes: Int = 128 << 20) {
         self.maxRunning = maxRunning
         self.maxWaiting = maxWaiting
         self.kvBudgetBytes = kvBudgetBytes
         self.prefillTokensPerStep = prefillTokensPerStep
+        self.prefixCacheBytes = prefixCacheBytes
     }
 }
 
@@ -153,6 +159,7 @@ public actor BatchScheduler {
     private var waiting: [SeqState] = []
     private var running: [SeqState] = []
     private var nextID = 1
+    private let prefixCache: PrefixCache
     private var loop: Task<Void, Never>? = nil
     private var wake: CheckedContinuation<Void, Never>? = nil
     private var shuttingDown = false
@@ -172,6 +179,7 @@ public actor BatchScheduler {
         self.runner = ForwardRunner(model: model, threads: threads, precision: precision)
         self.eos = Set(tokenizer.eosTokenIDs)
         self.loraInfo = LoRAInfoGauge(registry: metrics.registry, maxLora: limits.maxRunning)
+        self.prefixCache = PrefixCache(maxBytes: min(limits.prefixCacheBytes, limits.kvBudgetBytes))
     }
 
     /// KV bytes one position takes (fp32 keys and values over all layers).
@@ -223,6 +231,11 @@ public actor BatchScheduler {
         (running.count, waiting.count, running.reduce(0) { $0 + ($1.cache?.byteCount ?? 0) })
     }
 
+    /// The prompt cache's entries (prompt positions each) and bytes (for tests).
+    public func prefixCacheSnapshot() -> (positions: [Int], bytes: Int) {
+        (prefixCache.entries.map(\.tokens.count), prefixCache.bytes)
+    }
+
     /// Stops admitting, fails what waits (503), cancels what runs, and ends the loop.
     public func shutdown() async {
         shuttingDown = true
@@ -266,14 +279,25 @@ public actor BatchScheduler {
     private func admit() {
         guard !shuttingDown else { return }
         var reserved = running.reduce(0) { $0 + $1.reservedBytes }
-        while running.count < limits.maxRunning, let s = waiting.first, reserved + s.reservedBytes <= limits.kvBudgetBytes {
+        while running.count < limits.maxRunning, let s = waiting.first {
+            // Cached prompts give way to requests (least recently used first).
+            while reserved + s.reservedBytes + prefixCache.bytes > limits.kvBudgetBytes, prefixCache.evictOldest() {}
+            guard reserved + s.reservedBytes <= limits.kvBudgetBytes else { break }
             waiting.removeFirst()
             let positions = min(contextLength, s.request.prompt.count + s.request.maxTokens)
-            s.cache = model.makeCache(maxContext: contextLength, initialCapacity: positions)
+            let cache = model.makeCache(maxContext: contextLength, initialCapacity: positions)
+            let reused = prefixCache.reuse(prompt: s.request.prompt, binding: s.request.delta, into: cache)
+            s.cache = cache
+            s.pending = s.request.prompt[reused...]
+            s.stats.cachedPromptTokens = reused
             s.started = .now
             reserved += s.reservedBytes
             running.append(s)
             metrics.promptTokens.increment(by: s.request.prompt.count)
+            if PrefixCache.key(s.request.delta) != nil && prefixCache.maxBytes > 0 {
+                metrics.prefixQueries.increment(by: s.request.prompt.count)
+                metrics.prefixHits.increment(by: reused)
+            }
         }
         updateGauges()
     }
@@ -282,6 +306,7 @@ public actor BatchScheduler {
         metrics.running.record(running.count)
         metrics.waiting.record(waiting.count)
         metrics.kvBytes.record(running.reduce(0) { $0 + ($1.cache?.byteCount ?? 0) })
+        metrics.prefixCacheBytes.record(prefixCache.bytes)
         loraInfo.update(running: running.map(\.adapterLabel).filter { !$0.isEmpty },
                         waiting: waiting.map(\.adapterLabel).filter { !$0.isEmpty })
     }
@@ -361,9 +386,16 @@ public actor BatchScheduler {
             }
         }
         if !finishedIDs.isEmpty {
-            running.removeAll { s in
-                if finishedIDs.contains(s.id) { s.cache = nil; return true }
-                return false
+            let done = running.filter { finishedIDs.contains($0.id) }
+            running.removeAll { finishedIDs.contains($0.id) }
+            // Their prompts' blocks go to the prompt cache, within what the running sequences leave of the budget.
+            let reserved = running.reduce(0) { $0 + $1.reservedBytes }
+            for s in done {
+                if let cache = s.cache {
+                    prefixCache.donate(prompt: s.request.prompt, binding: s.request.delta, cache: cache,
+                                       room: limits.kvBudgetBytes - reserved - prefixCache.bytes)
+                }
+                s.cache = nil
             }
             updateGauges()
         }

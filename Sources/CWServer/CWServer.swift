@@ -25,6 +25,12 @@
 /// prompt + max_tokens positions up front) allow. The pass runs on a dedicated queue, so HTTP
 /// handlers keep running during a step.
 ///
+/// Prompt cache (`PrefixCache`, `--prefix-cache BYTES`, default 128 MiB, 0 = off): a finished
+/// request's prompt leaves its whole KV blocks behind; a later request with the same adapter
+/// binding whose prompt starts the same way (a system prompt, an earlier chat turn) takes them and
+/// computes only the rest — `usage.prompt_tokens_details.cached_tokens` says how many, and the
+/// answer is the one a fresh prefill gives, bit for bit. Its bytes are part of `--kv-budget`.
+///
 /// Limits: a full server answers **429** at once (`queue_full`, `Retry-After: 1`) when
 /// `--max-queue` requests already wait — the queue is never unbounded; **503** only while
 /// shutting down. Body over `--max-body-bytes` → 413; `max_tokens` < 1 or over

@@ -157,7 +157,7 @@ struct OpenAIHandlers: Sendable {
                                "finish_reason": .string(finishReason(stats.finishReason))])
                 return try json(["id": .string(id), "object": .string(chat ? "chat.completion" : "text_completion"),
                                  "created": .int(created), "model": .string(modelName), "choices": .array([choice]),
-                                 "usage": usage(prompt: prompt.count, completion: tokens.count)])
+                                 "usage": usage(prompt: prompt.count, completion: tokens.count, cached: stats.cachedPromptTokens)])
             case .token, .text: continue
             }
         }
@@ -172,9 +172,12 @@ struct OpenAIHandlers: Sendable {
         }
     }
 
-    func usage(prompt: Int, completion: Int) -> JSONValue {
+    /// OpenAI's usage object; `prompt_tokens_details.cached_tokens` counts the prompt tokens the
+    /// prompt cache supplied.
+    func usage(prompt: Int, completion: Int, cached: Int) -> JSONValue {
         .object(["prompt_tokens": .int(Int64(prompt)), "completion_tokens": .int(Int64(completion)),
-                 "total_tokens": .int(Int64(prompt + completion))])
+                 "total_tokens": .int(Int64(prompt + completion)),
+                 "prompt_tokens_details": .object(["cached_tokens": .int(Int64(cached))])])
     }
 
     /// Server-sent events in OpenAI's format: `data: {chunk}\n\n` per piece of text, a last chunk
@@ -214,7 +217,7 @@ struct OpenAIHandlers: Sendable {
                     if !text.isEmpty { try await writer.write(chunk(piece(text, finish: nil))) }
                 case .finished(_, let tokens, let stats):
                     try await writer.write(chunk(piece("", finish: finishReason(stats.finishReason))))
-                    if includeUsage { try await writer.write(chunk(nil, usage: usage(prompt: promptTokens, completion: tokens.count))) }
+                    if includeUsage { try await writer.write(chunk(nil, usage: usage(prompt: promptTokens, completion: tokens.count, cached: stats.cachedPromptTokens))) }
                 case .failed(let e):
                     let data = (try? jsonEncoder.encode(e.body)) ?? Data()
                     var b = ByteBuffer(string: "data: ")

@@ -36,6 +36,9 @@ public struct ServerConfiguration: Sendable {
     public var servedModelName: String? = nil
     /// Prompt tokens processed per batch step.
     public var prefillTokensPerStep = 256
+    /// Bytes of finished prompts' KV blocks kept for later requests that start the same way (part
+    /// of the KV budget; 0 turns the prompt cache off).
+    public var prefixCacheBytes = 128 << 20
 
     public init() {}
 }
@@ -64,7 +67,8 @@ public final class ServerState: Sendable {
         self.registry = AdapterRegistry(model: loaded.model, baseModelID: modelID, adapterDir: config.adapterDir,
                                         storage: config.precision == .exact ? .f32 : .q8)
         let limits = SchedulerLimits(maxRunning: max(1, config.maxConcurrent), maxWaiting: max(0, config.maxQueue),
-                                     kvBudgetBytes: config.kvBudgetBytes ?? (1 << 30), prefillTokensPerStep: max(1, config.prefillTokensPerStep))
+                                     kvBudgetBytes: config.kvBudgetBytes ?? (1 << 30), prefillTokensPerStep: max(1, config.prefillTokensPerStep),
+                                     prefixCacheBytes: max(0, config.prefixCacheBytes))
         self.scheduler = BatchScheduler(model: loaded.model, tokenizer: loaded.tokenizer, contextLength: contextLength,
                                         threads: config.threads, precision: config.precision, limits: limits, metrics: metrics)
         self.chatTemplate = loaded.chatTemplate.flatMap(ChatTemplate.detect)

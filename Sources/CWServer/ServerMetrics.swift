@@ -13,6 +13,9 @@ import Prometheus
 /// - `vllm:prompt_tokens_total`, `vllm:generation_tokens_total` (counters)
 /// - `vllm:lora_requests_info{running_lora_adapters, waiting_lora_adapters, max_lora}` (gauge, value = update time)
 /// - `chunkwise:kv_cache_bytes{format="fp32"}` (gauge: bytes allocated for running sequences' KV caches)
+/// - `vllm:prefix_cache_queries_total`, `vllm:prefix_cache_hits_total` (counters: prompt tokens of
+///   requests that could use the prompt cache, and those of them taken from it) and
+///   `chunkwise:prefix_cache_bytes` (gauge: bytes the prompt cache holds)
 /// - `chunkwise:chunk_rank` (histogram of the LoRA rank chosen per chunk — fed by the ChunkWise scheduler)
 /// - `chunkwise:requests_total{endpoint, status}` (counter of finished HTTP requests)
 /// - `chunkwise:batch_sequences` (histogram of the sequences that share one forward step — how well
@@ -28,6 +31,9 @@ public final class ServerMetrics: Sendable {
     let promptTokens: CoreMetrics.Counter
     let generationTokens: CoreMetrics.Counter
     let kvBytes: CoreMetrics.Gauge
+    let prefixQueries: CoreMetrics.Counter
+    let prefixHits: CoreMetrics.Counter
+    let prefixCacheBytes: CoreMetrics.Gauge
     /// The LoRA rank chosen for a chunk; the ChunkWise scheduler records into it.
     public let chunkRank: CoreMetrics.Recorder
     let batchSequences: CoreMetrics.Recorder
@@ -56,12 +62,16 @@ public final class ServerMetrics: Sendable {
         promptTokens = CoreMetrics.Counter(label: "vllm:prompt_tokens_total", factory: f)
         generationTokens = CoreMetrics.Counter(label: "vllm:generation_tokens_total", factory: f)
         kvBytes = CoreMetrics.Gauge(label: "chunkwise:kv_cache_bytes", dimensions: [("format", "fp32")], factory: f)
+        prefixQueries = CoreMetrics.Counter(label: "vllm:prefix_cache_queries_total", factory: f)
+        prefixHits = CoreMetrics.Counter(label: "vllm:prefix_cache_hits_total", factory: f)
+        prefixCacheBytes = CoreMetrics.Gauge(label: "chunkwise:prefix_cache_bytes", factory: f)
         chunkRank = CoreMetrics.Recorder(label: "chunkwise:chunk_rank", factory: f)
         batchSequences = CoreMetrics.Recorder(label: "chunkwise:batch_sequences", factory: f)
         stepTime = CoreMetrics.Timer(label: "chunkwise:step_seconds", factory: f)
         running.record(0)
         waiting.record(0)
         kvBytes.record(0)
+        prefixCacheBytes.record(0)
     }
 
     /// Counts one finished HTTP request.

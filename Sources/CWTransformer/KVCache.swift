@@ -305,6 +305,43 @@ public final class KVCache {
         return limit
     }
 
+    /// Makes this empty cache start with the first whole blocks of `donor` that hold `tokens`'
+    /// leading positions — the same block objects, not copies (a server's prompt cache: requests
+    /// that share a system prompt or a conversation so far skip its prefill). Returns the positions
+    /// taken (a multiple of `blockSize`, at most `limit`; 0 leaves the cache as it was).
+    ///
+    /// Only blocks that nothing changes any more are shared: sealed, whole (`blockSize` rows,
+    /// positions contiguous from 0 in every layer), kept whole by their policy (no window, h2o or
+    /// dedupe: those evict rows or update per-row weights in place) and with matching token ids.
+    /// A later degradation under the budget, a truncation or retention in either cache replaces
+    /// table entries with new blocks and never writes to a shared one. The caller must know that
+    /// the donor's positions were computed with the same weights and adapter (`Provenance` is not
+    /// consulted here). Both caches must have the same shape; `byteCount` counts shared blocks in
+    /// each cache that holds them.
+    @discardableResult
+    public func adoptPrefix(from donor: KVCache, tokens: [Int], limit: Int) -> Int {
+        guard count == 0, table.allSatisfy({ $0.isEmpty }), donor !== self, donor.layers == layers, donor.kvDim == kvDim,
+              donor.kvHeads == kvHeads, donor.blockSize == blockSize else { return 0 }
+        var n = min(limit, tokens.count, donor.count, donor.tokenIds.count, maxCapacity)
+        for p in 0..<max(0, n) where Int(donor.tokenIds[p]) != tokens[p] { n = p; break }
+        var blocks = max(0, n) / blockSize
+        for l in 0..<layers {
+            var ok = 0
+            for (i, b) in donor.table[l].prefix(blocks).enumerated() {
+                guard b.sealed, b.n == blockSize, b.policy.retention == .all, !b.tracksWeight,
+                      b.positions.first == Int32(i * blockSize), b.positions.last == Int32((i + 1) * blockSize - 1) else { break }
+                ok += 1
+            }
+            blocks = min(blocks, ok)
+        }
+        guard blocks > 0 else { return 0 }
+        n = blocks * blockSize
+        for l in 0..<layers { table[l] = Array(donor.table[l].prefix(blocks)) }
+        tokenIds = Array(donor.tokenIds.prefix(n))
+        count = n
+        return n
+    }
+
     // MARK: Budget
 
     private func projectedBytes(appending rows: Int) -> Int {

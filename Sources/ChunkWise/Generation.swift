@@ -42,6 +42,9 @@ public enum FinishReason: String, Sendable, Codable {
 /// Timings and counts of one generation.
 public struct GenerationStats: Sendable, Codable, Equatable {
     public var promptTokens: Int = 0
+    /// Prompt tokens whose keys and values came from a cache instead of being computed (the
+    /// server's prompt cache).
+    public var cachedPromptTokens: Int = 0
     public var generatedTokens: Int = 0
     public var prefillSeconds: Double = 0
     public var decodeSeconds: Double = 0

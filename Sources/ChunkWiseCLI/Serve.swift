@@ -31,6 +31,9 @@ struct Serve: AsyncParsableCommand {
     var maxQueue = 64
     @Option(name: .customLong("kv-budget"), help: "Bytes of KV cache for all running sequences (default 1 GiB).")
     var kvBudget: Int?
+    @Option(name: .customLong("prefix-cache"),
+            help: "Bytes of finished prompts' KV blocks kept for later requests that start the same way (a shared system prompt, a resent chat); part of the KV budget; 0 turns it off.")
+    var prefixCache = 128 << 20
     @Option(name: .customLong("max-tokens-limit"), help: "Largest max_tokens a request may ask for.")
     var maxTokensLimit = 2048
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body in bytes (413 beyond).")
@@ -52,6 +55,7 @@ struct Serve: AsyncParsableCommand {
         if maxQueue < 0 { throw ValidationError("--max-queue must be ≥ 0") }
         if maxTokensLimit < 1 { throw ValidationError("--max-tokens-limit must be at least 1") }
         if let kvBudget, kvBudget < 1 { throw ValidationError("--kv-budget must be positive") }
+        if prefixCache < 0 { throw ValidationError("--prefix-cache must be ≥ 0 (0 turns it off)") }
         if !(1...65535).contains(port) && port != 0 { throw ValidationError("--port must be in 0...65535") }
         if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
         for a in adapters { _ = try Self.parseAdapter(a) }
@@ -85,6 +89,7 @@ struct Serve: AsyncParsableCommand {
         config.maxConcurrent = maxConcurrent
         config.maxQueue = maxQueue
         config.kvBudgetBytes = kvBudget
+        config.prefixCacheBytes = prefixCache
         config.maxTokensLimit = maxTokensLimit
         config.maxBodyBytes = maxBodyBytes
         config.adapterDir = adapterDir

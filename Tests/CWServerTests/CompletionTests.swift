@@ -36,10 +36,11 @@ final class CompletionTests: XCTestCase {
             let o = try r.object()
             XCTAssertEqual(o["object"] as? String, "text_completion")
             XCTAssertEqual(o["model"] as? String, "stories")
-            let usage = try XCTUnwrap(o["usage"] as? [String: Int])
-            XCTAssertEqual(usage["prompt_tokens"], expected.stats.promptTokens)
-            XCTAssertEqual(usage["completion_tokens"], expected.tokens.count)
-            XCTAssertEqual(usage["total_tokens"], expected.stats.promptTokens + expected.tokens.count)
+            let usage = try XCTUnwrap(o["usage"] as? [String: Any])
+            XCTAssertEqual(usage["prompt_tokens"] as? Int, expected.stats.promptTokens)
+            XCTAssertEqual(usage["completion_tokens"] as? Int, expected.tokens.count)
+            XCTAssertEqual(usage["total_tokens"] as? Int, expected.stats.promptTokens + expected.tokens.count)
+            XCTAssertEqual((usage["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int, 0, "a short prompt is never cached")
             let choice = try XCTUnwrap((o["choices"] as? [[String: Any]])?.first)
             XCTAssertEqual(choice["finish_reason"] as? String, expected.stats.finishReason == .length ? "length" : "stop")
         }
@@ -85,14 +86,14 @@ final class CompletionTests: XCTestCase {
             XCTAssertEqual(events.last, "[DONE]")
             var text = ""
             var finish: String? = nil
-            var usage: [String: Int]? = nil
+            var usage: [String: Any]? = nil
             for e in events.dropLast() {
                 let o = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(e.utf8)) as? [String: Any], e)
                 XCTAssertEqual(o["object"] as? String, "text_completion")
                 XCTAssertNotNil(o["id"] as? String)
                 XCTAssertNotNil(o["created"] as? Int)
                 let choices = try XCTUnwrap(o["choices"] as? [[String: Any]])
-                if let u = o["usage"] as? [String: Int] { usage = u; XCTAssertTrue(choices.isEmpty) } else { XCTAssertTrue(o["usage"] is NSNull) }
+                if let u = o["usage"] as? [String: Any] { usage = u; XCTAssertTrue(choices.isEmpty) } else { XCTAssertTrue(o["usage"] is NSNull) }
                 for c in choices {
                     text += c["text"] as? String ?? ""
                     if let f = c["finish_reason"] as? String { finish = f }
@@ -100,8 +101,8 @@ final class CompletionTests: XCTestCase {
             }
             XCTAssertEqual(text, try whole.choiceText())
             XCTAssertEqual(finish, "length")
-            XCTAssertEqual(usage?["completion_tokens"], 20)
-            XCTAssertEqual(usage?["total_tokens"], (usage?["prompt_tokens"] ?? 0) + 20)
+            XCTAssertEqual(usage?["completion_tokens"] as? Int, 20)
+            XCTAssertEqual(usage?["total_tokens"] as? Int, (usage?["prompt_tokens"] as? Int ?? 0) + 20)
         }
     }
 

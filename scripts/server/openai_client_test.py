@@ -65,6 +65,14 @@ streamed = "".join(ch.choices[0].text for ch in chunks if ch.choices)
 check(streamed == text, "streamed completion equals non-streamed")
 check(chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == c.usage.completion_tokens, "stream usage chunk")
 
+# The prompt cache: a second request that starts with the same 40+ tokens takes them from the first.
+story = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her "
+         "friends and her dog. One day, she found a big red ball under a tree.")
+first = client.completions.create(model=args.model, prompt=story + " Lily", max_tokens=8, temperature=0)
+again = client.completions.create(model=args.model, prompt=story + " The dog", max_tokens=8, temperature=0)
+cached = [u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else None for u in (first.usage, again.usage)]
+check(cached[0] == 0 and cached[1] is not None and cached[1] > 0, f"prompt cache: cached_tokens {cached} of {again.usage.prompt_tokens}")
+
 a = client.completions.create(model=args.adapter, prompt="Once upon a time", max_tokens=24, temperature=0)
 check(a.model == args.adapter and a.choices[0].text != text, f"adapter via model changes output: {a.choices[0].text!r}")
 mix = client.completions.create(model=args.model, prompt="Once upon a time", max_tokens=24,
