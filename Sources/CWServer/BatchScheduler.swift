@@ -236,6 +236,12 @@ public actor BatchScheduler {
         (prefixCache.entries.map(\.tokens.count), prefixCache.bytes)
     }
 
+    /// Drops the prompt cache's entries made with adapter `name` (after it is unloaded).
+    public func forgetCachedPrompts(adapter name: String) {
+        prefixCache.forget { $0?.adapterNames.contains(name) ?? false }
+        updateGauges()
+    }
+
     /// Stops admitting, fails what waits (503), cancels what runs, and ends the loop.
     public func shutdown() async {
         shuttingDown = true

@@ -75,6 +75,8 @@ struct OpenAIHandlers: Sendable {
         let o = try await readJSON(request)
         guard let name = try o.string("lora_name") else { throw APIError.badRequest("'lora_name' is required", param: "lora_name", code: "missing_field") }
         try await state.registry.unload(name: name)
+        // (its prompts' cached blocks would never be used again, and they keep its factors alive)
+        await state.scheduler.forgetCachedPrompts(adapter: name)
         return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' removed successfully.")))
     }

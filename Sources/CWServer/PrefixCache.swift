@@ -103,6 +103,15 @@ final class PrefixCache {
         bytes += size
     }
 
+    /// Drops the entries whose binding matches.
+    func forget(where match: (BoundDelta?) -> Bool) {
+        entries.removeAll { e in
+            guard match(e.binding) else { return false }
+            bytes -= e.bytes
+            return true
+        }
+    }
+
     /// Drops the least recently used entry; false when there is none.
     @discardableResult
     func evictOldest() -> Bool {

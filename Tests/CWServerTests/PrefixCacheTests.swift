@@ -86,6 +86,26 @@ final class PrefixCacheTests: XCTestCase {
         }
     }
 
+    /// Unloading an adapter drops its cached prompts (the base model's stay).
+    func testUnloadForgetsTheAdaptersPrompts() async throws {
+        let p = Self.system + "One day,"
+        let shakes = try Fixture.adapterPath("stories260K-shakespeare-r16")
+        let state = try await Fixture.state { $0.adapters = [(name: "shakespeare", path: shakes)] }
+        try await Fixture.app(state).test(.router) { client in
+            for body in [#"{"prompt": \#(jsonString(p)), "max_tokens": 2}"#, #"{"model": "shakespeare", "prompt": \#(jsonString(p)), "max_tokens": 2}"#] {
+                let r = try await client.post("/v1/completions", body)
+                XCTAssertEqual(r.status, .ok, r.text)
+            }
+            let before = await state.scheduler.prefixCacheSnapshot()
+            XCTAssertEqual(before.positions.count, 2)
+            let unload = try await client.post("/v1/unload_lora_adapter", #"{"lora_name": "shakespeare"}"#)
+            XCTAssertEqual(unload.status, .ok, unload.text)
+            let after = await state.scheduler.prefixCacheSnapshot()
+            XCTAssertEqual(after.positions.count, 1)
+            XCTAssertLessThan(after.bytes, before.bytes)
+        }
+    }
+
     /// The cache lives inside the KV budget: with room for one request and nothing more, its entry
     /// gives way to the next request instead of making it wait.
     func testEntriesGiveWayToRequests() async throws {

@@ -31,6 +31,14 @@ final class PrefixReuseTests: XCTestCase {
             XCTAssertEqual(c.count, 32)
             let got = try m.forward(Array(prompt[32...]), cache: c, options: opts)
             XCTAssertEqual(Self.differing(got, ref), 0, "\(precision): adopted prefix + the rest vs one prefill")
+            // The shortest rest the server computes: 4 tokens (1–3 take the per-pair kernels in
+            // `fast`, whose bits differ from the batched kernel's: measured, every logit).
+            let short = Array(ids.prefix(36))
+            let shortRef = try m.forward(short, cache: m.makeCache(), options: opts)
+            let c4 = m.makeCache()
+            XCTAssertEqual(c4.adoptPrefix(from: donor, tokens: short, limit: short.count - 4), 32)
+            XCTAssertEqual(Self.differing(try m.forward(Array(short[32...]), cache: c4, options: opts), shortRef), 0,
+                           "\(precision): a rest of 4 tokens")
             // The adopter's own decode and truncation leave the donor's blocks as they were: the
             // donor, cut back and run again, gives what it gave before.
             for t in ids[70..<75] { _ = try m.forward([t], cache: c, options: opts) }
