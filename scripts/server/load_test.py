@@ -10,6 +10,10 @@ step time, the share of the window they took); and the server's peak RSS. Stops 
 end (SIGTERM) whatever happens.
 
   python3 scripts/server/load_test.py --phases 1,8,32 --seconds 20
+
+`--system-chars N` starts every prompt with the same N characters (a shared system prompt), so the
+server's prompt cache serves most of each prompt; each phase then also reports its requests' prompt
+tokens and how many of them came from the cache.
 """
 import argparse
 import http.client
@@ -37,6 +41,8 @@ ap.add_argument("--max-concurrent", type=int, default=8, help="server --max-conc
 ap.add_argument("--max-queue", type=int, default=64, help="server --max-queue")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--extra", default="", help="extra server arguments")
+ap.add_argument("--system-chars", type=int, default=0,
+                help="start every prompt with this many characters of WikiText-2 test (a shared system prompt: exercises the prompt cache)")
 args = ap.parse_args()
 if args.adapter is None:
     args.adapter = [f"shakespeare={SHARED}/adapters/stories260K-shakespeare-r16", f"rnd={SHARED}/adapters/stories260K-random-r8"]
@@ -70,23 +76,28 @@ def peak_rss_kib():
 
 
 PROMPTS = ["Once upon a time", "The little dog", "Lily and Tom went to the park", "One day, a big bird", "Sam had a red ball"]
+SYSTEM = ""
+if args.system_chars > 0:
+    with open(os.path.join(SHARED, "data", "wikitext-2", "wiki.test.raw"), encoding="utf-8") as f:
+        SYSTEM = f.read()[:args.system_chars] + "\n"
 
 
 def one_request(i):
-    """One streaming completion; returns (status, tokens, ttft_seconds or None)."""
+    """One streaming completion; returns (status, tokens, ttft_seconds or None, (prompt tokens, of them cached))."""
     model = (["base"] + names)[i % (len(names) + 1)]
-    body = json.dumps({"model": model, "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens, "stream": True,
+    body = json.dumps({"model": model, "prompt": SYSTEM + PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens, "stream": True,
                        "stream_options": {"include_usage": True}, "temperature": 0.8, "seed": i, "ignore_eos": True})
     conn = http.client.HTTPConnection(HOST, PORT, timeout=120)
     t0 = time.monotonic()
     ttft = None
     tokens = 0
+    prompt = (0, 0)
     try:
         conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
         r = conn.getresponse()
         if r.status != 200:
             r.read()
-            return r.status, 0, None
+            return r.status, 0, None, prompt
         done = False
         for raw in r:
             line = raw.decode().strip()
@@ -103,10 +114,12 @@ def one_request(i):
                 if o.get("choices") and ttft is None:
                     ttft = time.monotonic() - t0
                 if o.get("usage"):
-                    tokens = o["usage"]["completion_tokens"]
-        return (200 if done else -1), tokens, ttft
+                    u = o["usage"]
+                    tokens = u["completion_tokens"]
+                    prompt = (u["prompt_tokens"], (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0))
+        return (200 if done else -1), tokens, ttft, prompt
     except Exception:
-        return -2, 0, None
+        return -2, 0, None, prompt
     finally:
         conn.close()
 
@@ -149,18 +162,20 @@ def phase(n):
         window.update({k: c1[k] - c0[k] for k in COUNTERS})
         window["tokens"] = window["vllm:generation_tokens_total"]
     lock = threading.Lock()
-    stats = {"ok": 0, "errors": {}, "tokens": 0, "ttft": []}
+    stats = {"ok": 0, "errors": {}, "tokens": 0, "ttft": [], "prompt": 0, "cached": 0}
     counter = [0]
 
     def worker():
         while time.monotonic() < deadline:
             with lock:
                 i = counter[0]; counter[0] += 1
-            status, toks, ttft = one_request(i)
+            status, toks, ttft, (ptoks, cached) = one_request(i)
             with lock:
                 if status == 200:
                     stats["ok"] += 1
                     stats["tokens"] += toks
+                    stats["prompt"] += ptoks
+                    stats["cached"] += cached
                     if ttft is not None:
                         stats["ttft"].append(ttft)
                 else:
@@ -184,6 +199,7 @@ def phase(n):
             "mean_batch": round(window["chunkwise:batch_sequences_sum"] / max(1, window["chunkwise:batch_sequences_count"]), 2),
             "mean_step_ms": round(1000 * window["chunkwise:step_seconds_sum"] / max(1, window["chunkwise:step_seconds_count"]), 2),
             "forward_share": round(window["chunkwise:step_seconds_sum"] / window["seconds"], 3),
+            "prompt_tokens": stats["prompt"], "cached_prompt_tokens": stats["cached"],
             "ttft_mean_ms": round(1000 * statistics.mean(tt), 1) if tt else None,
             "ttft_p50_ms": round(1000 * tt[len(tt) // 2], 1) if tt else None,
             "ttft_p95_ms": round(1000 * tt[int(len(tt) * 0.95)], 1) if tt else None}
