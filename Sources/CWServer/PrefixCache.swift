@@ -24,7 +24,7 @@ import CWTransformer
 /// scheduler actor.
 final class PrefixCache {
     /// Prompt tokens every request computes itself (see above).
-    static let minComputed = 4
+    static let minComputed = KVCache.minTokensAfterAdoptedPrefix
 
     struct Entry {
         /// Keeps the binding (and so its identity) alive while the entry lives.

@@ -318,6 +318,11 @@ public final class KVCache {
     /// the donor's positions were computed with the same weights and adapter (`Provenance` is not
     /// consulted here). Both caches must have the same shape; `byteCount` counts shared blocks in
     /// each cache that holds them.
+    /// Prompt tokens a request should still compute after adopting a prefix, so that they go
+    /// through the batched kernels as in a prefill of the whole prompt: in `fast` precision 1–3
+    /// tokens take the per-pair kernels, whose bits differ (`PrefixReuseTests`).
+    public static let minTokensAfterAdoptedPrefix = 4
+
     @discardableResult
     public func adoptPrefix(from donor: KVCache, tokens: [Int], limit: Int) -> Int {
         guard count == 0, table.allSatisfy({ $0.isEmpty }), donor !== self, donor.layers == layers, donor.kvDim == kvDim,

@@ -41,6 +41,11 @@ public struct EngineOptions: Sendable {
     /// A cap on KV-cache bytes per sequence: degradable blocks are degraded first, then the
     /// request is refused with an error naming the bytes needed.
     public var kvBudget: Int? = nil
+    /// Keep the whole KV blocks of the last request's prompt for the next request that starts the
+    /// same way (questions on one paragraph, a chat sent again with one more turn): it takes them
+    /// and computes only the rest, with the same logits bit for bit (`KVCache.adoptPrefix`). Not
+    /// with a ChunkWise scheduler, whose ranks depend on the whole prefix.
+    public var promptCache = true
 
     public init(precision: Precision = .fast, threads: Int = ProcessInfo.processInfo.activeProcessorCount, contextLength: Int? = nil,
                 adapters: [AdapterSpec] = [], adapterScale: Float = 1, allowPartialAdapter: Bool = false, mergeAdapters: Bool = false,
@@ -69,6 +74,8 @@ public actor Engine {
     let delta: ProjectionDelta?
     /// The ChunkWise scheduler, when the policy is adaptive or a ladder truncation.
     let scheduler: ChunkWiseDelta?
+    /// The last request's prompt, cut back to its whole KV blocks (`EngineOptions.promptCache`).
+    private var lastPrompt: (tokens: [Int], cache: KVCache)? = nil
     /// Names of the active adapters, for reports.
     public nonisolated let adapterNames: [String]
     /// Bytes held by the active adapters.
@@ -247,9 +254,15 @@ public actor Engine {
         let prompt = try promptTokens(request.prompt, addSpecial: request.addSpecialTokens, parseSpecial: request.parseSpecialTokens)
         let limit = contextLength
         let cache = makeCache(initialCapacity: min(limit, prompt.count + request.maxTokens))
+        let reusing = options.promptCache && scheduler == nil
+        var reused = 0
+        if reusing, let last = lastPrompt {
+            reused = cache.adoptPrefix(from: last.cache, tokens: prompt, limit: prompt.count - KVCache.minTokensAfterAdoptedPrefix)
+        }
         var sampler = Sampler(request.sampling)
         var stats = GenerationStats()
         stats.promptTokens = prompt.count
+        stats.cachedPromptTokens = reused
         var history = prompt
         var generated: [Int] = []
         var decoder = StreamingDecoder(tokenizer: tok, skipSpecialTokens: true)
@@ -260,7 +273,7 @@ public actor Engine {
 
         let t0 = Date()
         beginSequence()
-        var logits = try step(prompt, cache: cache, options: fwd)
+        var logits = try step(Array(prompt[reused...]), cache: cache, options: fwd)
         stats.prefillSeconds = Date().timeIntervalSince(t0)
         let tDecode = Date()
         var reason = FinishReason.length
@@ -292,5 +305,11 @@ public actor Engine {
         stats.finishReason = reason
         stats.memory = memoryBreakdown(cache: cache, tokens: prompt.count)
         emit(.finished(text: fullText, tokens: generated, stats: stats))
+        // This prompt's whole blocks serve the next request, unless the ones kept already cover it.
+        let whole = min(prompt.count, cache.count) / cache.blockSize * cache.blockSize
+        if reusing, whole > 0, !(lastPrompt.map { $0.tokens.count >= whole && $0.tokens.starts(with: prompt.prefix(whole)) } ?? false) {
+            cache.truncate(to: whole)
+            lastPrompt = (Array(prompt.prefix(whole)), cache)
+        }
     }
 }

@@ -63,6 +63,10 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .customLong("kv-budget"), help: "Most KV-cache bytes per sequence (easy blocks are degraded first; beyond that the request is refused).")
     var kvBudget: Int?
 
+    @Flag(name: .customLong("no-prompt-cache"),
+          help: "Compute every prompt in full (by default a request that starts like the one before takes that prompt's whole KV blocks; the output is the same).")
+    var noPromptCache = false
+
     func validate() throws {
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
         if let context, context < 1 { throw ValidationError("--context must be at least 1") }
@@ -75,6 +79,7 @@ struct ModelOptions: ParsableArguments {
         var o = try baseEngineOptions()
         o.kvPolicy = KVPolicy(parsing: kvPolicy) ?? .full
         o.kvBudget = kvBudget
+        o.promptCache = !noPromptCache
         return o
     }
 
