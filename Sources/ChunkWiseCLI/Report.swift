@@ -66,6 +66,9 @@ struct Report: AsyncParsableCommand {
         cfg.benchRepetitions = benchRepetitions ?? (limit == nil ? 3 : 1)
         let loaded = try ModelLoader.load(path: modelOptions.model, tokenizerPath: modelOptions.tokenizer)
         var base = try modelOptions.engineOptions()
+        // Every policy's row measured the same way: ChunkWise policies cannot reuse a prompt, so
+        // no engine of the report keeps one (it would also add its blocks to the static rows' RSS).
+        base.promptCache = false
         if base.contextLength == nil {
             base.contextLength = max(pplWindow, max(benchPrompt, cfg.benchDepths.max() ?? 0) + benchGen, 1024)
         }
