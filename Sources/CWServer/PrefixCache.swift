@@ -20,8 +20,8 @@ import CWTransformer
 ///   ranks per position and their estimator's state depend on the whole prefix.
 ///
 /// The cache holds at most `maxBytes` and counts against the server's KV budget: admission evicts
-/// entries, least recently used first, before it would turn a request away. Owned by the batch
-/// scheduler actor.
+/// entries, least recently used first, before a request would wait for budget; unloading an
+/// adapter drops its entries. Owned by the batch scheduler actor.
 final class PrefixCache {
     /// Prompt tokens every request computes itself (see above).
     static let minComputed = KVCache.minTokensAfterAdoptedPrefix

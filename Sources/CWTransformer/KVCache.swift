@@ -305,10 +305,16 @@ public final class KVCache {
         return limit
     }
 
+    /// Prompt tokens a request should still compute after adopting a prefix, so that they go
+    /// through the batched kernels as in a prefill of the whole prompt: in `fast` precision 1–3
+    /// tokens take the per-pair kernels, whose bits differ (`PrefixReuseTests`).
+    public static let minTokensAfterAdoptedPrefix = 4
+
     /// Makes this empty cache start with the first whole blocks of `donor` that hold `tokens`'
-    /// leading positions — the same block objects, not copies (a server's prompt cache: requests
-    /// that share a system prompt or a conversation so far skip its prefill). Returns the positions
-    /// taken (a multiple of `blockSize`, at most `limit`; 0 leaves the cache as it was).
+    /// leading positions — the same block objects, not copies (the prompt caches of the server and
+    /// the engine: requests that share a system prompt or a conversation so far skip its prefill).
+    /// Returns the positions taken (a multiple of `blockSize`, at most `limit`; 0 leaves the cache
+    /// as it was).
     ///
     /// Only blocks that nothing changes any more are shared: sealed, whole (`blockSize` rows,
     /// positions contiguous from 0 in every layer), kept whole by their policy (no window, h2o or
@@ -318,11 +324,6 @@ public final class KVCache {
     /// the donor's positions were computed with the same weights and adapter (`Provenance` is not
     /// consulted here). Both caches must have the same shape; `byteCount` counts shared blocks in
     /// each cache that holds them.
-    /// Prompt tokens a request should still compute after adopting a prefix, so that they go
-    /// through the batched kernels as in a prefill of the whole prompt: in `fast` precision 1–3
-    /// tokens take the per-pair kernels, whose bits differ (`PrefixReuseTests`).
-    public static let minTokensAfterAdoptedPrefix = 4
-
     @discardableResult
     public func adoptPrefix(from donor: KVCache, tokens: [Int], limit: Int) -> Int {
         guard count == 0, table.allSatisfy({ $0.isEmpty }), donor !== self, donor.layers == layers, donor.kvDim == kvDim,
