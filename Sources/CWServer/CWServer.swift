@@ -14,7 +14,7 @@
 /// - `GET /v1/models` — the base model (`parent: null`) and every adapter (`parent`: the base id).
 /// - `POST /v1/load_lora_adapter {"lora_name", "lora_path"}`, `POST /v1/unload_lora_adapter
 ///   {"lora_name"}` (vLLM's names) — only under `--adapter-dir` (see `AdapterRegistry`).
-/// - `GET /health` (JSON: status, running, waiting, KV bytes), `GET /metrics` (Prometheus text,
+/// - `GET /health` (JSON: status, running, waiting, KV bytes, the prompt cache's bytes and entries), `GET /metrics` (Prometheus text,
 ///   see `ServerMetrics`). These two are not behind `--api-key`.
 ///
 /// Batching (`BatchScheduler`): one actor owns the running sequences; each step is ONE

@@ -32,8 +32,10 @@ struct OpenAIHandlers: Sendable {
 
     func health() async throws -> Response {
         let s = await state.scheduler.snapshot()
+        let p = await state.scheduler.prefixCacheSnapshot()
         return try json(["status": .string("ok"), "model": .string(state.modelID), "running": .int(Int64(s.running)),
-                         "waiting": .int(Int64(s.waiting)), "kv_cache_bytes": .int(Int64(s.kvBytes))])
+                         "waiting": .int(Int64(s.waiting)), "kv_cache_bytes": .int(Int64(s.kvBytes)),
+                         "prefix_cache_bytes": .int(Int64(p.bytes)), "prefix_cache_entries": .int(Int64(p.positions.count))])
     }
 
     func metricsText() async throws -> Response {

@@ -58,7 +58,10 @@ final class PrefixCacheTests: XCTestCase {
                     XCTAssertTrue(metrics.contains(name), "\(name) is exported")
                 }
             }
+            let health = try await Fixture.app(state).test(.router) { client in try await client.execute(uri: "/health", method: .get).object() }
             let (positions, bytes) = await state.scheduler.prefixCacheSnapshot()
+            XCTAssertEqual(health["prefix_cache_bytes"] as? Int, bytes)
+            XCTAssertEqual(health["prefix_cache_entries"] as? Int, positions.count)
             XCTAssertFalse(positions.isEmpty)
             XCTAssertTrue(positions.allSatisfy { $0 % 32 == 0 && $0 <= promptTokens }, "whole blocks of prompts only: \(positions)")
             XCTAssertGreaterThan(bytes, 0)
