@@ -13,15 +13,18 @@ public struct SequenceRequest: Sendable {
     public var stopAtEOS: Bool
     /// The adapter binding (nil = base model). Held for the whole life of the sequence.
     public var delta: BoundDelta?
+    /// Prompt-cache entries are shared only between requests with the same salt (vLLM's `cache_salt`).
+    public var cacheSalt: String?
 
     public init(prompt: [Int], maxTokens: Int, sampling: SamplingParameters = .greedy, stopStrings: [String] = [],
-                stopAtEOS: Bool = true, delta: BoundDelta? = nil) {
+                stopAtEOS: Bool = true, delta: BoundDelta? = nil, cacheSalt: String? = nil) {
         self.prompt = prompt
         self.maxTokens = maxTokens
         self.sampling = sampling
         self.stopStrings = stopStrings
         self.stopAtEOS = stopAtEOS
         self.delta = delta
+        self.cacheSalt = cacheSalt
     }
 }
 
@@ -292,7 +295,7 @@ public actor BatchScheduler {
             waiting.removeFirst()
             let positions = min(contextLength, s.request.prompt.count + s.request.maxTokens)
             let cache = model.makeCache(maxContext: contextLength, initialCapacity: positions)
-            let reused = prefixCache.reuse(prompt: s.request.prompt, binding: s.request.delta, into: cache)
+            let reused = prefixCache.reuse(prompt: s.request.prompt, binding: s.request.delta, salt: s.request.cacheSalt, into: cache)
             s.cache = cache
             s.pending = s.request.prompt[reused...]
             s.stats.cachedPromptTokens = reused
@@ -300,7 +303,7 @@ public actor BatchScheduler {
             reserved += s.reservedBytes
             running.append(s)
             metrics.promptTokens.increment(by: s.request.prompt.count)
-            if PrefixCache.key(s.request.delta) != nil && prefixCache.maxBytes > 0 {
+            if PrefixCache.cacheable(s.request.delta) && prefixCache.maxBytes > 0 {
                 metrics.prefixQueries.increment(by: s.request.prompt.count)
                 metrics.prefixHits.increment(by: reused)
             }
@@ -398,7 +401,7 @@ public actor BatchScheduler {
             let reserved = running.reduce(0) { $0 + $1.reservedBytes }
             for s in done {
                 if let cache = s.cache {
-                    prefixCache.donate(prompt: s.request.prompt, binding: s.request.delta, cache: cache,
+                    prefixCache.donate(prompt: s.request.prompt, binding: s.request.delta, salt: s.request.cacheSalt, cache: cache,
                                        room: limits.kvBudgetBytes - reserved - prefixCache.bytes)
                 }
                 s.cache = nil

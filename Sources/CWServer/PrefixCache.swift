@@ -16,8 +16,9 @@ import CWTransformer
 ///   through the same batched kernels (1–3 tokens take other kernels) and the request's logits are
 ///   those of a fresh prefill bit for bit (tested in `PrefixReuseTests` and the server's tests).
 /// - Only the base model and plain adapter bindings (`LoRAStack`, the same object: a combination
-///   rebuilt after an unload/reload is another key). ChunkWise policies are not cached: their
-///   ranks per position and their estimator's state depend on the whole prefix.
+///   rebuilt after an unload/reload is another key), and only between requests with the same
+///   `cache_salt` (none is a salt of its own). ChunkWise policies are not cached: their ranks per
+///   position and their estimator's state depend on the whole prefix.
 ///
 /// The cache holds at most `maxBytes` and counts against the server's KV budget: admission evicts
 /// entries, least recently used first, before a request would wait for budget; unloading an
@@ -26,10 +27,16 @@ final class PrefixCache {
     /// Prompt tokens every request computes itself (see above).
     static let minComputed = KVCache.minTokensAfterAdoptedPrefix
 
+    /// What an entry may be shared under: the binding's identity and the requests' salt.
+    struct Key: Hashable {
+        let binding: ObjectIdentifier?
+        let salt: String?
+    }
+
     struct Entry {
         /// Keeps the binding (and so its identity) alive while the entry lives.
         let binding: BoundDelta?
-        let key: ObjectIdentifier?
+        let key: Key
         let tokens: [Int]
         let cache: KVCache
         let bytes: Int
@@ -43,17 +50,21 @@ final class PrefixCache {
 
     init(maxBytes: Int) { self.maxBytes = max(0, maxBytes) }
 
-    /// The key of a binding whose prompts may be cached; nil = not cacheable.
-    static func key(_ binding: BoundDelta?) -> ObjectIdentifier?? {
-        guard let binding else { return .some(nil) }
-        guard let stack = binding.delta as? LoRAStack else { return nil }
-        return .some(ObjectIdentifier(stack))
+    /// Whether a binding's prompts may be cached (the base model, or a plain `LoRAStack`).
+    static func cacheable(_ binding: BoundDelta?) -> Bool {
+        binding == nil || binding?.delta is LoRAStack
+    }
+
+    /// The key of a request's entries; nil = not cacheable.
+    static func key(_ binding: BoundDelta?, salt: String?) -> Key? {
+        guard cacheable(binding) else { return nil }
+        return Key(binding: binding.map { ObjectIdentifier($0.delta) }, salt: salt)
     }
 
     /// Starts `cache` (empty) with the longest cached prefix of `prompt` for `binding`; returns the
     /// positions taken (0 when none).
-    func reuse(prompt: [Int], binding: BoundDelta?, into cache: KVCache) -> Int {
-        guard maxBytes > 0, case .some(let key) = Self.key(binding), prompt.count > Self.minComputed else { return 0 }
+    func reuse(prompt: [Int], binding: BoundDelta?, salt: String?, into cache: KVCache) -> Int {
+        guard maxBytes > 0, let key = Self.key(binding, salt: salt), prompt.count > Self.minComputed else { return 0 }
         let limit = prompt.count - Self.minComputed
         var best = -1, bestLength = 0
         for (i, e) in entries.enumerated() where e.key == key {
@@ -75,8 +86,8 @@ final class PrefixCache {
     /// generated after it; it is cut back to the prompt's whole blocks here and must not be used by
     /// the caller afterwards), if they fit in `room` bytes beyond what the cache already holds
     /// (after evicting older entries within `maxBytes`).
-    func donate(prompt: [Int], binding: BoundDelta?, cache: KVCache, room: Int) {
-        guard maxBytes > 0, case .some(let key) = Self.key(binding) else { return }
+    func donate(prompt: [Int], binding: BoundDelta?, salt: String?, cache: KVCache, room: Int) {
+        guard maxBytes > 0, let key = Self.key(binding, salt: salt) else { return }
         let n = min(prompt.count, cache.count) / cache.blockSize * cache.blockSize
         guard n > 0 else { return }
         let tokens = Array(prompt.prefix(n))

@@ -7,7 +7,9 @@ import Foundation
 /// Supported sampling fields: `temperature` (0 = greedy), `top_p`, `top_k` (0 or -1 = off), `min_p`,
 /// `repetition_penalty` (llama.cpp/vLLM style multiplicative penalty on the last 64 tokens;
 /// `repeat_penalty` is accepted as an alias), `seed` (random when absent), `max_tokens` (chat also `max_completion_tokens`),
-/// `stop` (a string or a list of up to 16), `n` (1 only), `ignore_eos`. `frequency_penalty` and
+/// `stop` (a string or a list of up to 16), `n` (1 only), `ignore_eos`, `cache_salt` (vLLM's: only
+/// requests with the same salt share prompt-cache entries — tenants that must not see each other's
+/// cached prompts, even through timing, use different salts). `frequency_penalty` and
 /// `presence_penalty` are accepted only as 0 (400 otherwise: use `repetition_penalty`); `logprobs`,
 /// `echo`, `best_of` > 1, `suffix`, `tools` are refused with 400.
 public struct GenerationSettings: Sendable {
@@ -20,6 +22,7 @@ public struct GenerationSettings: Sendable {
     public var stream = false
     public var includeUsage = false
     public var ignoreEOS = false
+    public var cacheSalt: String? = nil
 
     /// Parses the shared fields.
     public static func parse(_ o: JSONObject, chat: Bool) throws(APIError) -> GenerationSettings {
@@ -86,6 +89,10 @@ public struct GenerationSettings: Sendable {
         g.stream = try o.bool("stream") ?? false
         if let so = try o.object("stream_options") { g.includeUsage = try so.bool("include_usage") ?? false }
         g.ignoreEOS = try o.bool("ignore_eos") ?? false
+        if let salt = try o.string("cache_salt") {
+            guard !salt.isEmpty else { throw .badRequest("'cache_salt' must not be empty", param: "cache_salt") }
+            g.cacheSalt = salt
+        }
 
         if let l = try o.array("lora") {
             for (i, e) in l.enumerated() {

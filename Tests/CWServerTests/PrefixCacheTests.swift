@@ -89,6 +89,33 @@ final class PrefixCacheTests: XCTestCase {
         }
     }
 
+    /// `cache_salt` (vLLM's): entries are shared only between requests with the same salt.
+    func testSaltsKeepEntriesApart() async throws {
+        let p = jsonString(Self.system + "One day,")
+        let state = try await Fixture.state()
+        try await Fixture.app(state).test(.router) { client in
+            func cached(_ salt: String?) async throws -> Int? {
+                let field = salt.map { #""cache_salt": \#(jsonString($0)), "# } ?? ""
+                let r = try await client.post("/v1/completions", #"{\#(field)"prompt": \#(p), "max_tokens": 2}"#)
+                XCTAssertEqual(r.status, .ok, r.text)
+                return ((try r.object()["usage"] as? [String: Any])?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int
+            }
+            let a1 = try await cached("tenant-a")
+            let b1 = try await cached("tenant-b")
+            let none1 = try await cached(nil)
+            let a2 = try await cached("tenant-a")
+            let none2 = try await cached(nil)
+            XCTAssertEqual([a1, b1, none1], [0, 0, 0], "another salt (or none) does not see an entry")
+            XCTAssertGreaterThan(a2 ?? 0, 0)
+            XCTAssertGreaterThan(none2 ?? 0, 0)
+            let bad = try await client.post("/v1/completions", #"{"cache_salt": "", "prompt": "x", "max_tokens": 1}"#)
+            XCTAssertEqual(bad.status, .badRequest)
+            XCTAssertEqual(try bad.error()["param"] as? String, "cache_salt")
+        }
+        let (positions, _) = await state.scheduler.prefixCacheSnapshot()
+        XCTAssertEqual(positions.count, 3)
+    }
+
     /// Unloading an adapter drops its cached prompts (the base model's stay).
     func testUnloadForgetsTheAdaptersPrompts() async throws {
         let p = Self.system + "One day,"
