@@ -390,6 +390,8 @@ float cw_dot_f32(const float *a, const float *b, int64_t n) { return cw_ops_curr
 enum { CW_FAST_MAX_TOKENS = 4, CW_TILED_MIN_TOKENS = 4, CW_QUANT_PARALLEL_TOKENS = 32 };
 #define CW_TILED_MAX_TOKENS INT64_MAX
 
+int cw_matmul_uniform_min_tokens(void) { return CW_FAST_MAX_TOKENS > CW_TILED_MIN_TOKENS ? CW_FAST_MAX_TOKENS : CW_TILED_MIN_TOKENS; }
+
 // The batched kernel's token limit (none by default); CHUNKWISE_TILED_MAX=N sets one (0 turns
 // the batched kernel off), for measurements.
 static int64_t cw_tiled_max(void) {

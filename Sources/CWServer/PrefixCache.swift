@@ -12,9 +12,9 @@ import CWTransformer
 ///   a prompt's keys and values come from a prefill, whose batched kernels give every token the
 ///   bits a prefill of the whole prompt gives it; decoded positions came from one-token kernels
 ///   and would not match a prefill of the same text bit for bit.
-/// - At least `minComputed` prompt tokens are always computed, so the rest of a prompt goes
-///   through the same batched kernels (1–3 tokens take other kernels) and the request's logits are
-///   those of a fresh prefill bit for bit (tested in `PrefixReuseTests` and the server's tests).
+/// - At least `KVCache.minTokensAfterAdoptedPrefix` (4) prompt tokens are always computed, so the
+///   rest of a prompt goes through the same kernels (1–3 tokens take the per-pair ones) and the
+///   request's logits are those of a fresh prefill bit for bit (`PrefixReuseTests`, the server's).
 /// - Only the base model and plain adapter bindings (`LoRAStack`, the same object: a combination
 ///   rebuilt after an unload/reload is another key), and only between requests with the same
 ///   `cache_salt` (none is a salt of its own). ChunkWise policies are not cached: their ranks per
@@ -24,9 +24,6 @@ import CWTransformer
 /// entries, least recently used first, before a request would wait for budget; unloading an
 /// adapter drops its entries. Owned by the batch scheduler actor.
 final class PrefixCache {
-    /// Prompt tokens every request computes itself (see above).
-    static let minComputed = KVCache.minTokensAfterAdoptedPrefix
-
     /// What an entry may be shared under: the binding's identity and the requests' salt.
     struct Key: Hashable {
         let binding: ObjectIdentifier?
@@ -64,8 +61,8 @@ final class PrefixCache {
     /// Starts `cache` (empty) with the longest cached prefix of `prompt` for `binding`; returns the
     /// positions taken (0 when none).
     func reuse(prompt: [Int], binding: BoundDelta?, salt: String?, into cache: KVCache) -> Int {
-        guard maxBytes > 0, let key = Self.key(binding, salt: salt), prompt.count > Self.minComputed else { return 0 }
-        let limit = prompt.count - Self.minComputed
+        guard maxBytes > 0, let key = Self.key(binding, salt: salt), prompt.count > KVCache.minTokensAfterAdoptedPrefix else { return 0 }
+        let limit = prompt.count - KVCache.minTokensAfterAdoptedPrefix
         var best = -1, bestLength = 0
         for (i, e) in entries.enumerated() where e.key == key {
             var n = 0

@@ -306,9 +306,9 @@ public final class KVCache {
     }
 
     /// Prompt tokens a request should still compute after adopting a prefix, so that they go
-    /// through the batched kernels as in a prefill of the whole prompt: in `fast` precision 1–3
-    /// tokens take the per-pair kernels, whose bits differ (`PrefixReuseTests`).
-    public static let minTokensAfterAdoptedPrefix = 4
+    /// through the kernels a prefill of the whole prompt uses: in `fast` precision fewer take the
+    /// per-pair kernels, whose bits differ (`cw_matmul_uniform_min_tokens`; `PrefixReuseTests`).
+    public static let minTokensAfterAdoptedPrefix = Int(cw_matmul_uniform_min_tokens())
 
     /// Makes this empty cache start with the first whole blocks of `donor` that hold `tokens`'
     /// leading positions — the same block objects, not copies (the prompt caches of the server and

@@ -127,6 +127,11 @@ enum cw_precision { CW_PRECISION_EXACT = 0, CW_PRECISION_FAST = 1 };
 int cw_matmul(int type, const void *w, int64_t rows, int64_t cols, int64_t row_bytes,
               const float *x, int64_t tokens, float *y, int precision, cw_pool *pool);
 
+/// The token count from which no product takes the per-pair kernel (above): from it on, a
+/// token's result does not depend on how many tokens the call has (a prompt cache computes at
+/// least this many of a prompt's tokens, so that they get a whole prefill's bits).
+int cw_matmul_uniform_min_tokens(void);
+
 /// One weight matrix of a `cw_matmul_many` call and where its products go (tokens × rows floats).
 typedef struct {
     int type;
