@@ -39,6 +39,16 @@ final class PrefixReuseTests: XCTestCase {
             XCTAssertEqual(c4.adoptPrefix(from: donor, tokens: short, limit: short.count - 4), 32)
             XCTAssertEqual(Self.differing(try m.forward(Array(short[32...]), cache: c4, options: opts), shortRef), 0,
                            "\(precision): a rest of 4 tokens")
+            // Why the server and the engine compute at least that many: printed, not asserted
+            // (which kernels a shorter rest takes is the kernels' business).
+            for rest in 1..<KVCache.minTokensAfterAdoptedPrefix {
+                let p = Array(ids.prefix(32 + rest))
+                let whole = try m.forward(p, cache: m.makeCache(), options: opts)
+                let c = m.makeCache()
+                _ = c.adoptPrefix(from: donor, tokens: p, limit: 32)
+                let got = try m.forward(Array(p[32...]), cache: c, options: opts)
+                print("prefix reuse, \(precision), a rest of \(rest) token(s): \(zip(got, whole).filter { $0.bitPattern != $1.bitPattern }.count) of \(got.count) logits differ from a whole prefill")
+            }
             // The adopter's own decode and truncation leave the donor's blocks as they were: the
             // donor, cut back and run again, gives what it gave before.
             for t in ids[70..<75] { _ = try m.forward([t], cache: c, options: opts) }
