@@ -19,13 +19,13 @@ import argparse
 import http.client
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+
+import server_process
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SHARED = os.environ.get("CHUNKWISE_SHARED", os.path.join(ROOT, "..", "shared"))
@@ -48,8 +48,8 @@ if args.adapter is None:
     args.adapter = [f"shakespeare={SHARED}/adapters/stories260K-shakespeare-r16", f"rnd={SHARED}/adapters/stories260K-random-r8"]
 names = [a.split("=", 1)[0] for a in args.adapter]
 
-HOST = "127.0.0.1"  # loopback only, by construction
-s = socket.socket(); s.bind((HOST, 0)); PORT = s.getsockname()[1]; s.close()
+HOST = server_process.HOST
+PORT = server_process.free_port()
 cmd = [args.binary, "serve", "--model", args.model, "--host", HOST, "--port", str(PORT), "--served-model-name", "base",
        "--threads", str(args.threads), "--max-concurrent", str(args.max_concurrent), "--max-queue", str(args.max_queue),
        "--log-level", "warning"] + [x for a in args.adapter for x in ("--adapter", a)] + args.extra.split()
@@ -57,12 +57,7 @@ server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open("/tmp/chun
 
 
 def stop_server():
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    server_process.stop(server)
 
 
 def peak_rss_kib():
@@ -207,15 +202,7 @@ def phase(n):
 
 rc = 0
 try:
-    for _ in range(300):
-        try:
-            c = http.client.HTTPConnection(HOST, PORT, timeout=2); c.request("GET", "/health")
-            if c.getresponse().status == 200: break
-        except OSError:
-            pass
-        if server.poll() is not None:
-            sys.exit("server exited; see /tmp/chunkwise-load-test-server.log")
-        time.sleep(0.1)
+    server_process.wait_healthy(server, PORT, "; see /tmp/chunkwise-load-test-server.log", tries=300)
     print(f"server pid {server.pid} on {HOST}:{PORT}; load average {os.getloadavg()}", flush=True)
     results = []
     single = None

@@ -16,19 +16,20 @@ import argparse
 import http.client
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+
+import server_process
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SHARED = os.environ.get("CHUNKWISE_SHARED", os.path.join(ROOT, "..", "shared"))
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--binary", default=os.path.join(ROOT, ".build", "release", "chunkwise"))
-ap.add_argument("--model", default=os.path.join(SHARED, "models", "stories260K", "stories260K.bin"))
+ap.add_argument("--model", default=os.path.join(ROOT, ".cache", "models", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                help="default: the demo's SmolLM2 (stories260K's 512-token context needs --chars 600 or less)")
 ap.add_argument("--adapter", action="append", default=[], help="NAME=PATH (repeatable)")
 ap.add_argument("--chars", type=int, default=2600, help="characters of the shared start")
 ap.add_argument("--requests", type=int, default=8)
@@ -40,34 +41,16 @@ with open(os.path.join(SHARED, "data", "wikitext-2", "wiki.test.raw"), encoding=
 QUESTIONS = ["\nIn short,", "\nThe main point", "\nTo summarize the article", "\nQ: Who", "\nQ: When", "\nQ: Where",
              "\nOne detail:", "\nThe next section"]
 
-HOST = "127.0.0.1"  # loopback only, by construction
+HOST = server_process.HOST
 
 
 def serve(extra):
-    s = socket.socket(); s.bind((HOST, 0)); port = s.getsockname()[1]; s.close()
+    port = server_process.free_port()
     cmd = [args.binary, "serve", "--model", args.model, "--host", HOST, "--port", str(port), "--threads", str(args.threads),
            "--log-level", "warning"] + [x for a in args.adapter for x in ("--adapter", a)] + extra
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            c = http.client.HTTPConnection(HOST, port, timeout=2); c.request("GET", "/health")
-            if c.getresponse().status == 200:
-                return p, port
-        except OSError:
-            pass
-        if p.poll() is not None:
-            sys.exit(f"the server exited ({p.returncode}): {' '.join(cmd)}")
-        time.sleep(0.1)
-    p.kill()
-    sys.exit("the server did not come up")
-
-
-def stop(p):
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        p.kill()
+    server_process.wait_healthy(p, port, ": " + " ".join(cmd))
+    return p, port
 
 
 def complete(port, prompt, max_tokens, model=None):
@@ -99,7 +82,7 @@ for label, extra in [("prompt cache on", []), ("prompt cache off", ["--prefix-ca
             for q in QUESTIONS[:4]:
                 answers.setdefault((model, q), []).append(complete(port, START + q, 40, model)[0])
     finally:
-        stop(p)
+        server_process.stop(p)
 same = sum(1 for v in answers.values() if len(set(v)) == 1)
 print(f"greedy 40-token answers equal with and without the cache: {same} of {len(answers)}")
 sys.exit(0 if same == len(answers) else 1)
