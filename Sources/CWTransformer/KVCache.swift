@@ -13,7 +13,12 @@ import CWKernels
 /// change of storage alone keeps the block, which then takes the finer storage: `KVPolicy`): it is
 /// then re-encoded in its policy's formats with exactly its rows (int8 keys get per-channel scales
 /// over the block's rows — KIVI-style — and int8 values per-token scales; an unfilled block
-/// closed early holds only its rows). Attention (`attention(layer:…)`) reads every block in its
+/// closed early holds only its rows). The re-encoding of the blocks a pass closes waits until that
+/// layer's attention has run — in a `LlamaModel.forward` call of several micro-batches, until the
+/// next micro-batch has run too: the queries of a prompt attend to the keys and values of their own
+/// and the previous micro-batch in fp32, and only later ones read them in the coarser format. (For `balanced`'s
+/// int8 chunks this keeps a prefill's attention at the fp32 kernel's speed: `chunkwise bench
+/// --policy balanced --versus static`, README.) Attention (`attention(layer:…)`) reads every block in its
 /// own format in one fused C kernel (`kv_attention`); no dequantized copy of the cache is made.
 ///
 /// ## Policies
@@ -45,6 +50,17 @@ public final class KVCache {
     public private(set) var count: Int = 0
 
     private var table: [[KVBlock]]
+    /// Per layer, the table indices of blocks closed by this pass's `append` but still in their
+    /// fp32 staging form: they are encoded in their policy's formats (`sealPending`) after the
+    /// layer's `attention`, so a pass's queries attend to their own pass's keys and values
+    /// unquantized, as the fp32 staging block gives every position until its block closes.
+    /// Inside one `LlamaModel.forward` call of several micro-batches (`beginMicroBatch`,
+    /// `endCall`) they wait one micro-batch longer (`pendingEarlier`): a prompt's queries also
+    /// see the micro-batch before theirs in fp32, and at most two micro-batches' blocks are fp32
+    /// beyond their policy at any time.
+    private var pendingSeal: [[Int]]
+    private var pendingEarlier: [[Int]]
+    private var inCall = false
     private var tokenIds: [Int32] = []
     private var policyRuns: [(from: Int, policy: KVPolicy)] = [(0, .full)]
     /// Whether a policy that evicts or merges entries was ever set (blocks take their policy from
@@ -68,6 +84,8 @@ public final class KVCache {
         self.maxCapacity = maxCapacity
         self.kvBudget = kvBudget
         self.table = Array(repeating: [], count: layers)
+        self.pendingSeal = Array(repeating: [], count: layers)
+        self.pendingEarlier = Array(repeating: [], count: layers)
         _ = initialCapacity // blocks are allocated on demand
     }
 
@@ -149,6 +167,7 @@ public final class KVCache {
 
     public func blocks(layer: Int) -> [BlockInfo] {
         guard table.indices.contains(layer) else { return [] }
+        sealPending(layer: layer)
         return table[layer].map {
             BlockInfo(positions: $0.positions.map(Int.init), keyFormats: $0.kFormat, valueFormats: $0.vFormat, sealed: $0.sealed,
                       policy: $0.policy, provenance: $0.provenance, byteCount: $0.byteCount)
@@ -185,7 +204,7 @@ public final class KVCache {
             let pol = policy(at: pos), prov = provenance(at: pos)
             var tail = table[layer].last
             if let t = tail, !t.sealed, t.isFull || (t.policy != pol && !t.policy.sharesBlocks(with: pol)) || t.provenance != prov {
-                table[layer][table[layer].count - 1] = t.sealedForm()
+                close(layer: layer)
                 tail = nil
             }
             // (a change of storage alone: the staging block takes this row too, in the finer storage)
@@ -196,8 +215,44 @@ public final class KVCache {
                 tail = b
             }
             tail?.append(position: pos, k: keys + r * kvDim, v: values + r * kvDim)
-            if let t = tail, t.isFull { table[layer][table[layer].count - 1] = t.sealedForm() }
+            if let t = tail, t.isFull { close(layer: layer) }
         }
+    }
+
+    /// Closes the layer's staging block to appends; its encoding waits for the layer's attention.
+    private func close(layer: Int) {
+        guard let t = table[layer].last, !t.sealed else { return }
+        t.close()
+        pendingSeal[layer].append(table[layer].count - 1)
+    }
+
+    /// Encodes the layer's closed blocks in their policies' formats (see `pendingSeal`).
+    private func sealPending(layer: Int, earlierOnly: Bool = false) {
+        for i in pendingEarlier[layer] where table[layer].indices.contains(i) { table[layer][i] = table[layer][i].sealedForm() }
+        pendingEarlier[layer].removeAll(keepingCapacity: true)
+        guard !earlierOnly else { return }
+        for i in pendingSeal[layer] where table[layer].indices.contains(i) { table[layer][i] = table[layer][i].sealedForm() }
+        pendingSeal[layer].removeAll(keepingCapacity: true)
+    }
+
+    private func sealPending() { for l in 0..<layers { sealPending(layer: l) } }
+
+    /// `LlamaModel.forward` is about to run the next micro-batch of one call: the blocks closed
+    /// two micro-batches ago are encoded, the last one's wait (see `pendingSeal`).
+    func beginMicroBatch() {
+        if inCall {
+            for l in 0..<layers {
+                sealPending(layer: l, earlierOnly: true)
+                swap(&pendingEarlier[l], &pendingSeal[l])
+            }
+        }
+        inCall = true
+    }
+
+    /// The call is over: every closed block is encoded.
+    func endCall() {
+        inCall = false
+        sealPending()
     }
 
     /// Layer `layer`'s block storage appended to `spans`, for prefetching before its attention (the
@@ -239,6 +294,8 @@ public final class KVCache {
             return kv_attention(q, out, Int64(tokens), Int64(base), Int32(heads), Int32(kvHeads), Int32(headDim), sp.baseAddress,
                                 Int64(blocks.count), scale, nil, fast ? 1 : 0, pool.handle)
         }
+        // (after the mass update below too: an encoded block copies its rows' mass)
+        defer { if !inCall { sealPending(layer: layer) } }
         guard rc == 0 else { throw KVCacheError.unsupportedShape("heads \(heads), KV heads \(kvHeads), head size \(headDim)") }
         if needMass {
             var e = 0
@@ -257,12 +314,15 @@ public final class KVCache {
 
     /// Records that positions up to `newCount` are filled and applies the retention policies.
     public func advance(to newCount: Int) {
+        // (retention rebuilds and removes blocks: the pending indices would not survive it)
+        if !inCall || anyRetention { sealPending() }
         count = newCount
         applyRetention()
     }
 
     /// Forgets positions from `newCount` on (e.g. to reuse a common prefix).
     public func truncate(to newCount: Int) {
+        sealPending()
         let n = max(0, min(count, newCount))
         for l in 0..<layers {
             var out: [KVBlock] = []
@@ -328,6 +388,7 @@ public final class KVCache {
     public func adoptPrefix(from donor: KVCache, tokens: [Int], limit: Int) -> Int {
         guard count == 0, table.allSatisfy({ $0.isEmpty }), donor !== self, donor.layers == layers, donor.kvDim == kvDim,
               donor.kvHeads == kvHeads, donor.blockSize == blockSize else { return 0 }
+        donor.sealPending()
         var n = min(limit, tokens.count, donor.count, donor.tokenIds.count, maxCapacity)
         for p in 0..<max(0, n) where Int(donor.tokenIds[p]) != tokens[p] { n = p; break }
         var blocks = max(0, n) / blockSize
@@ -366,6 +427,8 @@ public final class KVCache {
     /// Degrades and evicts easy blocks until appending `rows` positions fits `kvBudget`.
     public func makeRoom(forAppending rows: Int) throws {
         guard let budget = kvBudget else { return }
+        if projectedBytes(appending: rows) <= budget { return }
+        sealPending()
         let projected = projectedBytes(appending: rows)
         if projected <= budget { return }
         // Refuse before touching anything when even the most that degradation and eviction can do is not enough.

@@ -160,7 +160,10 @@ public final class LlamaModel: @unchecked Sendable {
         var result: [Float] = []
         if options.logits == .all { result.reserveCapacity(vocab * tokens.count) }
         var start = 0
+        // (the blocks a micro-batch closes stay fp32 through the next one: KVCache.pendingSeal)
+        defer { cache.endCall() }
         while start < tokens.count {
+            cache.beginMicroBatch()
             let end = min(tokens.count, start + options.microBatch)
             let mode: LogitsMode = options.logits == .all ? .all : (options.logits == .last && end == tokens.count ? .last : .none)
             let item = BatchItem(tokens: Array(tokens[start..<end]), cache: cache, delta: delta, logits: mode)

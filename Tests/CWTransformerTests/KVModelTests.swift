@@ -56,6 +56,37 @@ final class KVModelTests: XCTestCase {
         }
     }
 
+    /// A call's queries attend to the keys and values of their own call in fp32: the blocks it
+    /// fills are encoded in their policy's format only after each layer's attention (and, in a
+    /// call of several micro-batches, after the next micro-batch). So one prefill under `int8` —
+    /// in one micro-batch or two — gives exactly `full`'s logits, its closed blocks are int8
+    /// afterwards, and the next call reads them as int8 (its logits differ).
+    func testOneCallAttendsToItsOwnPositionsInFP32ThenBlocksAreEncoded() throws {
+        let m = try Self.model()
+        let ids = Array(try Self.wikiIds().prefix(101))
+        for (precision, microBatch) in [(Precision.exact, 256), (.fast, 256), (.fast, 50)] {
+            let opts = ForwardOptions(precision: precision, pool: Self.pool, logits: .all, microBatch: microBatch)
+            let full = Self.cache(m), int8 = Self.cache(m, policy: .int8())
+            let a = try m.forward(Array(ids.prefix(100)), cache: full, options: opts)
+            let b = try m.forward(Array(ids.prefix(100)), cache: int8, options: opts)
+            func differing(_ x: [Float], _ y: [Float]) -> Int { x.count == y.count ? zip(x, y).filter { $0.bitPattern != $1.bitPattern }.count : -1 }
+            XCTAssertEqual(differing(a, b), 0, "\(precision), micro-batch \(microBatch): a prefill attends to its own positions in fp32 (logits that differ)")
+            for l in [0, m.config.layers - 1] {
+                let blocks = int8.blocks(layer: l)
+                XCTAssertEqual(blocks.count, 4)
+                for blk in blocks.prefix(3) {
+                    XCTAssertTrue(blk.sealed)
+                    XCTAssertEqual(Set(blk.keyFormats + blk.valueFormats), [.int8], "\(precision): layer \(l) closed blocks are encoded")
+                }
+                XCTAssertEqual(Set(blocks[3].keyFormats), [.fp32], "the open staging block stays fp32")
+            }
+            let c = try m.forward([ids[100]], cache: full, options: opts)
+            let d = try m.forward([ids[100]], cache: int8, options: opts)
+            XCTAssertGreaterThan(differing(c, d), 0, "\(precision): the next call reads the int8 blocks")
+            XCTAssertEqual(Compare.argmax(c[...]), Compare.argmax(d[...]))
+        }
+    }
+
     func testHalfAndInt8LogitsOnSmolLM2() throws {
         let m = try Self.model()
         let ids = Array(try Self.wikiIds().prefix(512))

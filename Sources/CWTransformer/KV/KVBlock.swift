@@ -146,9 +146,11 @@ final class KVBlock {
         let b = KVBlock(kvHeads: kvHeads, headDim: headDim, rowCapacity: max(cap, keep.count), policy: policy,
                         provenance: provenance, kFormat: kFmt, vFormat: vFmt, sealed: sealed)
         let hd = headDim, m = keep.count
+        // Every row, in order (sealing a staging block): fp32 rows are encoded from where they lie.
+        let allRows = m == n && keep.enumerated().allSatisfy { $0.offset == $0.element }
         let tmp = UnsafeMutablePointer<Float>.allocate(capacity: max(1, n * hd))
-        let sel = UnsafeMutablePointer<Float>.allocate(capacity: max(1, m * hd))
-        defer { tmp.deallocate(); sel.deallocate() }
+        let selected = UnsafeMutablePointer<Float>.allocate(capacity: max(1, m * hd))
+        defer { tmp.deallocate(); selected.deallocate() }
         for h in 0..<kvHeads {
             for values in [false, true] {
                 let from = values ? vFormat[h] : kFormat[h], to = values ? vFmt[h] : kFmt[h]
@@ -163,12 +165,18 @@ final class KVBlock {
                     }
                     continue
                 }
-                if let o = override {
-                    o.withUnsafeBufferPointer { p in if let base = p.baseAddress { tmp.update(from: base, count: min(p.count, n * hd)) } }
+                let sel: UnsafePointer<Float>
+                if override == nil && from == .fp32 && allRows {
+                    sel = UnsafePointer(src.assumingMemoryBound(to: Float.self))
                 } else {
-                    widen(head: h, values: values, into: tmp)
+                    if let o = override {
+                        o.withUnsafeBufferPointer { p in if let base = p.baseAddress { tmp.update(from: base, count: min(p.count, n * hd)) } }
+                    } else {
+                        widen(head: h, values: values, into: tmp)
+                    }
+                    for (i, r) in keep.enumerated() { (selected + i * hd).update(from: tmp + r * hd, count: hd) }
+                    sel = UnsafePointer(selected)
                 }
-                for (i, r) in keep.enumerated() { (sel + i * hd).update(from: tmp + r * hd, count: hd) }
                 switch to {
                 case .fp32: dst.assumingMemoryBound(to: Float.self).update(from: sel, count: m * hd)
                 case .fp16: kv_f32_to_f16(sel, dst.assumingMemoryBound(to: UInt16.self), Int64(m * hd))
@@ -191,6 +199,10 @@ final class KVBlock {
         guard !sealed else { return }
         policy = KVPolicy(storage: .finer(policy.storage, other.storage), retention: policy.retention)
     }
+
+    /// Closes this staging block to appends, in its fp32 staging form (`KVCache` encodes it with
+    /// `sealedForm` after the layer's attention).
+    func close() { sealed = true }
 
     /// The sealed form of this staging block in its policy's formats (self when already fp32 and full).
     func sealedForm() -> KVBlock {
