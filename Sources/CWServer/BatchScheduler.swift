@@ -15,9 +15,11 @@ public struct SequenceRequest: Sendable {
     public var delta: BoundDelta?
     /// Prompt-cache entries are shared only between requests with the same salt (vLLM's `cache_salt`).
     public var cacheSalt: String?
+    /// false: the prompt neither takes cached blocks nor leaves its own (llama.cpp's `cache_prompt`).
+    public var usesPromptCache: Bool
 
     public init(prompt: [Int], maxTokens: Int, sampling: SamplingParameters = .greedy, stopStrings: [String] = [],
-                stopAtEOS: Bool = true, delta: BoundDelta? = nil, cacheSalt: String? = nil) {
+                stopAtEOS: Bool = true, delta: BoundDelta? = nil, cacheSalt: String? = nil, usesPromptCache: Bool = true) {
         self.prompt = prompt
         self.maxTokens = maxTokens
         self.sampling = sampling
@@ -25,6 +27,7 @@ public struct SequenceRequest: Sendable {
         self.stopAtEOS = stopAtEOS
         self.delta = delta
         self.cacheSalt = cacheSalt
+        self.usesPromptCache = usesPromptCache
     }
 }
 
@@ -295,7 +298,8 @@ public actor BatchScheduler {
             waiting.removeFirst()
             let positions = min(contextLength, s.request.prompt.count + s.request.maxTokens)
             let cache = model.makeCache(maxContext: contextLength, initialCapacity: positions)
-            let reused = prefixCache.reuse(prompt: s.request.prompt, binding: s.request.delta, salt: s.request.cacheSalt, into: cache)
+            let reused = s.request.usesPromptCache
+                ? prefixCache.reuse(prompt: s.request.prompt, binding: s.request.delta, salt: s.request.cacheSalt, into: cache) : 0
             s.cache = cache
             s.pending = s.request.prompt[reused...]
             s.stats.cachedPromptTokens = reused
@@ -400,7 +404,7 @@ public actor BatchScheduler {
             // Their prompts' blocks go to the prompt cache, within what the running sequences leave of the budget.
             let reserved = running.reduce(0) { $0 + $1.reservedBytes }
             for s in done {
-                if let cache = s.cache {
+                if let cache = s.cache, s.request.usesPromptCache {
                     prefixCache.donate(prompt: s.request.prompt, binding: s.request.delta, salt: s.request.cacheSalt, cache: cache,
                                        room: limits.kvBudgetBytes - reserved - prefixCache.bytes)
                 }

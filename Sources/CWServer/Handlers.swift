@@ -141,7 +141,8 @@ struct OpenAIHandlers: Sendable {
         let bound = try await state.registry.resolve(model: settings.model, lora: settings.lora)
         let delta = try state.policyResolver(settings.policy, bound)
         let seq = SequenceRequest(prompt: prompt, maxTokens: maxTokens, sampling: settings.sampling, stopStrings: settings.stop,
-                                  stopAtEOS: !settings.ignoreEOS, delta: delta, cacheSalt: settings.cacheSalt)
+                                  stopAtEOS: !settings.ignoreEOS, delta: delta, cacheSalt: settings.cacheSalt,
+                                  usesPromptCache: settings.cachePrompt)
         let (seqID, stream) = try await state.scheduler.submit(seq)
         let id = (chat ? "chatcmpl-" : "cmpl-") + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(24)
         let modelName = settings.model ?? state.modelID

@@ -9,7 +9,8 @@ import Foundation
 /// `repeat_penalty` is accepted as an alias), `seed` (random when absent), `max_tokens` (chat also `max_completion_tokens`),
 /// `stop` (a string or a list of up to 16), `n` (1 only), `ignore_eos`, `cache_salt` (vLLM's: only
 /// requests with the same salt share prompt-cache entries — tenants that must not see each other's
-/// cached prompts, even through timing, use different salts). `frequency_penalty` and
+/// cached prompts, even through timing, use different salts), `cache_prompt` (llama.cpp's: `false`
+/// computes the whole prompt and leaves nothing in the prompt cache). `frequency_penalty` and
 /// `presence_penalty` are accepted only as 0 (400 otherwise: use `repetition_penalty`); `logprobs`,
 /// `echo`, `best_of` > 1, `suffix`, `tools` are refused with 400.
 public struct GenerationSettings: Sendable {
@@ -23,6 +24,7 @@ public struct GenerationSettings: Sendable {
     public var includeUsage = false
     public var ignoreEOS = false
     public var cacheSalt: String? = nil
+    public var cachePrompt = true
 
     /// Parses the shared fields.
     public static func parse(_ o: JSONObject, chat: Bool) throws(APIError) -> GenerationSettings {
@@ -93,6 +95,7 @@ public struct GenerationSettings: Sendable {
             guard !salt.isEmpty else { throw .badRequest("'cache_salt' must not be empty", param: "cache_salt") }
             g.cacheSalt = salt
         }
+        g.cachePrompt = try o.bool("cache_prompt") ?? true
 
         if let l = try o.array("lora") {
             for (i, e) in l.enumerated() {

@@ -116,6 +116,31 @@ final class PrefixCacheTests: XCTestCase {
         XCTAssertEqual(positions.count, 3)
     }
 
+    /// `cache_prompt: false` (llama.cpp's): the request computes its whole prompt and leaves no entry.
+    func testCachePromptFalseNeitherTakesNorLeavesEntries() async throws {
+        let p = jsonString(Self.system + "One day,")
+        let state = try await Fixture.state()
+        try await Fixture.app(state).test(.router) { client in
+            func cached(_ use: Bool?) async throws -> Int? {
+                let field = use.map { #""cache_prompt": \#($0), "# } ?? ""
+                let r = try await client.post("/v1/completions", #"{\#(field)"prompt": \#(p), "max_tokens": 2}"#)
+                XCTAssertEqual(r.status, .ok, r.text)
+                return ((try r.object()["usage"] as? [String: Any])?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int
+            }
+            let off1 = try await cached(false)
+            let on1 = try await cached(nil)
+            let off2 = try await cached(false)
+            let on2 = try await cached(true)
+            XCTAssertEqual([off1, on1, off2], [0, 0, 0], "the first request left nothing; the third took nothing")
+            XCTAssertGreaterThan(on2 ?? 0, 0, "the second one's prompt is cached")
+            let bad = try await client.post("/v1/completions", #"{"cache_prompt": "no", "prompt": "x", "max_tokens": 1}"#)
+            XCTAssertEqual(bad.status, .badRequest)
+            XCTAssertEqual(try bad.error()["param"] as? String, "cache_prompt")
+        }
+        let (positions, _) = await state.scheduler.prefixCacheSnapshot()
+        XCTAssertEqual(positions.count, 1, "only the second request's prompt")
+    }
+
     /// Unloading an adapter drops its cached prompts (the base model's stay).
     func testUnloadForgetsTheAdaptersPrompts() async throws {
         let p = Self.system + "One day,"
