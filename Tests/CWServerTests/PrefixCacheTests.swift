@@ -91,54 +91,50 @@ final class PrefixCacheTests: XCTestCase {
 
     /// `cache_salt` (vLLM's): entries are shared only between requests with the same salt.
     func testSaltsKeepEntriesApart() async throws {
-        let p = jsonString(Self.system + "One day,")
-        let state = try await Fixture.state()
-        try await Fixture.app(state).test(.router) { client in
-            func cached(_ salt: String?) async throws -> Int? {
-                let field = salt.map { #""cache_salt": \#(jsonString($0)), "# } ?? ""
-                let r = try await client.post("/v1/completions", #"{\#(field)"prompt": \#(p), "max_tokens": 2}"#)
-                XCTAssertEqual(r.status, .ok, r.text)
-                return ((try r.object()["usage"] as? [String: Any])?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int
-            }
-            let a1 = try await cached("tenant-a")
-            let b1 = try await cached("tenant-b")
-            let none1 = try await cached(nil)
-            let a2 = try await cached("tenant-a")
-            let none2 = try await cached(nil)
-            XCTAssertEqual([a1, b1, none1], [0, 0, 0], "another salt (or none) does not see an entry")
-            XCTAssertGreaterThan(a2 ?? 0, 0)
-            XCTAssertGreaterThan(none2 ?? 0, 0)
-            let bad = try await client.post("/v1/completions", #"{"cache_salt": "", "prompt": "x", "max_tokens": 1}"#)
-            XCTAssertEqual(bad.status, .badRequest)
-            XCTAssertEqual(try bad.error()["param"] as? String, "cache_salt")
-        }
-        let (positions, _) = await state.scheduler.prefixCacheSnapshot()
-        XCTAssertEqual(positions.count, 3)
+        func salt(_ s: String) -> String { #""cache_salt": \#(jsonString(s)), "# }
+        let (cached, entries) = try await Self.cachedTokens([salt("tenant-a"), salt("tenant-b"), "", salt("tenant-a"), ""])
+        XCTAssertEqual(Array(cached.prefix(3)), [0, 0, 0], "another salt (or none) does not see an entry")
+        XCTAssertGreaterThan(cached[3] ?? 0, 0)
+        XCTAssertGreaterThan(cached[4] ?? 0, 0)
+        XCTAssertEqual(entries, 3)
     }
 
     /// `cache_prompt: false` (llama.cpp's): the request computes its whole prompt and leaves no entry.
     func testCachePromptFalseNeitherTakesNorLeavesEntries() async throws {
-        let p = jsonString(Self.system + "One day,")
-        let state = try await Fixture.state()
-        try await Fixture.app(state).test(.router) { client in
-            func cached(_ use: Bool?) async throws -> Int? {
-                let field = use.map { #""cache_prompt": \#($0), "# } ?? ""
-                let r = try await client.post("/v1/completions", #"{\#(field)"prompt": \#(p), "max_tokens": 2}"#)
-                XCTAssertEqual(r.status, .ok, r.text)
-                return ((try r.object()["usage"] as? [String: Any])?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int
+        let off = #""cache_prompt": false, "#
+        let (cached, entries) = try await Self.cachedTokens([off, "", off, #""cache_prompt": true, "#])
+        XCTAssertEqual(Array(cached.prefix(3)), [0, 0, 0], "the first request left nothing; the third took nothing")
+        XCTAssertGreaterThan(cached[3] ?? 0, 0, "the second one's prompt is cached")
+        XCTAssertEqual(entries, 1, "only the second request's prompt")
+    }
+
+    func testBadPromptCacheFieldsAre400() async throws {
+        try await Fixture.app(try await Fixture.state()).test(.router) { client in
+            for (field, body) in [("cache_salt", #"{"cache_salt": "", "prompt": "x", "max_tokens": 1}"#),
+                                  ("cache_prompt", #"{"cache_prompt": "no", "prompt": "x", "max_tokens": 1}"#)] {
+                let bad = try await client.post("/v1/completions", body)
+                XCTAssertEqual(bad.status, .badRequest, body)
+                XCTAssertEqual(try bad.error()["param"] as? String, field)
             }
-            let off1 = try await cached(false)
-            let on1 = try await cached(nil)
-            let off2 = try await cached(false)
-            let on2 = try await cached(true)
-            XCTAssertEqual([off1, on1, off2], [0, 0, 0], "the first request left nothing; the third took nothing")
-            XCTAssertGreaterThan(on2 ?? 0, 0, "the second one's prompt is cached")
-            let bad = try await client.post("/v1/completions", #"{"cache_prompt": "no", "prompt": "x", "max_tokens": 1}"#)
-            XCTAssertEqual(bad.status, .badRequest)
-            XCTAssertEqual(try bad.error()["param"] as? String, "cache_prompt")
         }
-        let (positions, _) = await state.scheduler.prefixCacheSnapshot()
-        XCTAssertEqual(positions.count, 1, "only the second request's prompt")
+    }
+
+    /// One server; a 2-token completion of the shared prompt per entry of `extras` (fields ahead of
+    /// the prompt, each ending in ", "), in order. Returns each one's
+    /// `usage.prompt_tokens_details.cached_tokens` and the prompt cache's entries afterwards.
+    static func cachedTokens(_ extras: [String]) async throws -> (cached: [Int?], entries: Int) {
+        let p = jsonString(system + "One day,")
+        let state = try await Fixture.state()
+        let cached = try await Fixture.app(state).test(.router) { client in
+            var out: [Int?] = []
+            for extra in extras {
+                let r = try await client.post("/v1/completions", #"{\#(extra)"prompt": \#(p), "max_tokens": 2}"#)
+                XCTAssertEqual(r.status, .ok, r.text)
+                out.append(((try r.object()["usage"] as? [String: Any])?["prompt_tokens_details"] as? [String: Any])?["cached_tokens"] as? Int)
+            }
+            return out
+        }
+        return (cached, await state.scheduler.prefixCacheSnapshot().positions.count)
     }
 
     /// Unloading an adapter drops its cached prompts (the base model's stay).
