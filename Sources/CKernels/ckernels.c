@@ -1,6 +1,7 @@
 // Dispatch, thread pool, drivers and the small vector operations. The kernel bodies live in
 // kernels_impl.h, compiled per instruction-set level by kernels_x86.c and kernels_portable.c.
 #include "cw_internal.h"
+#include "include/lora_kernels.h"
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <pthread.h>
@@ -668,6 +669,44 @@ int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float
     c.side_idx = tasks ? side->count * CW_MANY_GRAIN : 0;
     cw_pool_run(pool, c.side_idx + c.start[count], CW_MANY_GRAIN, cw_many_task, &c, c.deferred ? cw_many_quantize : NULL, &c);
     return 0;
+}
+
+void cw_prefetch(const void *p, int64_t bytes) {
+    if (!p || bytes <= 0) return;
+    const uintptr_t lo = (uintptr_t)p & ~(uintptr_t)63, end = (uintptr_t)p + (uintptr_t)bytes;
+    for (uintptr_t a = lo; a < end; a += 64) __builtin_prefetch((const void *)a, 0, 3);
+}
+
+typedef struct {
+    const cw_mat *mats;
+    const cw_lowrank_term *terms;
+    int nterms;
+} cw_terms_ctx;
+
+static void cw_terms_after(void *c, int m, int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+    const cw_terms_ctx *tc = (const cw_terms_ctx *)c;
+    const int64_t out = tc->mats[m].rows;
+    for (int i = 0; i < tc->nterms; i++) {
+        const cw_lowrank_term *t = &tc->terms[i];
+        if (t->mat != m) continue;
+        (void)cw_lora_up_range(t->type, t->bt, t->ldb, t->k, out, t->u + t0 * t->k, t->k, t1 - t0,
+                               tc->mats[m].y + t0 * out, out, NULL, r0, r1);
+    }
+}
+
+int cw_matmul_many_terms(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
+                         const cw_lowrank_term *terms, int nterms, const cw_span *spans, int nspans, cw_pool *pool) {
+    if (nterms < 0 || (nterms > 0 && !terms) || count <= 0 || !mats) return -1;
+    for (int i = 0; i < nterms; i++) {
+        const cw_lowrank_term *t = &terms[i];
+        if (t->mat < 0 || t->mat >= count || t->k < 0 || (t->k > 0 && (!t->bt || !t->u)) || t->ldb < mats[t->mat].rows) return -1;
+    }
+    for (int i = 0; i < nterms; i++) cw_prefetch(terms[i].bt, terms[i].k * cw_lora_row_bytes(terms[i].type, terms[i].ldb));
+    for (int i = 0; spans && i < nspans; i++) cw_prefetch(spans[i].p, spans[i].bytes);
+    if (nterms == 0) return cw_matmul_many(mats, count, cols, x, tokens, precision, pool);
+    cw_terms_ctx tc = {mats, terms, nterms};
+    const cw_side side = {.fn = NULL, .ctx = &tc, .count = 0, .after = cw_terms_after};
+    return cw_matmul_many_side(mats, count, cols, x, tokens, precision, NULL, 0, &side, pool);
 }
 
 typedef struct { const cw_ops *ops; cw_attn *a; } cw_attn_ctx;

@@ -78,6 +78,12 @@ public struct LowRankFactor: @unchecked Sendable {
     /// factor (or a copy of it) lives.
     public var memory: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: buffer.raw, count: buffer.bytes) }
 
+    /// The stored rows `r` (for prefetching a slice).
+    public func memory(rows r: Range<Int>) -> UnsafeRawBufferPointer {
+        let lo = max(0, min(r.lowerBound, rows)), hi = max(lo, min(r.upperBound, rows))
+        return UnsafeRawBufferPointer(start: buffer.raw + lo * rowBytes, count: (hi - lo) * rowBytes)
+    }
+
     /// Element (r, c) as fp32.
     public func value(_ r: Int, _ c: Int) -> Float {
         switch storage {

@@ -75,6 +75,66 @@ public enum Kernels {
     }
 }
 
+extension Kernels {
+    /// `matmul` of several targets that adds low-rank `terms` to each part of the outputs as soon as
+    /// the thread that computed it has written it — a one-token step's LoRA / rank-ladder up
+    /// products, whose down products the caller has run (`u`): no delta buffers, no adds after the
+    /// product, no Swift inside the pool job. The same bits as the product followed by
+    /// `LowRank.up` of each term, in order. The terms' factor slices and `prefetch` (e.g. what the
+    /// next step's delta reads first) are prefetched as the call starts; that changes no result.
+    public static func matmul(
+        _ targets: [(w: WeightMatrix, y: UnsafeMutablePointer<Float>)], _ x: UnsafePointer<Float>, tokens: Int,
+        precision: Precision = .exact, terms: [LowRankTerm], prefetch: [UnsafeRawBufferPointer] = [], pool: ThreadPool
+    ) {
+        let prec = precision == .fast ? Int32(CW_PRECISION_FAST.rawValue) : Int32(CW_PRECISION_EXACT.rawValue)
+        let spans = prefetch.compactMap { b in b.baseAddress.map { cw_span(p: $0, bytes: Int64(b.count)) } }
+        func run(_ mats: [cw_mat], cols: Int, _ cterms: [cw_lowrank_term]) {
+            mats.withUnsafeBufferPointer { mp in
+                cterms.withUnsafeBufferPointer { tp in
+                    spans.withUnsafeBufferPointer { sp in
+                        _ = cw_matmul_many_terms(mp.baseAddress, Int32(mats.count), Int64(cols), x, Int64(tokens), prec,
+                                                 tp.baseAddress, Int32(tp.count), sp.baseAddress, Int32(sp.count), pool.handle)
+                    }
+                }
+            }
+        }
+        func mat(_ t: (w: WeightMatrix, y: UnsafeMutablePointer<Float>)) -> cw_mat {
+            cw_mat(type: Int32(t.w.type.rawValue), w: t.w.base, rows: Int64(t.w.rows), row_bytes: Int64(t.w.rowBytes), y: t.y)
+        }
+        func cterm(_ t: LowRankTerm, mat: Int) -> cw_lowrank_term {
+            cw_lowrank_term(mat: Int32(mat), type: t.factor.cType, bt: t.factor.rowPointer(t.rows.lowerBound),
+                            ldb: Int64(t.factor.cols), k: Int64(t.rows.count), u: t.u)
+        }
+        // The terms' factors (and their buffers) live in `terms` for the whole call.
+        let usable = terms.filter { !$0.rows.isEmpty && $0.rows.upperBound <= $0.factor.rows && $0.target >= 0 && $0.target < targets.count }
+        guard let cols = targets.first?.w.cols, targets.allSatisfy({ $0.w.cols == cols }) else {
+            for (m, t) in targets.enumerated() {
+                run([mat(t)], cols: t.w.cols, usable.filter { $0.target == m }.map { cterm($0, mat: 0) })
+            }
+            return
+        }
+        run(targets.map(mat), cols: cols, usable.map { cterm($0, mat: $0.target) })
+    }
+}
+
+/// One low-rank term of a product's output (`Kernels.matmul(_:_:tokens:precision:terms:pool:)`):
+/// `y_target[t][o] += Σ_j u[t·rows.count + j] · factor[rows.lowerBound + j][o]`.
+public struct LowRankTerm {
+    public var target: Int
+    /// An up factor (`rank × out`, e.g. a LoRA `Bᵀ` or a ladder's `(U·S)ᵀ`); `rows` its slice.
+    public var factor: LowRankFactor
+    public var rows: Range<Int>
+    /// `tokens × rows.count` values, read during the call.
+    public var u: UnsafePointer<Float>
+
+    public init(target: Int, factor: LowRankFactor, rows: Range<Int>, u: UnsafePointer<Float>) {
+        self.target = target
+        self.factor = factor
+        self.rows = rows
+        self.u = u
+    }
+}
+
 /// The side tasks and the after-rows hook of a product, reached from C through a context pointer.
 private struct SideTasks {
     let run: (Int) -> Void

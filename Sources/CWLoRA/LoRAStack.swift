@@ -291,6 +291,23 @@ public final class LoRAStack: ProjectionDelta, @unchecked Sendable {
         }, release: { for u in us { u.deallocate() } })
     }
 
+    /// A one-token call as terms: every module's down product now (u = s·(A x), as `apply`), its
+    /// up product a term, in binding order. nil with a DoRA module or bias terms.
+    public func lowRankTerms(layer: Int, projection: Projection, x: UnsafePointer<Float>, position: Int, target: Int,
+                             scratch: UnsafeMutablePointer<Float>, capacity: Int, terms: inout [LowRankTerm], pool: ThreadPool) -> Int? {
+        guard layer >= 0, layer < table.count else { return 0 }
+        let mods = table[layer][projection.index]
+        var used = 0
+        for m in mods {
+            let r = m.module.rank
+            guard m.isSplittable, used + r <= capacity else { return nil }
+            m.down(x: x, tokens: 1, u: scratch + used, callScale: scale, pool: pool)
+            terms.append(LowRankTerm(target: target, factor: m.bt, rows: 0..<r, u: scratch + used))
+            used += r
+        }
+        return used
+    }
+
     /// Adds (sign = 1) or subtracts (sign = -1) every bound plain-LoRA delta of `(layer, projection)`
     /// to an fp32 row-major `[out × in]` matrix in place: `W += sign · fl(fl(B·A) · s)`. The delta is
     /// computed identically each time, so subtracting after adding gives back W up to two roundings

@@ -283,6 +283,44 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         position >= 0 && position < plans.count ? plans[position] : TokenPlan(inRank: moduleRank, inAlpha: 1)
     }
 
+    /// False when every planned position of the call needs no ladder direction above the merged
+    /// floor (tier rank 0, or a tier at the floor, outside any fade): `apply` would add nothing, so
+    /// the model skips the delta's machinery for the call. Positions not planned yet count as
+    /// acting (full rank), as `apply` treats them.
+    public func acts(on positions: Range<Int>) -> Bool {
+        if staticStack != nil { return true }
+        for p in positions where plan(at: p, moduleRank: Int.max).effectiveRank > floorRank { return true }
+        return false
+    }
+
+    /// A decode step as a term: the plan's ladder slice above the merged floor, its down product
+    /// (weighted by the plan) now, `(U·S)ᵀ`'s rows of the slice the term — `apply`'s one-row path.
+    public func lowRankTerms(layer: Int, projection: Projection, x: UnsafePointer<Float>, position: Int, target: Int,
+                             scratch: UnsafeMutablePointer<Float>, capacity: Int, terms: inout [LowRankTerm], pool: ThreadPool) -> Int? {
+        if let s = staticStack {
+            return s.lowRankTerms(layer: layer, projection: projection, x: x, position: position, target: target,
+                                  scratch: scratch, capacity: capacity, terms: &terms, pool: pool)
+        }
+        guard let m = ladder.module(layer: layer, projection: projection) else { return 0 }
+        let p = plan(at: position, moduleRank: m.rank)
+        let k = min(p.effectiveRank, m.rank), lo = floorRank, w = k - lo
+        guard w > 0 else { return 0 }
+        guard w <= capacity else { return nil }
+        LowRank.down(m.vtFactor, rows: lo..<k, x: x, ldx: m.inFeatures, tokens: 1, u: scratch, ldu: w, pool: pool)
+        Self.weigh(scratch, width: w, lo: lo, plan: p)
+        terms.append(LowRankTerm(target: target, factor: m.usFactor, rows: lo..<k, u: scratch))
+        return w
+    }
+
+    /// The slices of `Vᵀ` and `(U·S)ᵀ` a decode step at `position` reads (`lowRankTerms`).
+    public func stepMemory(layer: Int, projection: Projection, position: Int) -> [UnsafeRawBufferPointer] {
+        if let s = staticStack { return s.memory(layer: layer, projection: projection) }
+        guard let m = ladder.module(layer: layer, projection: projection) else { return [] }
+        let k = min(plan(at: position, moduleRank: m.rank).effectiveRank, m.rank), lo = floorRank
+        guard k > lo else { return [] }
+        return [m.vtFactor.memory(rows: lo..<k), m.usFactor.memory(rows: lo..<k)]
+    }
+
     /// `static` reads its plain LoRA factors (prefetched during batched products); the ladder
     /// policies choose their slices per call and prefetch nothing.
     public func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] {

@@ -261,3 +261,67 @@ final class LowRankTests: XCTestCase {
     }
 }
 
+
+/// `Kernels.matmul(…, terms:)`: the low-rank terms added to each part of the outputs as it is
+/// written give the same bits as the product followed by `LowRank.up` of each term in order.
+final class MatmulTermsTests: XCTestCase {
+    func testTermsEqualTheProductThenTheUpProducts() throws {
+        let pool = ThreadPool(threads: 3)
+        let cols = 96
+        let cases = [makeCase(.q4_1, rows: 200, cols: cols, seed: 1), makeCase(.q4_1, rows: 72, cols: cols, seed: 2)]
+        try forEachPath { path in
+            for storage in LowRankFactor.Storage.allCases {
+                for tokens in [1, 3] {
+                    for precision in [Precision.fast, .exact] {
+                        let x = randomX(tokens * cols, seed: 3)
+                        // Two terms on target 0 (slices of one factor, then another), one on target 1.
+                        let f0 = LowRankFactor(rows: 6, cols: 200, storage: storage, values: randomX(6 * 200, seed: 4))
+                        let f1 = LowRankFactor(rows: 3, cols: 200, storage: storage, values: randomX(3 * 200, seed: 5))
+                        let f2 = LowRankFactor(rows: 4, cols: 72, storage: storage, values: randomX(4 * 72, seed: 6))
+                        let specs: [(target: Int, factor: LowRankFactor, rows: Range<Int>)] = [(0, f0, 2..<6), (0, f1, 0..<3), (1, f2, 0..<4)]
+                        let us = specs.map { randomX(tokens * $0.rows.count, seed: 7 &+ UInt64($0.rows.count)) }
+                        var expect = try cases.map { try runMatmul($0, x, tokens: tokens, precision: precision, pool: pool) }
+                        for (i, s) in specs.enumerated() {
+                            us[i].withUnsafeBufferPointer { ub in
+                                expect[s.target].withUnsafeMutableBufferPointer { yb in
+                                    LowRank.up(s.factor, rows: s.rows, u: ub.baseAddress!, ldu: s.rows.count, tokens: tokens,
+                                               y: yb.baseAddress!, ldy: cases[s.target].rows, pool: pool)
+                                }
+                            }
+                        }
+                        var got0 = [Float](repeating: .nan, count: tokens * 200), got1 = [Float](repeating: .nan, count: tokens * 72)
+                        try cases[0].bytes.withUnsafeBytes { w0 in
+                            try cases[1].bytes.withUnsafeBytes { w1 in
+                                let m0 = try WeightMatrix(type: .q4_1, rows: 200, cols: cols, base: w0.baseAddress!, owner: nil)
+                                let m1 = try WeightMatrix(type: .q4_1, rows: 72, cols: cols, base: w1.baseAddress!, owner: nil)
+                                let u0 = us[0], u1 = us[1], u2 = us[2]
+                                u0.withUnsafeBufferPointer { a in
+                                    u1.withUnsafeBufferPointer { b in
+                                        u2.withUnsafeBufferPointer { c in
+                                            got0.withUnsafeMutableBufferPointer { y0 in
+                                                got1.withUnsafeMutableBufferPointer { y1 in
+                                                    let terms = [LowRankTerm(target: 0, factor: f0, rows: 2..<6, u: a.baseAddress!),
+                                                                 LowRankTerm(target: 0, factor: f1, rows: 0..<3, u: b.baseAddress!),
+                                                                 LowRankTerm(target: 1, factor: f2, rows: 0..<4, u: c.baseAddress!)]
+                                                    x.withUnsafeBufferPointer { xb in
+                                                        Kernels.matmul([(w: m0, y: y0.baseAddress!), (w: m1, y: y1.baseAddress!)], xb.baseAddress!,
+                                                                       tokens: tokens, precision: precision, terms: terms,
+                                                                       prefetch: [f0.memory(rows: 0..<6)], pool: pool)
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        for (t, got) in [got0, got1].enumerated() {
+                            XCTAssertEqual(got.map(\.bitPattern), expect[t].map(\.bitPattern),
+                                           "\(path) \(storage) tokens \(tokens) \(precision) target \(t)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -182,6 +182,32 @@ typedef struct {
 int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
                         const cw_span *spans, int nspans, const cw_side *side, cw_pool *pool);
 
+/// A low-rank term of a product's output: `y[t][o] += Σ_{j<k} u[t·k + j] · bt[j][o]` for target
+/// `mat` (`cw_lora_up`'s arithmetic and bits, `bt` a `CW_LORA_*` factor slice of `k` rows of `ldb`
+/// elements, `ldb` ≥ the target's rows). A one-token LoRA / rank-ladder delta whose down product
+/// the caller has already run.
+typedef struct {
+    int mat;
+    int type;
+    const void *bt;
+    int64_t ldb;
+    int64_t k;
+    const float *u;
+} cw_lowrank_term;
+
+/// Asks for the cache lines of `bytes` bytes at `p` (software prefetch; changes nothing else).
+void cw_prefetch(const void *p, int64_t bytes);
+
+/// `cw_matmul_many` that adds `terms` to each part of the outputs as soon as the thread that
+/// computed it has written it (in the order given, per output element): no buffers, no adds
+/// after the product, nothing but C inside the pool job. The same bits as the product followed
+/// by `cw_lora_up` of each term in order. The terms' factor slices, and `spans` (e.g. the factors
+/// the next product's delta reads first), are prefetched before the job starts: a part's epilogue
+/// reads a few cache lines of each of the slice's rows, which from DRAM is a chain of misses.
+/// Returns 0, or -1 as `cw_matmul_many` or for a bad term.
+int cw_matmul_many_terms(const cw_mat *mats, int count, int64_t cols, const float *x, int64_t tokens, int precision,
+                         const cw_lowrank_term *terms, int nterms, const cw_span *spans, int nspans, cw_pool *pool);
+
 /// Causal grouped-query attention (see Attention.causal in CWKernels).
 void cw_attention(const float *q, const float *k, const float *v, float *out, int64_t tokens,
                   int64_t start_pos, int heads, int kv_heads, int head_dim, int64_t kv_stride,
