@@ -14,53 +14,24 @@ import XCTest
 final class DecodeTermsTests: XCTestCase {
     let pool = ThreadPool(threads: 2)
 
-    /// Forwards everything to `inner` except `lowRankTerms` (the default: nil), so the model runs
-    /// the side-task path; counts the calls it declined.
-    final class WithoutTerms: ProjectionDelta, @unchecked Sendable {
-        let inner: ProjectionDelta
-        init(_ inner: ProjectionDelta) { self.inner = inner }
-        var isPositionIndependent: Bool { inner.isPositionIndependent }
-        var isReentrant: Bool { inner.isReentrant }
-        var isAdditive: Bool { inner.isAdditive }
-        func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] { inner.memory(layer: layer, projection: projection) }
-        func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int, positions: Range<Int>,
-                   y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
-            inner.apply(layer: layer, projection: projection, x: x, tokens: tokens, positions: positions, y: y, pool: pool)
+    /// Declines `lowRankTerms`, so the model runs the side-task path.
+    final class WithoutTerms: ForwardingDelta, @unchecked Sendable {
+        override func lowRankTerms(layer: Int, projection: Projection, x: UnsafePointer<Float>, position: Int, target: Int,
+                                   scratch: UnsafeMutablePointer<Float>, capacity: Int, terms: inout [LowRankTerm], pool: ThreadPool) -> Int? {
+            nil
         }
-        func split(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int, positions: Range<Int>,
-                   pool: ThreadPool) -> SplitDelta? {
-            inner.split(layer: layer, projection: projection, x: x, tokens: tokens, positions: positions, pool: pool)
-        }
-        func acts(on positions: Range<Int>) -> Bool { inner.acts(on: positions) }
     }
 
     /// Counts the terms `inner` gives (so the test knows the terms path ran).
-    final class CountingTerms: ProjectionDelta, @unchecked Sendable {
-        let inner: ProjectionDelta
+    final class CountingTerms: ForwardingDelta, @unchecked Sendable {
         var terms = 0, declined = 0
-        init(_ inner: ProjectionDelta) { self.inner = inner }
-        var isPositionIndependent: Bool { inner.isPositionIndependent }
-        var isReentrant: Bool { inner.isReentrant }
-        var isAdditive: Bool { inner.isAdditive }
-        func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int, positions: Range<Int>,
-                   y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
-            inner.apply(layer: layer, projection: projection, x: x, tokens: tokens, positions: positions, y: y, pool: pool)
-        }
-        func split(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int, positions: Range<Int>,
-                   pool: ThreadPool) -> SplitDelta? {
-            inner.split(layer: layer, projection: projection, x: x, tokens: tokens, positions: positions, pool: pool)
-        }
-        func acts(on positions: Range<Int>) -> Bool { inner.acts(on: positions) }
-        func lowRankTerms(layer: Int, projection: Projection, x: UnsafePointer<Float>, position: Int, target: Int,
-                          scratch: UnsafeMutablePointer<Float>, capacity: Int, terms t: inout [LowRankTerm], pool: ThreadPool) -> Int? {
+        override func lowRankTerms(layer: Int, projection: Projection, x: UnsafePointer<Float>, position: Int, target: Int,
+                                   scratch: UnsafeMutablePointer<Float>, capacity: Int, terms t: inout [LowRankTerm], pool: ThreadPool) -> Int? {
             let before = t.count
             let r = inner.lowRankTerms(layer: layer, projection: projection, x: x, position: position, target: target,
                                        scratch: scratch, capacity: capacity, terms: &t, pool: pool)
             if r == nil { declined += 1 } else { terms += t.count - before }
             return r
-        }
-        func stepMemory(layer: Int, projection: Projection, position: Int) -> [UnsafeRawBufferPointer] {
-            inner.stepMemory(layer: layer, projection: projection, position: position)
         }
     }
 

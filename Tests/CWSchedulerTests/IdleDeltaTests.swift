@@ -15,28 +15,9 @@ final class IdleDeltaTests: XCTestCase {
 
     /// Forwards everything to `inner` but always claims to act (the behaviour before `acts(on:)`),
     /// and records what `inner` answered.
-    final class AlwaysActing: ProjectionDelta, @unchecked Sendable {
-        let inner: ProjectionDelta
+    final class AlwaysActing: ForwardingDelta, @unchecked Sendable {
         var answers: [Bool] = []
-        init(_ inner: ProjectionDelta) { self.inner = inner }
-        var isPositionIndependent: Bool { inner.isPositionIndependent }
-        var isReentrant: Bool { inner.isReentrant }
-        var isAdditive: Bool { inner.isAdditive }
-        func memory(layer: Int, projection: Projection) -> [UnsafeRawBufferPointer] { inner.memory(layer: layer, projection: projection) }
-        func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int, positions: Range<Int>,
-                   y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
-            inner.apply(layer: layer, projection: projection, x: x, tokens: tokens, positions: positions, y: y, pool: pool)
-        }
-        func split(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int, positions: Range<Int>,
-                   pool: ThreadPool) -> SplitDelta? {
-            inner.split(layer: layer, projection: projection, x: x, tokens: tokens, positions: positions, pool: pool)
-        }
-        func lowRankTerms(layer: Int, projection: Projection, x: UnsafePointer<Float>, position: Int, target: Int,
-                          scratch: UnsafeMutablePointer<Float>, capacity: Int, terms: inout [LowRankTerm], pool: ThreadPool) -> Int? {
-            inner.lowRankTerms(layer: layer, projection: projection, x: x, position: position, target: target,
-                               scratch: scratch, capacity: capacity, terms: &terms, pool: pool)
-        }
-        func acts(on positions: Range<Int>) -> Bool {
+        override func acts(on positions: Range<Int>) -> Bool {
             answers.append(inner.acts(on: positions))
             return true
         }

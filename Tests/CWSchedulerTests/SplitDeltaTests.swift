@@ -16,20 +16,11 @@ final class SplitDeltaTests: XCTestCase {
     let pool = ThreadPool(threads: 2)
 
     /// Counts how often the model took the split path (forwards everything to `inner`).
-    final class Counting: ProjectionDelta, @unchecked Sendable {
-        let inner: ProjectionDelta
+    final class Counting: ForwardingDelta, @unchecked Sendable {
         let lock = NSLock()
         var splits = 0
-        init(_ inner: ProjectionDelta) { self.inner = inner }
-        var isPositionIndependent: Bool { inner.isPositionIndependent }
-        var isReentrant: Bool { inner.isReentrant }
-        var isAdditive: Bool { inner.isAdditive }
-        func apply(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int, positions: Range<Int>,
-                   y: UnsafeMutablePointer<Float>, pool: ThreadPool) {
-            inner.apply(layer: layer, projection: projection, x: x, tokens: tokens, positions: positions, y: y, pool: pool)
-        }
-        func split(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int, positions: Range<Int>,
-                   pool: ThreadPool) -> SplitDelta? {
+        override func split(layer: Int, projection: Projection, x: UnsafePointer<Float>, tokens: Int, positions: Range<Int>,
+                            pool: ThreadPool) -> SplitDelta? {
             let s = inner.split(layer: layer, projection: projection, x: x, tokens: tokens, positions: positions, pool: pool)
             if s != nil { lock.lock(); splits += 1; lock.unlock() }
             return s
