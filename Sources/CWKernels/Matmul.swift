@@ -106,7 +106,11 @@ extension Kernels {
                             ldb: Int64(t.factor.cols), k: Int64(t.rows.count), u: t.u)
         }
         // The terms' factors (and their buffers) live in `terms` for the whole call.
-        let usable = terms.filter { !$0.rows.isEmpty && $0.rows.upperBound <= $0.factor.rows && $0.target >= 0 && $0.target < targets.count }
+        for t in terms {
+            precondition(t.rows.lowerBound >= 0 && t.rows.upperBound <= t.factor.rows && t.target >= 0 && t.target < targets.count
+                         && t.factor.cols >= targets[t.target].w.rows, "low-rank term outside its factor or targets")
+        }
+        let usable = terms.filter { !$0.rows.isEmpty }
         guard let cols = targets.first?.w.cols, targets.allSatisfy({ $0.w.cols == cols }) else {
             for (m, t) in targets.enumerated() {
                 run([mat(t)], cols: t.w.cols, usable.filter { $0.target == m }.map { cterm($0, mat: 0) })

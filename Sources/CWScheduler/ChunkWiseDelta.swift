@@ -301,24 +301,35 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
             return s.lowRankTerms(layer: layer, projection: projection, x: x, position: position, target: target,
                                   scratch: scratch, capacity: capacity, terms: &terms, pool: pool)
         }
-        guard let m = ladder.module(layer: layer, projection: projection) else { return 0 }
-        let p = plan(at: position, moduleRank: m.rank)
-        let k = min(p.effectiveRank, m.rank), lo = floorRank, w = k - lo
-        guard w > 0 else { return 0 }
-        guard w <= capacity else { return nil }
-        LowRank.down(m.vtFactor, rows: lo..<k, x: x, ldx: m.inFeatures, tokens: 1, u: scratch, ldu: w, pool: pool)
-        Self.weigh(scratch, width: w, lo: lo, plan: p)
-        terms.append(LowRankTerm(target: target, factor: m.usFactor, rows: lo..<k, u: scratch))
-        return w
+        guard let m = ladder.module(layer: layer, projection: projection),
+              let (p, slice) = oneRowSlice(m, position: position) else { return 0 }
+        guard slice.count <= capacity else { return nil }
+        oneRowDown(m, p, slice, x: x, u: scratch, pool: pool)
+        terms.append(LowRankTerm(target: target, factor: m.usFactor, rows: slice, u: scratch))
+        return slice.count
     }
 
     /// The slices of `Vᵀ` and `(U·S)ᵀ` a decode step at `position` reads (`lowRankTerms`).
     public func stepMemory(layer: Int, projection: Projection, position: Int) -> [UnsafeRawBufferPointer] {
-        if let s = staticStack { return s.memory(layer: layer, projection: projection) }
-        guard let m = ladder.module(layer: layer, projection: projection) else { return [] }
-        let k = min(plan(at: position, moduleRank: m.rank).effectiveRank, m.rank), lo = floorRank
-        guard k > lo else { return [] }
-        return [m.vtFactor.memory(rows: lo..<k), m.usFactor.memory(rows: lo..<k)]
+        if let s = staticStack { return s.stepMemory(layer: layer, projection: projection, position: position) }
+        guard let m = ladder.module(layer: layer, projection: projection),
+              let (_, slice) = oneRowSlice(m, position: position) else { return [] }
+        return [m.vtFactor.memory(rows: slice), m.usFactor.memory(rows: slice)]
+    }
+
+    /// The plan of a one-row call at `position` and the ladder directions it computes (above the
+    /// merged floor); nil when it adds nothing.
+    private func oneRowSlice(_ m: LadderModule, position: Int) -> (TokenPlan, Range<Int>)? {
+        let p = plan(at: position, moduleRank: m.rank)
+        let k = min(p.effectiveRank, m.rank)
+        return k > floorRank ? (p, floorRank..<k) : nil
+    }
+
+    /// The one-row down product of `slice`, weighted by the plan (`apply` and `lowRankTerms`).
+    private func oneRowDown(_ m: LadderModule, _ p: TokenPlan, _ slice: Range<Int>, x: UnsafePointer<Float>,
+                            u: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+        LowRank.down(m.vtFactor, rows: slice, x: x, ldx: m.inFeatures, tokens: 1, u: u, ldu: slice.count, pool: pool)
+        Self.weigh(u, width: slice.count, lo: slice.lowerBound, plan: p)
     }
 
     /// `static` reads its plain LoRA factors (prefetched during batched products); the ladder
@@ -336,15 +347,11 @@ public final class ChunkWiseDelta: ProjectionDelta, @unchecked Sendable {
         guard n > 0, let m = ladder.module(layer: layer, projection: projection) else { return }
         if n == 1 {
             // Decode: one row, one slice; nothing allocated.
-            let p = plan(at: positions.lowerBound, moduleRank: m.rank)
-            let k = min(p.effectiveRank, m.rank)
-            let lo = floorRank, w = k - lo
-            guard w > 0 else { return }
-            withUnsafeTemporaryAllocation(of: Float.self, capacity: w) { ub in
+            guard let (p, slice) = oneRowSlice(m, position: positions.lowerBound) else { return }
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: slice.count) { ub in
                 guard let u = ub.baseAddress else { return }
-                LowRank.down(m.vtFactor, rows: lo..<k, x: x, ldx: m.inFeatures, tokens: 1, u: u, ldu: w, pool: pool)
-                Self.weigh(u, width: w, lo: lo, plan: p)
-                LowRank.up(m.usFactor, rows: lo..<k, u: u, ldu: w, tokens: 1, y: y, ldy: m.outFeatures, pool: pool)
+                oneRowDown(m, p, slice, x: x, u: u, pool: pool)
+                LowRank.up(m.usFactor, rows: slice, u: u, ldu: slice.count, tokens: 1, y: y, ldy: m.outFeatures, pool: pool)
             }
             return
         }

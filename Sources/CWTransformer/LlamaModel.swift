@@ -345,14 +345,14 @@ public final class LlamaModel: @unchecked Sendable {
         // products run first, on the calling thread (a few thousand multiply-adds each), and the base
         // product adds their up products to each part of y as it writes it, in C (`linearTerms`),
         // with the next product's factor slices prefetched meanwhile — no delta buffers, adds,
-        // locks or Swift closures inside the pool job. A merged-floor `balanced` decode step cost
-        // 14.5% more than the base model's with the side tasks, 8.9% with terms (2 threads, Zen 3,
-        // medians of 20 alternating rounds); its factor reads, short and latency-bound while the
-        // weights stream, are most of what is left.
+        // locks or Swift closures inside the pool job. Merged-floor-4 `balanced` decoded 12.8–17.6%
+        // below the base model's speed with the side tasks, 8.9–13.0% with terms (2 threads, Zen 3,
+        // four runs of `DecodeTermsBench`; terms ahead in three); its factor reads, short and
+        // latency-bound while the weights stream, are most of what is left.
         let termsStep = n == 1 && deltaRuns.count == 1
-        let termCapacity = termsStep ? 8192 : 0
-        let termScratch = UnsafeMutablePointer<Float>.allocate(capacity: max(1, termCapacity))
-        defer { termScratch.deallocate() }
+        let termCapacity = 8192
+        let termScratch: UnsafeMutablePointer<Float>? = termsStep ? .allocate(capacity: termCapacity) : nil
+        defer { termScratch?.deallocate() }
         var terms: [LowRankTerm] = []
         // A batched step (the integer kernel, compute-bound) pulls the deltas' factors into cache
         // while it computes (one token streams the weights; prefetching there made no difference).
@@ -438,7 +438,7 @@ public final class LlamaModel: @unchecked Sendable {
         /// product (`ProjectionDelta.lowRankTerms`). False (nothing written to y) when the delta
         /// cannot give terms for one of them.
         func linearTerms(_ layer: Int, _ x: UnsafeMutablePointer<Float>, _ outs: [(Projection, WeightMatrix, UnsafeMutablePointer<Float>)]) -> Bool {
-            guard let run = deltaRuns.first else { return false }
+            guard let run = deltaRuns.first, let termScratch else { return false }
             terms.removeAll(keepingCapacity: true)
             var used = 0
             for (j, out) in outs.enumerated() {
