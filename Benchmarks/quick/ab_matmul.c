@@ -6,6 +6,8 @@
 //   K=../../Sources/CKernels   (and the same for the other revision, e.g. from `git archive REV`)
 //   clang -O3 -march=native -fPIC -shared -ffp-contract=fast -fno-math-errno -I $K/include $K/*.c -o libA.so -lpthread -lm
 //   clang -O2 -I $K/include ab_matmul.c -o ab_matmul -ldl
+// (SwiftPM builds CKernels without -march; leaving it out here too compiles the levels as the
+// package does, which the 2026-12-02 AVX-512 numbers did.)
 //   ./ab_matmul ./libA.so ./libB.so THREADS TYPE ROWS COLS TOKENS [PAIRS]   (TYPE: 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q8_0)
 // Prints the medians of A's and B's time per call and of the per-pair ratio B/A, with its quartiles;
 // the order within a pair alternates.

@@ -462,12 +462,13 @@ static void cw_f16_mv_avx2(void *c, int64_t r0, int64_t r1) {
 #endif
 // Scratch for the quantized activations of a fast-mode product (per thread, reused): the tiled
 // kernel's block-major layout (with the last group's unused lanes zeroed) or one row per token.
-static int cw_fast_prepare(cw_mm *a, int tiled) {
+static int cw_fast_prepare(const cw_ops *ops, cw_mm *a, int tiled) {
     const int be = cw_block_elems(a->type);
     const int64_t nb = a->cols / be, tokens = a->tokens;
     if (tiled) {
         const int64_t groups = (tokens + 7) / 8;
-        const int64_t qbytes = groups * nb * 256 * (int64_t)sizeof(int16_t), nsc = groups * nb * 8;
+        const int64_t tqb = ops->tq_block;
+        const int64_t qbytes = groups * nb * tqb * (int64_t)sizeof(int16_t), nsc = groups * nb * 8;
         uint8_t *buf = (uint8_t *)cw_tls_scratch(CW_TLS_XQ, (size_t)(qbytes + 2 * nsc * (int64_t)sizeof(float)));
         if (!buf) return -1;
         a->tq = (int16_t *)buf;
@@ -475,7 +476,7 @@ static int cw_fast_prepare(cw_mm *a, int tiled) {
         a->tsd = a->td + nsc;
         if (tokens % 8) {
             const int64_t g = groups - 1;
-            memset(a->tq + g * nb * 256, 0, (size_t)(nb * 256) * sizeof(int16_t));
+            memset(a->tq + g * nb * tqb, 0, (size_t)(nb * tqb) * sizeof(int16_t));
             memset(a->td + g * nb * 8, 0, (size_t)(nb * 8) * sizeof(float));
             memset(a->tsd + g * nb * 8, 0, (size_t)(nb * 8) * sizeof(float));
         }
@@ -496,7 +497,7 @@ static void cw_mm_tquant_task(void *c, int64_t s, int64_t e) { cw_mm_ctx *m = (c
 // runs (tiled or one row per token): on the calling thread below CW_QUANT_PARALLEL_TOKENS tokens,
 // otherwise over the pool (the tiled layout in steps of 8 tokens, one group per writer).
 static int cw_fast_quantize(cw_mm_ctx *c, int tiled, cw_pool *pool) {
-    if (cw_fast_prepare(c->a, tiled) != 0) return -1;
+    if (cw_fast_prepare(c->ops, c->a, tiled) != 0) return -1;
     const int64_t tokens = c->a->tokens;
     if (tokens >= CW_QUANT_PARALLEL_TOKENS) cw_pool_parallel_for(pool, tokens, tiled ? 8 : 1, tiled ? cw_mm_tquant_task : cw_mm_quant_task, c);
     else if (tiled) c->ops->quantize_tiled(c->a, 0, tokens);
@@ -660,7 +661,7 @@ int cw_matmul_many_side(const cw_mat *mats, int count, int64_t cols, const float
     cw_mm_ctx qc = {c.ops, a};
     c.deferred = tasks && tokens < CW_QUANT_PARALLEL_TOKENS;
     atomic_init(&c.quantized, 0);
-    if (c.deferred ? cw_fast_prepare(a, tiled) : cw_fast_quantize(&qc, tiled, pool)) return -1;
+    if (c.deferred ? cw_fast_prepare(c.ops, a, tiled) : cw_fast_quantize(&qc, tiled, pool)) return -1;
     for (int i = 1; i < count; i++) {
         c.mm[i].xq = a->xq; c.mm[i].xq_row_bytes = a->xq_row_bytes;
         c.mm[i].tq = a->tq; c.mm[i].td = a->td; c.mm[i].tsd = a->tsd;

@@ -35,7 +35,8 @@ typedef struct {
     int64_t xq_row_bytes;
     // Fast mode, batched kernel (32-element block types): activations in groups of 8 tokens,
     // block-major, each element pair of the group's tokens side by side (layout: FN(tb_x) in
-    // kernels_impl.h); td/tsd: scale and scaled sum per (group, block, lane).
+    // kernels_impl.h; cw_ops.tq_block int16 per group and block); td/tsd: scale and scaled sum
+    // per (group, block, lane).
     int16_t *tq;
     float *td, *tsd;
     // Batched kernel: spans prefetched while rows compute; this matrix's rows are rows
@@ -68,6 +69,7 @@ typedef struct {
     void (*quantize)(const cw_mm *a, int64_t t0, int64_t t1);
     void (*tiled_rows)(const cw_mm *a, int64_t r0, int64_t r1);
     void (*quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1);
+    int tq_block;  // int16 per (group, block) of the batched kernel's activation layout (tq)
     float (*dot)(const float *a, const float *b, int64_t n);
     void (*dots_group)(int g, const float *q, int64_t qstride, const float *k, int64_t stride, int64_t nk, int64_t n, float scale,
                        float *out);

@@ -5,7 +5,7 @@
 //   CW_VL    fp32 lanes per vector in the exact-mode GEMM micro-kernel
 //   CW_MR    rows per micro-kernel, CW_NT tokens per micro-kernel
 //   CW_X86   1 to use x86 intrinsics (AVX2 + FMA + F16C at least)
-//   CW_VNNI  1 when AVX512-VNNI (with VL: 256-bit vpdpwssd) is available
+//   CW_VNNI  1 when AVX512-VNNI is available (256- and 512-bit vpdpwssd)
 // and wraps the include in `#pragma clang attribute push(__attribute__((target(...))))`, so the
 // compiler may use that instruction set everywhere in here (also when auto-vectorizing loops).
 //
@@ -878,9 +878,9 @@ static void FN(fast_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
 // each pair of elements of the group's eight tokens side by side (one 256-bit vector of int16
 // per element pair), and each weight element pair is broadcast to all lanes, so one s16×s16
 // pair-dot instruction (vpdpwssd / vpmaddwd) advances eight tokens' dot products by two elements
-// with no horizontal sums. A tile of TB_R rows (4 on AVX2, 8 on AVX-512, which has the registers
-// for 16 integer and 8 float accumulators) has its blocks unpacked once for up to 16 groups
-// (128 tokens) and shares every activation load. Per output (row r, token t) and block b:
+// with no horizontal sums. A tile of TB_R rows (4 on AVX2; 16 on AVX-512, in 512-bit row pairs:
+// FN(tb2_tile)) has its blocks unpacked once for up to 16 groups (128 tokens) and shares every
+// activation load. Per output (row r, token t) and block b:
 //     I = Σ_j q_j·x_j (exact in int32);  y = fma(float(I), dw·dx, y);  y = fma(ow, sd, y)
 // (blocks in order), whatever the tile height, so both levels give the same bits. (Two fused
 // steps per block: the former v = float(I)·(dw·dx); v = ow·sd + v; y += v took two more vector
@@ -893,8 +893,11 @@ static void FN(fast_rows)(const cw_mm *a, int64_t r0, int64_t r1) {
 #if CW_X86
 // Layout: token t = 8g + lane; element j = 2p + e of block b:
 //   tq[((g·nb + b)·16 + p)·16 + 2·lane + e],   td/tsd[(g·nb + b)·8 + lane].
+// At the AVX-512 VNNI level each pair is there twice, at lanes 2·lane and 2·lane + 1 of a 512-bit
+// vector (CW_TQB int16 per group and block: 256, or 512 there; see FN(tb2_tile)).
+#define CW_TQB (CW_VNNI ? 512 : 256)
 CW_INLINE int64_t FN(tb_x)(int64_t nb, int64_t t, int64_t b, int j) {
-    return (((t / 8) * nb + b) * 16 + j / 2) * 16 + 2 * (t % 8) + (j & 1);
+    return (((t / 8) * nb + b) * 16 + j / 2) * (CW_TQB / 16) + (CW_TQB / 128) * (t % 8) + (j & 1);
 }
 CW_INLINE int64_t FN(tb_s)(int64_t nb, int64_t t, int64_t b) { return ((t / 8) * nb + b) * 8 + t % 8; }
 
@@ -964,6 +967,17 @@ CW_INLINE void FN(q16_group)(const float *x, int64_t ld, int nt, int16_t q[8][32
     _mm256_storeu_ps(tsd, _mm256_mul_ps(d, FN(tb_fold8)(sum, 1)));
 }
 
+// Pair p of a group's eight tokens (v: one 32-bit pair per token) stored at its row of the layout:
+// as it is, or with each pair twice at the AVX-512 VNNI level.
+CW_INLINE void FN(tb_store_pair)(int16_t *dst, __m256i v) {
+#if CW_VNNI
+    const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    _mm512_storeu_si512((void *)dst, _mm512_permutexvar_epi32(dup, _mm512_castsi256_si512(v)));
+#else
+    _mm256_storeu_si256((__m256i *)dst, v);
+#endif
+}
+
 // Quantizes tokens [t0, t1) into that layout, or the rotated one at the AVX2 level (the padding
 // lanes of the last group are zeroed by the driver). A group whose tokens all
 // lie in the range (its existing ones, for the last) is quantized block by block for its eight
@@ -1018,8 +1032,8 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
                     // r[0..3]: pairs {0,4},{1,5},{2,6},{3,7} of tokens 0-3 (low lane: pairs 0-3);
                     // r[4..7]: the same of tokens 4-7.
                     for (int p = 0; p < 4; p++) {
-                        _mm256_storeu_si256((__m256i *)(dst + 16 * (8 * h + p)), _mm256_permute2x128_si256(r[p], r[p + 4], 0x20));
-                        _mm256_storeu_si256((__m256i *)(dst + 16 * (8 * h + p + 4)), _mm256_permute2x128_si256(r[p], r[p + 4], 0x31));
+                        FN(tb_store_pair)(dst + (CW_TQB / 16) * (8 * h + p), _mm256_permute2x128_si256(r[p], r[p + 4], 0x20));
+                        FN(tb_store_pair)(dst + (CW_TQB / 16) * (8 * h + p + 4), _mm256_permute2x128_si256(r[p], r[p + 4], 0x31));
                     }
                 }
             }
@@ -1036,7 +1050,10 @@ static void FN(quantize_tiled)(const cw_mm *a, int64_t t0, int64_t t1) {
             }
             // element pair p of this token: one 32-bit store at lane t % 8 of row p
             int16_t *dst = a->tq + FN(tb_x)(nb, t, b, 0);
-            for (int p = 0; p < 16; p++) memcpy(dst + 16 * p, q + 2 * p, 4);
+            for (int p = 0; p < 16; p++) {
+                memcpy(dst + (CW_TQB / 16) * p, q + 2 * p, 4);
+                if (CW_VNNI) memcpy(dst + (CW_TQB / 16) * p + 2, q + 2 * p, 4);
+            }
         }
         t++;
     }
@@ -1080,7 +1097,7 @@ CW_INLINE __m256i FN(tb_dp)(__m256i acc, __m256i a, __m256i b) {
 
 // Rows per tile of the batched kernel.
 #if CW_VNNI
-#define TB_R 8
+#define TB_R 16  // 8 row pairs: 16 integer and 8 float 512-bit accumulators (of 32 registers)
 #else
 #define TB_R 4
 #endif
@@ -1089,7 +1106,7 @@ CW_INLINE __m256i FN(tb_dp)(__m256i acc, __m256i a, __m256i b) {
 // wq[(i·nb + b)·32 + j], dw and ow per row and block. Reading them back as 32-bit broadcasts
 // from memory (not shuffles of registers) keeps the shuffle units free; this pass runs before
 // the dot products, so the loads never wait on store forwarding.
-typedef struct { int16_t *wq; float *dw; /* dw, ow of each row and block, interleaved */ } FN(tb_w);
+typedef struct { int16_t *wq; float *dw; /* dw, ow of each row and block, interleaved (AVX-512: see FN(tb2_unpack_rows)) */ } FN(tb_w);
 
 CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int64_t nb, FN(tb_w) w) {
     const int BYTES = cw_block_bytes(type);
@@ -1113,36 +1130,8 @@ CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int6
         }
 }
 
-CW_INLINE __m256i FN(tb_bc)(const int16_t *p) { int32_t v; memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
-
-// Block b of the tile's rows × the eight tokens of group g, added to acc (lanes = tokens). Even
-// and odd element pairs go to separate integer accumulators (2·TB_R independent chains).
-CW_INLINE void FN(tb_block)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, int64_t b, __m256 acc[TB_R]) {
-    const int64_t nb = a->cols / 32;
-    const int16_t *xb = a->tq + (g * nb + b) * 256;
-    __m256i e[TB_R], o[TB_R];
-    for (int i = 0; i < TB_R; i++) e[i] = o[i] = _mm256_setzero_si256();
-#pragma clang loop unroll(full)
-    for (int p = 0; p < 16; p += 2) {
-        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xb + 16 * p));
-        const __m256i xo = _mm256_loadu_si256((const __m256i *)(xb + 16 * p + 16));
-#pragma clang loop unroll(full)
-        for (int i = 0; i < TB_R; i++) {
-            e[i] = FN(tb_dp)(e[i], xe, FN(tb_bc)(w.wq + (i * nb + b) * 32 + 2 * p));
-            o[i] = FN(tb_dp)(o[i], xo, FN(tb_bc)(w.wq + (i * nb + b) * 32 + 2 * p + 2));
-        }
-    }
-    const __m256 dxv = _mm256_loadu_ps(a->td + (g * nb + b) * 8), sdv = _mm256_loadu_ps(a->tsd + (g * nb + b) * 8);
-#pragma clang loop unroll(full)
-    for (int i = 0; i < TB_R; i++) {
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(e[i], o[i])),
-                                 _mm256_mul_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b)]), dxv), acc[i]);
-        if (type != CW_TYPE_Q8_0) acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(w.dw[2 * (i * nb + b) + 1]), sdv, acc[i]);
-    }
-}
-
-// The tile's rows × the eight tokens of group g: out[i] lanes = tokens. The next tile's rows (pf,
-// pf_bytes: one contiguous range) are prefetched while this computes, each cache line once, a
+// While a tile's rows × a token group compute, the next tile's rows (pf,
+// pf_bytes: one contiguous range) are prefetched, each cache line once, a
 // share per block so that the misses overlap the computation without filling the miss buffers in
 // one burst. (Two prefetches per row and block pair, 3× the lines, cost a batched 8-token decode
 // step ~7%: the dot products are bound by the load ports the prefetches share; none at all cost
@@ -1157,15 +1146,95 @@ CW_INLINE void FN(tb_pf_block)(FN(tb_pf) *p, int64_t b, int64_t nb) {
     const int64_t upto = p->lines * (b + 1) / nb;
     for (; p->done < upto; p->done++) _mm_prefetch((const char *)(p->lo + 64 * (uintptr_t)p->done), _MM_HINT_T0);
 }
-CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, const uint8_t *pf, int64_t pf_bytes, __m256 out[TB_R]) {
+#if CW_VNNI
+// AVX-512 VNNI: rows in pairs, 512-bit pair-dot products. A 512-bit integer lane 2·l + h holds
+// (token l, row 2j + h): the activations carry each token's pair twice (FN(tb_store_pair)), the
+// weights of a row pair are interleaved (slot = pair p of row 2j, then of row 2j + 1: 64 bits,
+// broadcast from memory), so one vpdpwssd advances two rows × eight tokens by two elements —
+// twice the work of the 256-bit form, on cores that issue 512-bit VNNI as fast as 256-bit (Intel
+// server cores with two 512-bit ports: Benchmarks/quick/vnni_rate.c). The sums and the two fused
+// steps per block are those of FN(tb_tile_rot), lane by lane: the same bits (bits_hash.c, 240
+// cases). On an Intel Xeon with AVX-512 VNNI (2026-12-02; ab_matmul.c against the 256-bit broadcast
+// kernel it replaced, medians of 20–30 pairs): 8 tokens Q4_1 1536×576 0.66× the time on two
+// threads, Q4_0 576×1536 0.77×, Q5_0 0.72×, Q5_1 0.69×, Q8_0 576×576 0.81×, the 49152×576 Q8_0 head
+// 0.71×; 4 tokens 0.62×; 128 tokens (one thread) 0.52×, 512 tokens 0.63×. Not measured on a core
+// that splits 512-bit operations (Zen 4), where it issues half the instructions of the 256-bit
+// form for the same multiply-adds.
+// Weight tile: row pair j, block b: 64 int16, slots of 64 bits in the order unpacklo/hi_epi32
+// leave them (pairs 0, 1, 4, 5, 2, 3, 6, 7, then the same + 8); dw: dw(2j), dw(2j+1), ow(2j), ow(2j+1).
+CW_INLINE int FN(tb2_slot)(int p) { const int q = p & 7; return (p & 8) | (q & 1) | ((q & 2) << 1) | ((q & 4) >> 1); }
+CW_INLINE void FN(tb2_unpack_rows)(const int type, const uint8_t *const *wr, int64_t nb, FN(tb_w) w) {
+    const int BYTES = cw_block_bytes(type);
+    for (int j = 0; j < TB_R / 2; j++)
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *p0 = wr[2 * j] + b * BYTES, *p1 = wr[2 * j + 1] + b * BYTES;
+            __m256i lo0, hi0, lo1, hi1;
+            FN(tb_unpack)(type, p0, &lo0, &hi0);
+            FN(tb_unpack)(type, p1, &lo1, &hi1);
+            int16_t *d = w.wq + (j * nb + b) * 64;
+            _mm256_storeu_si256((__m256i *)d, _mm256_unpacklo_epi32(lo0, lo1));
+            _mm256_storeu_si256((__m256i *)(d + 16), _mm256_unpackhi_epi32(lo0, lo1));
+            _mm256_storeu_si256((__m256i *)(d + 32), _mm256_unpacklo_epi32(hi0, hi1));
+            _mm256_storeu_si256((__m256i *)(d + 48), _mm256_unpackhi_epi32(hi0, hi1));
+            float *f = w.dw + 4 * (j * nb + b);
+            if (type == CW_TYPE_Q4_1 || type == CW_TYPE_Q5_1) {
+                _mm_storeu_ps(f, _mm_unpacklo_ps(FN(h2f2)(p0), FN(h2f2)(p1)));  // d0 d1 m0 m1
+            } else {
+                f[0] = _mm_cvtss_f32(FN(h2f2)(p0));
+                f[1] = _mm_cvtss_f32(FN(h2f2)(p1));
+                f[2] = FN(tb_ow)(type, f[0]);
+                f[3] = FN(tb_ow)(type, f[1]);
+            }
+        }
+}
+// vpdpwssd as written: clang otherwise split most of these 512-bit chains into vpmaddwd + vpaddd
+// (two µops on the two 512-bit ports; 290 vpmaddwd against 30 vpdpwssd in the object, with or
+// without -march=native), which took the 8-token Q4_1 product from 0.70× to only 0.89× the time.
+CW_INLINE __m512i FN(tb2_dp)(__m512i acc, __m512i x, __m512i w) {
+    __asm__("vpdpwssd %[w], %[x], %[acc]" : [acc] "+v"(acc) : [x] "v"(x), [w] "v"(w));
+    return acc;
+}
+CW_INLINE __m512i FN(tb2_bc)(const int16_t *p) { int64_t v; memcpy(&v, p, 8); return _mm512_set1_epi64(v); }
+CW_INLINE __m512 FN(tb2_bcf)(const float *p) { double v; memcpy(&v, p, 8); return _mm512_castpd_ps(_mm512_set1_pd(v)); }
+// The tile's rows × token group g, into out[i·8 + l] (row i, token l).
+CW_INLINE void FN(tb2_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g, const uint8_t *pf, int64_t pf_bytes, float *out) {
+    enum { RP = TB_R / 2 };
     const int64_t nb = a->cols / 32;
-    for (int i = 0; i < TB_R; i++) out[i] = _mm256_setzero_ps();
+    const __m512i dup = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
+    __m512 acc[RP];
+    for (int j = 0; j < RP; j++) acc[j] = _mm512_setzero_ps();
     FN(tb_pf) next = FN(tb_pf_start)(pf, pf_bytes);
     for (int64_t b = 0; b < nb; b++) {
         FN(tb_pf_block)(&next, b, nb);
-        FN(tb_block)(a, type, w, g, b, out);
+        const int16_t *xb = a->tq + (g * nb + b) * CW_TQB;
+        const int16_t *wb = w.wq + b * 64;
+        // Even and odd element pairs in separate accumulators (2·RP independent chains).
+        __m512i e[RP], o[RP];
+        for (int j = 0; j < RP; j++) e[j] = o[j] = _mm512_setzero_si512();
+#pragma clang loop unroll(full)
+        for (int p = 0; p < 16; p += 2) {
+            const __m512i xe = _mm512_loadu_si512((const void *)(xb + 32 * p));
+            const __m512i xo = _mm512_loadu_si512((const void *)(xb + 32 * p + 32));
+#pragma clang loop unroll(full)
+            for (int j = 0; j < RP; j++) {
+                e[j] = FN(tb2_dp)(e[j], xe, FN(tb2_bc)(wb + j * nb * 64 + 4 * FN(tb2_slot)(p)));
+                o[j] = FN(tb2_dp)(o[j], xo, FN(tb2_bc)(wb + j * nb * 64 + 4 * FN(tb2_slot)(p + 1)));
+            }
+        }
+        const __m512 dxd = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(a->td + (g * nb + b) * 8)));
+        const __m512 sdd = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(a->tsd + (g * nb + b) * 8)));
+#pragma clang loop unroll(full)
+        for (int j = 0; j < RP; j++) {
+            const float *f = w.dw + 4 * (j * nb + b);
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(e[j], o[j])), _mm512_mul_ps(FN(tb2_bcf)(f), dxd), acc[j]);
+            if (type != CW_TYPE_Q8_0) acc[j] = _mm512_fmadd_ps(FN(tb2_bcf)(f + 2), sdd, acc[j]);
+        }
     }
+    // Lanes (token l, row 2j + h) → row 2j's eight tokens, then row 2j + 1's.
+    const __m512i deint = _mm512_set_epi32(15, 13, 11, 9, 7, 5, 3, 1, 14, 12, 10, 8, 6, 4, 2, 0);
+    for (int j = 0; j < RP; j++) _mm512_storeu_ps(out + 16 * j, _mm512_permutexvar_ps(deint, acc[j]));
 }
+#endif
 
 #if CW_TB_ROT
 // The tile's rows × token group g (rotated layout, above): out[i] lanes = tokens, the same
@@ -1188,7 +1257,7 @@ CW_INLINE void FN(tb_tile)(const cw_mm *a, const int type, FN(tb_w) w, int64_t g
 // 576×1536 0.927×, 576×576 0.908×, Q4_0 0.950×, Q5_0 0.932×, Q8_0 0.949×; two threads, 512 tokens
 // 0.917×, 16 tokens 0.959×, the 49152×576 Q8_0 head at 16 tokens 0.775×. The same bits as before
 // (Benchmarks/quick/bits_hash.c, 1–9, 14, 19 and 136 tokens). VNNI's vpdpwssd fuses the add, so
-// the AVX-512 level keeps the broadcast kernel (not measured there: no such machine then).
+// the AVX-512 level kept the broadcast kernel, and since 2026-12-02 has its own (FN(tb2_tile)).
 // Rows one at a time (2026-12-01; they were taken in pairs sharing each activation load, which
 // clang compiled into ~70 spills and reloads per block): the same bits, and on a Zen 3 host
 // (ab_matmul, 20 pairs, one thread unless said) 8 tokens Q4_1 1536×576 0.88–0.91× (two threads
@@ -1263,8 +1332,8 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
                         uint8_t *scratch /* TB_R × nb × 72 bytes */, float *out /* (g1-g0) × TB_R × 8 */) {
     const int64_t nb = a->cols / 32;
     FN(tb_w) w = {(int16_t *)scratch, (float *)(scratch + TB_R * nb * 64)};
-    __m256 o[TB_R];
 #if CW_TB_ROT
+    __m256 o[TB_R];
     // Rotated layout: one group of Q4_0/Q4_1/Q8_0 (REGS) widens its weights in registers; every other
     // call unpacks the tile once and reads it for each group (`mem`).
 #define CW_TB_ROT_CASE(TYPE, REGS)                                                                  \
@@ -1290,13 +1359,11 @@ static void FN(tb_rows)(const cw_mm *a, const uint8_t *const *wr, const uint8_t 
     }
 #undef CW_TB_ROT_CASE
 #else
-#define CW_TB_CASE(TYPE)                                                                        \
-    case TYPE:                                                                                  \
-        FN(tb_unpack_rows)(TYPE, wr, nb, w);                                                    \
-        for (int64_t g = g0; g < g1; g++) {                                                     \
-            FN(tb_tile)(a, TYPE, w, g, g == g0 ? pf : NULL, pf_bytes, o);                       \
-            for (int i = 0; i < TB_R; i++) _mm256_storeu_ps(out + ((g - g0) * TB_R + i) * 8, o[i]); \
-        }                                                                                       \
+#define CW_TB_CASE(TYPE)                                                                      \
+    case TYPE:                                                                                \
+        FN(tb2_unpack_rows)(TYPE, wr, nb, w);                                                 \
+        for (int64_t g = g0; g < g1; g++)                                                     \
+            FN(tb2_tile)(a, TYPE, w, g, g == g0 ? pf : NULL, pf_bytes, out + (g - g0) * TB_R * 8); \
         return;
     switch (a->type) {
     CW_TB_CASE(CW_TYPE_Q4_0)
@@ -1532,9 +1599,11 @@ const cw_ops CW_CAT(cw_ops, CW_ISA) = {
 #if CW_X86
     .tiled_rows = FN(tiled_rows),
     .quantize_tiled = FN(quantize_tiled),
+    .tq_block = CW_TQB,
 #else
     .tiled_rows = NULL,
     .quantize_tiled = NULL,
+    .tq_block = 256,
 #endif
     .dot = FN(dot),
     .dots_group = FN(dots_group),

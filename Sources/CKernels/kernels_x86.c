@@ -25,7 +25,8 @@
 #undef CW_VNNI
 #pragma clang attribute pop
 
-// AVX-512 F/BW/VL/DQ + VNNI (Ice Lake / Zen 4 and later): 512-bit fp32 micro-kernel, 256-bit vpdpwssd.
+// AVX-512 F/BW/VL/DQ + VNNI (Ice Lake / Zen 4 and later): 512-bit fp32 micro-kernel, vpdpwssd
+// (512-bit in the batched kernel, 256-bit in the per-token ones).
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), apply_to = function)
 #define CW_ISA avx512
 #define CW_VL 16

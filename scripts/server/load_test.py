@@ -11,6 +11,9 @@ end (SIGTERM) whatever happens.
 
   python3 scripts/server/load_test.py --phases 1,8,32 --seconds 20
 
+`--policies none,balanced,aggressive,quality` cycles ChunkWise policies over the adapter requests
+(mixed adapters and policies in one batch).
+
 `--system-chars N` starts every prompt with the same N characters (a shared system prompt), so the
 server's prompt cache serves most of each prompt; each phase then also reports its requests' prompt
 tokens and how many of them came from the cache.
@@ -41,6 +44,9 @@ ap.add_argument("--max-concurrent", type=int, default=8, help="server --max-conc
 ap.add_argument("--max-queue", type=int, default=64, help="server --max-queue")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--extra", default="", help="extra server arguments")
+ap.add_argument("--policies", default="none",
+                help="ChunkWise policies cycled over the adapter requests (comma list; `none` sends no "
+                     "`chunkwise` field), e.g. none,balanced,aggressive,quality")
 ap.add_argument("--system-chars", type=int, default=0,
                 help="start every prompt with this many characters of WikiText-2 test (a shared system prompt: exercises the prompt cache)")
 args = ap.parse_args()
@@ -70,6 +76,7 @@ def peak_rss_kib():
         return None
 
 
+POLICIES = [p.strip() for p in args.policies.split(",") if p.strip()] or ["none"]
 PROMPTS = ["Once upon a time", "The little dog", "Lily and Tom went to the park", "One day, a big bird", "Sam had a red ball"]
 SYSTEM = ""
 if args.system_chars > 0:
@@ -80,8 +87,12 @@ if args.system_chars > 0:
 def one_request(i):
     """One streaming completion; returns (status, tokens, ttft_seconds or None, (prompt tokens, of them cached))."""
     model = (["base"] + names)[i % (len(names) + 1)]
-    body = json.dumps({"model": model, "prompt": SYSTEM + PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens, "stream": True,
-                       "stream_options": {"include_usage": True}, "temperature": 0.8, "seed": i, "ignore_eos": True})
+    request = {"model": model, "prompt": SYSTEM + PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens, "stream": True,
+               "stream_options": {"include_usage": True}, "temperature": 0.8, "seed": i, "ignore_eos": True}
+    policy = POLICIES[(i // (len(names) + 1)) % len(POLICIES)]
+    if model != "base" and policy != "none":
+        request["chunkwise"] = {"policy": policy}
+    body = json.dumps(request)
     conn = http.client.HTTPConnection(HOST, PORT, timeout=120)
     t0 = time.monotonic()
     ttft = None
@@ -226,7 +237,7 @@ try:
         ratios = [r["vs_latest_single"] for r in results if r["clients"] == n and "vs_latest_single" in r]
         scaling[str(n)] = {"pairs": len(ratios), "median_vs_latest_single": round(statistics.median(ratios), 2),
                            "min": min(ratios), "max": max(ratios)}
-    report = {"phases": results, "scaling": scaling, "server_peak_rss_mib": round((peak_rss_kib() or 0) / 1024, 1),
+    report = {"phases": results, "scaling": scaling, "policies": POLICIES, "server_peak_rss_mib": round((peak_rss_kib() or 0) / 1024, 1),
               "metrics_after": running, "server": " ".join(cmd[1:])}
     print(json.dumps(report, indent=1))
     if server.poll() is not None:
