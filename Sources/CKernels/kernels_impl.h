@@ -1087,14 +1087,6 @@ CW_INLINE void FN(tb_unpack)(const int type, const uint8_t *p, __m256i *lo, __m2
     }
 }
 
-CW_INLINE __m256i FN(tb_dp)(__m256i acc, __m256i a, __m256i b) {
-#if CW_VNNI
-    return _mm256_dpwssd_epi32(acc, a, b);
-#else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
-#endif
-}
-
 // Rows per tile of the batched kernel.
 #if CW_VNNI
 #define TB_R 16  // 8 row pairs: 16 integer and 8 float 512-bit accumulators (of 32 registers)
@@ -1102,12 +1094,17 @@ CW_INLINE __m256i FN(tb_dp)(__m256i acc, __m256i a, __m256i b) {
 #define TB_R 4
 #endif
 
-// A tile's weights unpacked once (they then serve every token group): int16 quants
-// wq[(i·nb + b)·32 + j], dw and ow per row and block. Reading them back as 32-bit broadcasts
-// from memory (not shuffles of registers) keeps the shuffle units free; this pass runs before
-// the dot products, so the loads never wait on store forwarding.
-typedef struct { int16_t *wq; float *dw; /* dw, ow of each row and block, interleaved (AVX-512: see FN(tb2_unpack_rows)) */ } FN(tb_w);
+// A tile's weights unpacked once (they then serve every token group), read back as broadcasts
+// from memory (not shuffles of registers, which keeps the shuffle units free); the pass runs before
+// the dot products, so the loads never wait on store forwarding. Layouts: FN(tb_unpack_rows)
+// (AVX2) and FN(tb2_unpack_rows) (AVX-512).
+typedef struct { int16_t *wq; float *dw; } FN(tb_w);
 
+#if CW_TB_ROT
+// AVX2 (no VNNI): the pair-dot product and its add.
+CW_INLINE __m256i FN(tb_dp)(__m256i acc, __m256i a, __m256i b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+
+// int16 quants wq[(i·nb + b)·32 + j]; dw and ow of each row and block, interleaved.
 CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int64_t nb, FN(tb_w) w) {
     const int BYTES = cw_block_bytes(type);
     for (int i = 0; i < TB_R; i++)
@@ -1129,6 +1126,7 @@ CW_INLINE void FN(tb_unpack_rows)(const int type, const uint8_t *const *wr, int6
             }
         }
 }
+#endif
 
 // While a tile's rows × a token group compute, the next tile's rows (pf,
 // pf_bytes: one contiguous range) are prefetched, each cache line once, a
@@ -1157,7 +1155,9 @@ CW_INLINE void FN(tb_pf_block)(FN(tb_pf) *p, int64_t b, int64_t nb) {
 // cases). On an Intel Xeon with AVX-512 VNNI (2026-12-02; ab_matmul.c against the 256-bit broadcast
 // kernel it replaced, medians of 20–30 pairs): 8 tokens Q4_1 1536×576 0.66× the time on two
 // threads, Q4_0 576×1536 0.77×, Q5_0 0.72×, Q5_1 0.69×, Q8_0 576×576 0.81×, the 49152×576 Q8_0 head
-// 0.71×; 4 tokens 0.62×; 128 tokens (one thread) 0.52×, 512 tokens 0.63×. Not measured on a core
+// 0.71×; 4 tokens 0.62×; 128 tokens (one thread) 0.52×, 512 tokens 0.63× (with the unpacking below,
+// two threads: Q4_1 1536×576 0.62×, 576×1536 0.71×, the head 0.72×, 512 tokens 0.60×; 4 tokens on
+// one thread 0.58×). Not measured on a core
 // that splits 512-bit operations (Zen 4), where it issues half the instructions of the 256-bit
 // form for the same multiply-adds.
 // Weight tile: row pair j, block b: 64 int16 in 64-bit slots (pair p of row 2j, then of row 2j + 1),
